@@ -1,0 +1,106 @@
+"""Where the real Triton Inference Server lives inside the installed `nvidia-pytriton` wheel.
+
+The wheel carries the `tritonserver` 2.51 binary, the shared libraries it links against (in
+`nvidia_pytriton.libs/`), the Python backend (`libtriton_python.so` plus its utils module) and one
+backend stub per Python version. Triton loads a backend from `<backend-directory>/python/`, and the
+stub it starts must match the interpreter whose packages the models import, so we assemble a backend
+directory of our own: the wheel's backend files plus the stub for the running Python.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class TritonNotInstalled(RuntimeError):
+    """The nvidia-pytriton wheel, or a part of it we need, is missing."""
+
+
+@dataclass(frozen=True)
+class TritonInstall:
+    """Paths of one installed Triton server distribution."""
+
+    binary: Path
+    library_dir: Path
+    python_backend_dir: Path
+    stubs_dir: Path
+
+    @classmethod
+    def locate(cls) -> "TritonInstall":
+        spec = importlib.util.find_spec("pytriton")
+        if spec is None or not spec.submodule_search_locations:
+            raise TritonNotInstalled(
+                "the Triton server comes from the nvidia-pytriton wheel; run `make install` "
+                "(pip install nvidia-pytriton==0.7.0)"
+            )
+        package_dir = Path(next(iter(spec.submodule_search_locations)))
+        server_dir = package_dir / "tritonserver"
+        install = cls(
+            binary=server_dir / "bin" / "tritonserver",
+            library_dir=package_dir.parent / "nvidia_pytriton.libs",
+            python_backend_dir=server_dir / "backends" / "python",
+            stubs_dir=server_dir / "python_backend_stubs",
+        )
+        for path in (install.binary, install.library_dir, install.python_backend_dir):
+            if not path.exists():
+                raise TritonNotInstalled(f"the nvidia-pytriton wheel has no {path}")
+        return install
+
+    def stub_for(self, version: tuple[int, int] | None = None) -> Path:
+        major, minor = version or sys.version_info[:2]
+        stub = self.stubs_dir / f"{major}.{minor}" / "triton_python_backend_stub"
+        if not stub.exists():
+            have = sorted(p.name for p in self.stubs_dir.iterdir())
+            raise TritonNotInstalled(
+                f"no Python-backend stub for Python {major}.{minor} (the wheel has {', '.join(have)})"
+            )
+        return stub
+
+    def prepare_backend_dir(self, target: Path) -> Path:
+        """Lay out `<target>/python/` with the backend and the stub for this Python.
+
+        Returns the directory to pass as `--backend-directory`. Idempotent: files already in place
+        are left alone, so several servers can share one directory.
+        """
+        python_dir = target / "python"
+        python_dir.mkdir(parents=True, exist_ok=True)
+        files = {
+            "libtriton_python.so": self.python_backend_dir / "libtriton_python.so",
+            "triton_python_backend_utils.py": self.python_backend_dir / "triton_python_backend_utils.py",
+            "triton_python_backend_stub": self.stub_for(),
+        }
+        for name, source in files.items():
+            dest = python_dir / name
+            if not dest.exists() or dest.stat().st_size != source.stat().st_size:
+                shutil.copy2(source, dest)
+        return target
+
+    def environment(self, base: dict[str, str] | None = None) -> dict[str, str]:
+        """The environment the server and its stubs need.
+
+        The stub embeds the system libpython, not the virtual environment's interpreter, so the
+        environment's site-packages (torch, numpy<2, the project's own `kernels`) are put on
+        PYTHONPATH explicitly.
+        """
+        env = dict(os.environ if base is None else base)
+        libs = [str(self.library_dir)]
+        if env.get("LD_LIBRARY_PATH"):
+            libs.append(env["LD_LIBRARY_PATH"])
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(libs)
+        paths = [p for p in sys.path if p and Path(p).is_dir() and "site-packages" in p]
+        paths.insert(0, str(_project_root()))
+        if env.get("PYTHONPATH"):
+            paths.append(env["PYTHONPATH"])
+        env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+        # The stub runs the `python3` found first on PATH for helper processes: make it ours.
+        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+        return env
+
+
+def _project_root() -> Path:
+    return Path(__file__).resolve().parent.parent
