@@ -1,0 +1,47 @@
+"""Shared fixtures: real Triton servers on the project's model repository, and an orphan check."""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tritonfleet.triton_server import TritonServer, start_fleet, stop_all
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+MODEL_REPOSITORY = REPO_ROOT / "model_repository"
+
+
+def tritonserver_pids() -> list[int]:
+    """Process ids of every running tritonserver binary (by executable name, exact match)."""
+    out = subprocess.run(["pgrep", "-x", "tritonserver"], capture_output=True, text=True)
+    return [int(pid) for pid in out.stdout.split()]
+
+
+@pytest.fixture
+def triton_fleet(tmp_path_factory):
+    """Factory: `triton_fleet(n, repo=..., extra_args=[...])` starts n real servers; all stop after the test."""
+    started: list[list[TritonServer]] = []
+
+    def start(count: int = 1, repo: Path = MODEL_REPOSITORY, extra_args: list[str] | None = None):
+        workdir = tmp_path_factory.mktemp("triton")
+        servers = start_fleet(count, repo, workdir, extra_args=extra_args)
+        started.append(servers)
+        return servers
+
+    yield start
+    for servers in started:
+        stop_all(servers)
+    # Every test that started servers must leave none behind, also when it failed.
+    leftover = tritonserver_pids()
+    assert not leftover, f"tritonserver processes left running: {leftover}"
+
+
+@pytest.fixture(scope="module")
+def shared_fleet(tmp_path_factory):
+    """Two servers on the project's model repository, shared by the tests of one module."""
+    servers = start_fleet(2, MODEL_REPOSITORY, tmp_path_factory.mktemp("triton-shared"))
+    yield servers
+    stop_all(servers)
