@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
-import subprocess
+import os
 from pathlib import Path
 
 import pytest
@@ -14,10 +13,22 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 MODEL_REPOSITORY = REPO_ROOT / "model_repository"
 
 
-def tritonserver_pids() -> list[int]:
-    """Process ids of every running tritonserver binary (by executable name, exact match)."""
-    out = subprocess.run(["pgrep", "-x", "tritonserver"], capture_output=True, text=True)
-    return [int(pid) for pid in out.stdout.split()]
+def live_process_groups(servers: list[TritonServer]) -> list[int]:
+    """Process groups of these servers that still hold a process (the server or a backend stub).
+
+    Each server runs in a process group of its own, so this sees exactly what the test started,
+    also when other suites run servers on the same machine.
+    """
+    alive = []
+    for server in servers:
+        if server.process is None:
+            continue
+        try:
+            os.killpg(server.process.pid, 0)
+        except ProcessLookupError:
+            continue
+        alive.append(server.process.pid)
+    return alive
 
 
 @pytest.fixture
@@ -35,8 +46,8 @@ def triton_fleet(tmp_path_factory):
     for servers in started:
         stop_all(servers)
     # Every test that started servers must leave none behind, also when it failed.
-    leftover = tritonserver_pids()
-    assert not leftover, f"tritonserver processes left running: {leftover}"
+    leftover = [pgid for servers in started for pgid in live_process_groups(servers)]
+    assert not leftover, f"tritonserver process groups left running: {leftover}"
 
 
 @pytest.fixture(scope="module")
