@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
+from tritonfleet.paths import MODEL_REPOSITORY
+from tritonfleet.processes import group_alive
 from tritonfleet.triton_server import TritonServer, start_fleet, stop_all
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-MODEL_REPOSITORY = REPO_ROOT / "model_repository"
 
 
 def live_process_groups(servers: list[TritonServer]) -> list[int]:
@@ -19,16 +17,7 @@ def live_process_groups(servers: list[TritonServer]) -> list[int]:
     Each server runs in a process group of its own, so this sees exactly what the test started,
     also when other suites run servers on the same machine.
     """
-    alive = []
-    for server in servers:
-        if server.process is None:
-            continue
-        try:
-            os.killpg(server.process.pid, 0)
-        except ProcessLookupError:
-            continue
-        alive.append(server.process.pid)
-    return alive
+    return [server.process.pid for server in servers if group_alive(server.process)]
 
 
 @pytest.fixture

@@ -16,6 +16,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from tritonfleet.paths import REPO_ROOT
+
 
 class TritonNotInstalled(RuntimeError):
     """The nvidia-pytriton wheel, or a part of it we need, is missing."""
@@ -93,14 +95,10 @@ class TritonInstall:
             libs.append(env["LD_LIBRARY_PATH"])
         env["LD_LIBRARY_PATH"] = os.pathsep.join(libs)
         paths = [p for p in sys.path if p and Path(p).is_dir() and "site-packages" in p]
-        paths.insert(0, str(_project_root()))
+        paths.insert(0, str(REPO_ROOT))
         if env.get("PYTHONPATH"):
             paths.append(env["PYTHONPATH"])
         env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
         # The stub runs the `python3` found first on PATH for helper processes: make it ours.
         env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
         return env
-
-
-def _project_root() -> Path:
-    return Path(__file__).resolve().parent.parent

@@ -8,12 +8,8 @@ die with its parent, so an interrupted test or a Ctrl-C leaves no `tritonserver`
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import errno
-import os
 import re
-import signal
 import socket
 import subprocess
 import time
@@ -22,10 +18,10 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tritonfleet.processes import spawn, terminate
 from tritonfleet.triton_install import TritonInstall
 
 LOOPBACK = "127.0.0.1"
-_PR_SET_PDEATHSIG = 1
 
 
 class TritonServerError(RuntimeError):
@@ -132,18 +128,16 @@ class TritonServer:
             check_port_free(port)
         self.workdir.mkdir(parents=True, exist_ok=True)
         backend_dir = self.install.prepare_backend_dir(self.workdir / "backends")
-        log = self.log_path.open("wb")
-        try:
-            self.process = subprocess.Popen(
-                self.command(backend_dir),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=self.install.environment(),
-                start_new_session=True,
-                preexec_fn=_die_with_parent,
-            )
-        finally:
-            log.close()
+        # A fresh log per start, so a failure report reads this start's lines only.
+        self.log_path.unlink(missing_ok=True)
+        self.process = spawn(self.command(backend_dir), self.log_path, env=self.install.environment())
+
+    def restart(self, timeout: float = 120.0) -> None:
+        """Start again on the same ports (after a crash), and wait until ready."""
+        self.stop()
+        self.process = None
+        self.start()
+        self.wait_ready(timeout)
 
     def is_running(self) -> bool:
         return self.process is not None and self.process.poll() is None
@@ -179,21 +173,8 @@ class TritonServer:
         return TritonServerError(f"{self.name} exited with code {code} before it was ready:\n{tail}")
 
     def stop(self, grace: float = 15.0) -> None:
-        """SIGTERM the process group, wait for a clean exit, then SIGKILL what is left."""
-        if self.process is None:
-            return
-        pgid = self.process.pid
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            pass
-        # Stubs that outlived the server, or a server that ignored SIGTERM.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(timeout=5)
+        """Stop the server and its backend stubs (the whole process group)."""
+        terminate(self.process, grace)
 
     def __enter__(self) -> "TritonServer":
         self.start()
@@ -208,7 +189,11 @@ class TritonServer:
         self.stop()
 
 
-_FAILED_LOAD = re.compile(r"failed to load '([^']+)' version \d+: (.+)")
+# Triton reports a model that fails in one of two ways: its config does not parse ("Poll failed
+# for model directory"), or it parses and the model fails to load ("failed to load ... version").
+_FAILED_LOAD = re.compile(r"failed to load '([^']+)' version \d+: (.+?)\"?$", re.MULTILINE)
+_FAILED_POLL = re.compile(r"Poll failed for model directory '([^']+)': (.+?)\"?$", re.MULTILINE)
+_PROTO_ERROR = re.compile(r"Error parsing text-format inference\.ModelConfig: (.+)$", re.MULTILINE)
 
 
 def parse_model_load_failure(log_text: str) -> tuple[str, str] | None:
@@ -216,6 +201,13 @@ def parse_model_load_failure(log_text: str) -> tuple[str, str] | None:
     match = _FAILED_LOAD.search(log_text)
     if match:
         return match.group(1), match.group(2).strip()
+    match = _FAILED_POLL.search(log_text)
+    if match:
+        reason = match.group(2).strip()
+        detail = _PROTO_ERROR.search(log_text)
+        if detail:
+            reason = f"{reason}: {detail.group(1).strip()}"
+        return match.group(1), reason
     return None
 
 
@@ -261,9 +253,3 @@ def _ensure_distinct_ports(servers: list[TritonServer]) -> None:
         while taken.intersection(server.ports.all()):
             server.ports = ServerPorts.pick()
         taken.update(server.ports.all())
-
-
-def _die_with_parent() -> None:
-    """Runs in the child before exec: the kernel sends SIGTERM when our process dies."""
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)

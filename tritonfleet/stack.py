@@ -1,0 +1,275 @@
+"""The local stack's supervisor: start the services of a stack file in order, watch, stop.
+
+A service's addresses are published as placeholders for the services after it: a `command`
+service's argv may say `{triton.grpc}` (the Triton servers' gRPC addresses, comma-separated) or
+`{port.grpc}` (a free port picked for itself under the name `grpc`). A process that dies while the
+stack runs is restarted on the same ports, with a growing pause, up to `MAX_RESTARTS` times.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from tritonfleet.processes import group_alive, spawn, terminate
+from tritonfleet.stack_config import ServiceSpec, StackConfig
+from tritonfleet.triton_server import LOOPBACK, TritonServer, free_port, start_fleet, stop_all
+
+log = logging.getLogger("tritonfleet.stack")
+
+MAX_RESTARTS = 5
+
+
+class StackError(RuntimeError):
+    pass
+
+
+@dataclass
+class Process:
+    """One supervised non-Triton process."""
+
+    name: str
+    argv: list[str]
+    log_path: Path
+    ready_url: str | None = None
+    ready_port: int | None = None
+    process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 60.0) -> None:
+        self.process = spawn(self.argv, self.log_path)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                tail = "\n".join(self.log_path.read_text(errors="replace").splitlines()[-10:])
+                raise StackError(f"{self.name} exited with code {self.process.returncode}:\n{tail}")
+            if self._ready():
+                return
+            time.sleep(0.1)
+        raise StackError(f"{self.name} was not ready after {timeout:.0f} s (log: {self.log_path})")
+
+    def _ready(self) -> bool:
+        if self.ready_url:
+            try:
+                with urllib.request.urlopen(self.ready_url, timeout=1) as reply:
+                    return reply.status == 200
+            except (urllib.error.URLError, OSError):
+                return False
+        if self.ready_port:
+            with socket.socket() as sock:
+                sock.settimeout(0.5)
+                return sock.connect_ex((LOOPBACK, self.ready_port)) == 0
+        return True
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def stop(self) -> None:
+        terminate(self.process)
+
+
+@dataclass
+class RunningService:
+    """A started service: its processes, and the addresses it publishes to later services."""
+
+    spec: ServiceSpec
+    servers: list[TritonServer] = field(default_factory=list)
+    processes: list[Process] = field(default_factory=list)
+    published: dict[str, str] = field(default_factory=dict)
+    metrics_targets: list[str] = field(default_factory=list)
+    restarts: int = 0
+
+    def members(self) -> list[TritonServer | Process]:
+        return [*self.servers, *self.processes]
+
+    def dead_members(self) -> list[TritonServer | Process]:
+        return [m for m in self.members() if not (m.is_running() if isinstance(m, TritonServer) else m.alive())]
+
+    def stop(self) -> None:
+        stop_all(self.servers)
+        for process in self.processes:
+            process.stop()
+
+    def all_stopped(self) -> bool:
+        return not any(group_alive(m.process) for m in self.members())
+
+
+class Stack:
+    """Runs a StackConfig. Use as a context manager, or call start() and stop()."""
+
+    def __init__(self, config: StackConfig, workdir: Path):
+        self.config = config
+        self.workdir = Path(workdir)
+        self.services: list[RunningService] = []
+        self.skipped: dict[str, str] = {}
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        try:
+            for spec in self.config.services:
+                reason = self._missing_requirement(spec)
+                if reason and spec.optional:
+                    self.skipped[spec.name] = reason
+                    log.warning("skipping %s: %s", spec.name, reason)
+                    continue
+                if reason:
+                    raise StackError(f"{spec.name}: {reason}")
+                log.info("starting %s", spec.name)
+                self.services.append(self._start_service(spec))
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        for service in reversed(self.services):
+            service.stop()
+        self.services.clear()
+
+    def __enter__(self) -> "Stack":
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+    def watch(self, stop: threading.Event, poll_interval: float = 1.0) -> None:
+        """Until `stop` is set: restart members that died, with a growing pause between restarts."""
+        while not stop.wait(poll_interval):
+            for service in self.services:
+                for member in service.dead_members():
+                    self._restart(service, member)
+
+    def _restart(self, service: RunningService, member: TritonServer | Process) -> None:
+        if service.restarts >= MAX_RESTARTS:
+            raise StackError(f"{service.spec.name} died {service.restarts} times; giving up")
+        service.restarts += 1
+        pause = min(2.0 ** service.restarts, 30.0)
+        log.warning("%s died; restarting in %.0f s (restart %d)", member.name, pause, service.restarts)
+        time.sleep(pause)
+        member.restart()
+
+    # -- lookups -----------------------------------------------------------------------------
+
+    def service(self, name: str) -> RunningService:
+        for service in self.services:
+            if service.spec.name == name:
+                return service
+        raise KeyError(name)
+
+    def placeholders(self) -> dict[str, str]:
+        values: dict[str, str] = {}
+        for service in self.services:
+            for key, value in service.published.items():
+                values[f"{service.spec.name}.{key}"] = value
+        return values
+
+    def triton_servers(self) -> list[TritonServer]:
+        return [s for service in self.services for s in service.servers]
+
+    # -- starting each kind ------------------------------------------------------------------
+
+    def _missing_requirement(self, spec: ServiceSpec) -> str | None:
+        if spec.kind == "prometheus" and not shutil.which("prometheus"):
+            return "the prometheus binary is not installed (make system installs it with apt-get)"
+        if spec.kind == "command":
+            program = self._fill(spec.argv[0], {})
+            if not shutil.which(program) and not Path(program).exists():
+                return f"{program} is not installed"
+        return None
+
+    def _start_service(self, spec: ServiceSpec) -> RunningService:
+        starter = {"triton": self._start_triton, "command": self._start_command, "prometheus": self._start_prometheus}
+        return starter[spec.kind](spec)
+
+    def _start_triton(self, spec: ServiceSpec) -> RunningService:
+        servers = start_fleet(spec.replicas, spec.model_repository, self.workdir / spec.name, list(spec.args))
+        return RunningService(
+            spec=spec,
+            servers=servers,
+            published={
+                "grpc": ",".join(s.grpc_url for s in servers),
+                "http": ",".join(s.http_url for s in servers),
+                "metrics": ",".join(f"{LOOPBACK}:{s.ports.metrics}" for s in servers),
+            },
+            metrics_targets=[f"{LOOPBACK}:{s.ports.metrics}" for s in servers],
+        )
+
+    def _start_command(self, spec: ServiceSpec) -> RunningService:
+        ports = {name: free_port() for name in spec.ports}
+        own = {f"port.{name}": str(port) for name, port in ports.items()}
+        values = {**self.placeholders(), **own}
+        process = Process(
+            name=spec.name,
+            argv=[self._fill(arg, values) for arg in spec.argv],
+            log_path=self.workdir / f"{spec.name}.log",
+            ready_url=self._fill(spec.ready_url, values) if spec.ready_url else None,
+            ready_port=next(iter(ports.values()), None),
+        )
+        process.start()
+        published = {name: f"{LOOPBACK}:{port}" for name, port in ports.items()}
+        targets = [published["metrics"]] if spec.metrics_path and "metrics" in published else []
+        return RunningService(spec=spec, processes=[process], published=published, metrics_targets=targets)
+
+    def _start_prometheus(self, spec: ServiceSpec) -> RunningService:
+        port = free_port()
+        config_path = self.workdir / "prometheus.yml"
+        config_path.write_text(yaml.safe_dump(self.prometheus_config(spec), sort_keys=False))
+        process = Process(
+            name=spec.name,
+            argv=[
+                "prometheus",
+                f"--config.file={config_path}",
+                f"--storage.tsdb.path={self.workdir / 'prometheus-data'}",
+                f"--web.listen-address={LOOPBACK}:{port}",
+                "--web.enable-lifecycle",
+            ],
+            log_path=self.workdir / f"{spec.name}.log",
+            ready_url=f"http://{LOOPBACK}:{port}/-/ready",
+        )
+        process.start()
+        return RunningService(spec=spec, processes=[process], published={"http": f"{LOOPBACK}:{port}"})
+
+    def prometheus_config(self, spec: ServiceSpec) -> dict:
+        """One scrape job per service that has metrics, named after the service."""
+        jobs = [
+            {
+                "job_name": service.spec.name,
+                "metrics_path": service.spec.metrics_path or "/metrics",
+                "static_configs": [{"targets": service.metrics_targets}],
+            }
+            for service in self.services
+            if service.metrics_targets
+        ]
+        return {
+            "global": {"scrape_interval": spec.scrape_interval, "evaluation_interval": spec.scrape_interval},
+            "scrape_configs": jobs,
+        }
+
+    @staticmethod
+    def _fill(text: str, values: dict[str, str]) -> str:
+        def value(match: re.Match) -> str:
+            key = match.group(1)
+            if key not in values:
+                raise StackError(f"unknown placeholder {{{key}}} in {text!r}; known: {sorted(values)}")
+            return values[key]
+
+        return _PLACEHOLDER.sub(value, text)
+
+
+_PLACEHOLDER = re.compile(r"\{([A-Za-z0-9_.-]+)\}")
