@@ -29,6 +29,7 @@ from tritonfleet.triton_server import LOOPBACK, TritonServer, free_port, start_f
 log = logging.getLogger("tritonfleet.stack")
 
 MAX_RESTARTS = 5
+SETTLE_SECONDS = 1.0
 
 
 class StackError(RuntimeError):
@@ -45,9 +46,11 @@ class Process:
     ready_url: str | None = None
     ready_port: int | None = None
     process: subprocess.Popen | None = None
+    _started_at: float = 0.0
 
     def start(self, timeout: float = 60.0) -> None:
         self.process = spawn(self.argv, self.log_path)
+        self._started_at = time.monotonic()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -69,7 +72,8 @@ class Process:
             with socket.socket() as sock:
                 sock.settimeout(0.5)
                 return sock.connect_ex((LOOPBACK, self.ready_port)) == 0
-        return True
+        # Nothing to probe: a process that stays up for a moment counts as started.
+        return time.monotonic() - self._started_at >= SETTLE_SECONDS
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
