@@ -28,6 +28,7 @@ $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check -c requirements.lock -e '.[dev]' \
 	  2> >(grep -v 'is ignored: it is neither' >&2)
+	deploy/scripts/install-k8s-tools.sh $(BIN)
 	touch $(STAMP)
 
 # Prometheus, HAProxy and the libpython the Triton Python-backend stub links against, from apt.
