@@ -1,0 +1,1 @@
+"""Dashboards, alert rules and the local live dashboard page, all generated from one source."""

@@ -1,0 +1,186 @@
+"""The Grafana dashboards, defined once with grafanalib.
+
+These definitions are the single source of every panel: `render-dashboards` writes them as Grafana
+JSON (for the chart's ConfigMaps and deploy/dashboards/), and the live page (`tritonfleet dashboard`)
+and the PNG renderer read the panels back from that same JSON. Queries use only the names in
+docs/METRICS.md. Ratios sum numerator and denominator by model first and divide after, so pods with
+different traffic weigh in by their traffic.
+"""
+
+from __future__ import annotations
+
+import json
+
+from grafanalib.core import (
+    Dashboard,
+    GridPos,
+    Stat,
+    Target,
+    Template,
+    Templating,
+    TimeSeries,
+)
+from grafanalib._gen import DashboardEncoder
+
+DATASOURCE = "${datasource}"
+RATE = "$__rate_interval"
+MODEL = 'model=~"$model"'
+PANEL_WIDTH, PANEL_HEIGHT, STAT_HEIGHT = 12, 8, 4
+
+
+def target(expr: str, legend: str = "", ref: str = "A") -> Target:
+    return Target(expr=expr, legendFormat=legend, refId=ref, datasource=DATASOURCE)
+
+
+def series(title: str, unit: str, *targets: Target, description: str = "") -> TimeSeries:
+    refs = "ABCDEFGH"
+    for ref, tgt in zip(refs, targets):
+        tgt.refId = ref
+    return TimeSeries(title=title, unit=unit, targets=list(targets), description=description,
+                      dataSource=DATASOURCE, legendDisplayMode="list", legendPlacement="bottom")
+
+
+def stat(title: str, unit: str, expr: str, description: str = "") -> Stat:
+    return Stat(title=title, format=unit, targets=[target(expr)], description=description,
+                dataSource=DATASOURCE, reduceCalc="lastNotNull", graphMode="area")
+
+
+def per_request(duration_metric: str) -> str:
+    """Average of a Triton duration counter per successful request, in milliseconds, by model."""
+    return (f"sum by (model) (rate({duration_metric}{{{MODEL}}}[{RATE}])) / 1000"
+            f" / sum by (model) (rate(nv_inference_request_success{{{MODEL}}}[{RATE}]))")
+
+
+def quantile(q: float, histogram: str, selector: str = "", by: str = "model") -> str:
+    matchers = f"{{{selector}}}" if selector else ""
+    return f"histogram_quantile({q}, sum by (le, {by}) (rate({histogram}_bucket{matchers}[{RATE}])))"
+
+
+def layout(panels: list) -> list:
+    """Stats four to a row on top, then time series two to a row, in definition order."""
+    x = y = 0
+    row_height = 0
+    for panel in panels:
+        width, height = (6, STAT_HEIGHT) if isinstance(panel, Stat) else (PANEL_WIDTH, PANEL_HEIGHT)
+        if x + width > 24 or (row_height and height != row_height):
+            x, y = 0, y + row_height
+        panel.gridPos = GridPos(h=height, w=width, x=x, y=y)
+        x += width
+        row_height = height
+    return panels
+
+
+def templating(with_model: bool) -> Templating:
+    variables = [Template(name="datasource", type="datasource", query="prometheus", label="Data source")]
+    if with_model:
+        variables.append(Template(
+            name="model", label="Model", dataSource=DATASOURCE, includeAll=True, multi=True,
+            query="label_values(nv_inference_request_success, model)", allValue=".+", default="$__all"))
+    return Templating(list=variables)
+
+
+def dashboard(uid: str, title: str, description: str, panels: list, with_model: bool = False) -> Dashboard:
+    return Dashboard(
+        uid=uid, title=title, description=description, tags=["tritonfleet"], timezone="utc",
+        refresh="10s", panels=layout(panels), templating=templating(with_model),
+    ).auto_panel_ids()
+
+
+def overview() -> Dashboard:
+    return dashboard("tritonfleet-overview", "tritonfleet / Fleet overview",
+                     "Triton pods, traffic, latency and errors of the whole fleet.", [
+        stat("Triton pods up", "none", 'sum(up{job="triton"})'),
+        stat("Inferences / s", "reqps", f"sum(rate(nv_inference_request_success[{RATE}]))"),
+        stat("Failed requests / s", "reqps", f"sum(rate(nv_inference_request_failure[{RATE}]))"),
+        stat("Gateway backends up", "none", "sum(tritonfleet_gateway_backend_up)"),
+        series("Inference rate by model", "reqps",
+               target(f"sum by (model) (rate(nv_inference_request_success{{{MODEL}}}[{RATE}]))", "{{model}}")),
+        series("Average request latency by model", "ms",
+               target(per_request("nv_inference_request_duration_us"), "{{model}}")),
+        series("Pending requests per Triton pod", "none",
+               target("sum by (instance) (nv_inference_pending_request_count)", "{{instance}}"),
+               description="Queued requests per pod, summed over its models: what autoscaling targets."),
+        series("Gateway requests by status", "reqps",
+               target(f"sum by (code) (rate(tritonfleet_gateway_requests_total[{RATE}]))", "{{code}}")),
+    ], with_model=True)
+
+
+def models() -> Dashboard:
+    return dashboard("tritonfleet-models", "tritonfleet / Models",
+                     "Per-model throughput, latency breakdown, queueing and dynamic batching.", [
+        series("Throughput by model", "reqps",
+               target(f"sum by (model) (rate(nv_inference_count{{{MODEL}}}[{RATE}]))", "{{model}} inferences"),
+               target(f"sum by (model) (rate(nv_inference_exec_count{{{MODEL}}}[{RATE}]))", "{{model}} executions")),
+        series("Latency breakdown per request", "ms",
+               target(per_request("nv_inference_queue_duration_us"), "{{model}} queue"),
+               target(per_request("nv_inference_compute_input_duration_us"), "{{model}} input"),
+               target(per_request("nv_inference_compute_infer_duration_us"), "{{model}} infer"),
+               target(per_request("nv_inference_compute_output_duration_us"), "{{model}} output")),
+        series("Queue time per request", "ms",
+               target(per_request("nv_inference_queue_duration_us"), "{{model}}")),
+        series("Average batch size", "none",
+               target(f"sum by (model) (rate(nv_inference_count{{{MODEL}}}[{RATE}]))"
+                      f" / sum by (model) (rate(nv_inference_exec_count{{{MODEL}}}[{RATE}]))", "{{model}}"),
+               description="Inferences per model execution: how well dynamic batching fills batches."),
+        series("Pending requests by model", "none",
+               target(f"sum by (model) (nv_inference_pending_request_count{{{MODEL}}})", "{{model}}")),
+        series("Failed requests by model", "reqps",
+               target(f"sum by (model) (rate(nv_inference_request_failure{{{MODEL}}}[{RATE}]))", "{{model}}")),
+    ], with_model=True)
+
+
+def gateway() -> Dashboard:
+    by_backend = f"sum by (backend) (rate(tritonfleet_gateway_requests_total[{RATE}]))"
+    return dashboard("tritonfleet-gateway", "tritonfleet / Gateway balance",
+                     "How evenly the gateway spreads requests over Triton pods, and what it costs.", [
+        series("Requests per backend", "reqps", target(by_backend, "{{backend}}")),
+        series("Share of requests per backend", "percentunit",
+               target(f"{by_backend} / ignoring (backend) group_left sum({by_backend})", "{{backend}}"),
+               description="Even balance: every backend near 1/N."),
+        series("In-flight requests per backend", "none",
+               target("sum by (backend) (tritonfleet_gateway_inflight)", "{{backend}}")),
+        series("Backends up", "none",
+               target("sum by (backend) (tritonfleet_gateway_backend_up)", "{{backend}}")),
+        series("Gateway latency p50 / p99", "s",
+               target(quantile(0.5, "tritonfleet_gateway_request_duration_seconds"), "{{model}} p50"),
+               target(quantile(0.99, "tritonfleet_gateway_request_duration_seconds"), "{{model}} p99")),
+        series("Gateway overhead p99", "s",
+               target(quantile(0.99, "tritonfleet_gateway_overhead_seconds"), "{{model}}")),
+        series("Retries and ejections", "ops",
+               target(f"sum by (model) (rate(tritonfleet_gateway_retries_total[{RATE}]))", "retries {{model}}"),
+               target(f"sum by (backend) (rate(tritonfleet_gateway_ejections_total[{RATE}]))", "ejections {{backend}}")),
+        series("Open streams", "none", target("sum(tritonfleet_gateway_active_streams)", "streams")),
+    ])
+
+
+def video() -> Dashboard:
+    video_requests = 'tritonfleet_loadtest_requests_total{workload="video"}'
+    video_answered = 'tritonfleet_loadtest_requests_total{workload="video",status="ok"}'
+    return dashboard("tritonfleet-video", "tritonfleet / Video streams",
+                     "Camera streams as the load generator sees them: frame rate, lateness, drops.", [
+        series("Video frames per second", "fps",
+               target(f"sum by (model) (rate({video_answered}[{RATE}]))", "{{model}} answered")),
+        series("Late frames per second", "fps",
+               target(f"sum by (model) (rate(tritonfleet_loadtest_frames_late_total[{RATE}]))", "{{model}}")),
+        series("Dropped frames per second", "fps",
+               target(f"sum by (model) (rate(tritonfleet_loadtest_frames_dropped_total[{RATE}]))", "{{model}}")),
+        series("Late frame ratio", "percentunit",
+               target(f"sum by (model) (rate(tritonfleet_loadtest_frames_late_total[{RATE}]))"
+                      f" / sum by (model) (rate({video_requests}[{RATE}]))", "{{model}}")),
+        series("Frame latency p99", "s",
+               target(quantile(0.99, "tritonfleet_loadtest_latency_seconds", 'workload="video"'), "{{model}}")),
+        series("Open camera streams", "none",
+               target("sum by (model) (tritonfleet_loadtest_streams_active)", "{{model}}")),
+    ])
+
+
+DASHBOARDS = {"overview": overview, "models": models, "gateway": gateway, "video": video}
+
+
+def dashboard_json(build) -> str:
+    return json.dumps(build().to_json_data(), cls=DashboardEncoder, sort_keys=True, indent=2)
+
+
+def all_dashboards() -> dict[str, dict]:
+    """Every dashboard as Grafana JSON (a dict), keyed by its short name."""
+    return {name: json.loads(dashboard_json(build)) for name, build in DASHBOARDS.items()}

@@ -1,0 +1,149 @@
+"""The Prometheus alert rules, defined once here and rendered to YAML by `render-dashboards`.
+
+Every alert carries a severity, a summary, a description and a runbook link; the runbook entries are
+generated from the same definitions. Jobs are named `triton`, `gateway` and `loadtest`, in the local
+stack's Prometheus config and in the chart's ServiceMonitors alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+RUNBOOK_BASE = "https://github.com/tritonfleet/tritonfleet/blob/main/deploy/prometheus/RUNBOOK.md"
+WINDOW = "5m"
+GATEWAY_FAILED = 'tritonfleet_gateway_requests_total{code!="OK"}'
+VIDEO_FRAMES = 'tritonfleet_loadtest_requests_total{workload="video"}'
+
+
+@dataclass(frozen=True)
+class Alert:
+    name: str
+    expr: str
+    duration: str
+    severity: str
+    summary: str
+    description: str
+    # What on-call checks first and what usually fixes it (goes into RUNBOOK.md).
+    runbook: str
+
+    def rule(self) -> dict:
+        return {
+            "alert": self.name,
+            "expr": self.expr,
+            "for": self.duration,
+            "labels": {"severity": self.severity},
+            "annotations": {
+                "summary": self.summary,
+                "description": self.description,
+                "runbook_url": f"{RUNBOOK_BASE}#{self.name.lower()}",
+            },
+        }
+
+
+def ratio(numerator: str, denominator: str, by: str = "namespace, model") -> str:
+    """Sum both sides by model first, then divide: one busy pod outweighs an idle one."""
+    return (f"sum by ({by}) (rate({numerator}[{WINDOW}]))\n"
+            f"  /\nsum by ({by}) (rate({denominator}[{WINDOW}]))")
+
+
+ALERTS = (
+    Alert(
+        name="TritonPodDown",
+        expr='up{job="triton"} == 0',
+        duration="1m",
+        severity="critical",
+        summary="Triton server {{ $labels.instance }} is down",
+        description="Prometheus has not been able to scrape Triton at {{ $labels.instance }} for a minute:"
+                    " the server crashed, hangs, or its pod is gone.",
+        runbook="Check `kubectl describe pod` and the previous container's log (`kubectl logs -p`):"
+                " an OOM kill wants more memory or a smaller `shmSize`; a model load failure names the"
+                " model in the log. The gateway has already taken the pod out of rotation.",
+    ),
+    Alert(
+        name="TritonModelNoReadyBackend",
+        expr="max by (namespace, model) (tritonfleet_gateway_backend_model_ready) == 0",
+        duration="1m",
+        severity="critical",
+        summary="No Triton pod has model {{ $labels.model }} ready",
+        description="The gateway sees model {{ $labels.model }} on no ready backend: every request for it"
+                    " fails with UNAVAILABLE.",
+        runbook="Look for load errors of the model in the Triton logs, then check that the pods are"
+                " scheduled (GPU capacity, taints) and that the model repository has the model.",
+    ),
+    Alert(
+        name="TritonQueueTimeHigh",
+        expr=f"(\n{ratio('nv_inference_queue_duration_us', 'nv_inference_request_success')}\n) / 1000 > 100",
+        duration="10m",
+        severity="warning",
+        summary="Requests for {{ $labels.model }} wait {{ $value | humanize }} ms in Triton's queue",
+        description="The average queue time per request of model {{ $labels.model }} has been over 100 ms"
+                    " for ten minutes: the fleet is short of capacity for this model.",
+        runbook="Check the pending-requests panel: if every pod queues, scale out (or let the HPA/KEDA"
+                " do it, and check it is not at maxReplicas); if one pod queues, the balance is off.",
+    ),
+    Alert(
+        name="TritonErrorRateHigh",
+        expr=f"(\n{ratio('nv_inference_request_failure', 'nv_inference_request_success')}\n) > 0.05",
+        duration="5m",
+        severity="critical",
+        summary="Model {{ $labels.model }} fails {{ $value | humanizePercentage }} of its requests",
+        description="Triton reports failed inferences of model {{ $labels.model }} above 5% of successful"
+                    " ones for five minutes.",
+        runbook="Read the `reason` label of nv_inference_request_failure and the Triton log: bad inputs"
+                " from one client, a model bug, or rejected requests from a full queue.",
+    ),
+    Alert(
+        name="GatewayErrorRateHigh",
+        expr=f"(\n{ratio(GATEWAY_FAILED, 'tritonfleet_gateway_requests_total')}\n) > 0.05",
+        duration="5m",
+        severity="critical",
+        summary="The gateway fails {{ $value | humanizePercentage }} of {{ $labels.model }} requests",
+        description="More than 5% of the gateway's requests for model {{ $labels.model }} end with a"
+                    " status other than OK, for five minutes.",
+        runbook="The `code` label tells who failed: UNAVAILABLE means no ready backend (see"
+                " TritonModelNoReadyBackend), INVALID_ARGUMENT means clients send bad requests.",
+    ),
+    Alert(
+        name="GatewayDown",
+        expr='up{job="gateway"} == 0',
+        duration="1m",
+        severity="critical",
+        summary="Gateway {{ $labels.instance }} is down",
+        description="Prometheus has not been able to scrape the gateway at {{ $labels.instance }} for a minute.",
+        runbook="Check the gateway pod's events and log; clients of the Service reach the other replicas.",
+    ),
+    Alert(
+        name="VideoStreamsLate",
+        expr=f"(\n{ratio('tritonfleet_loadtest_frames_late_total', VIDEO_FRAMES)}\n) > 0.05",
+        duration="5m",
+        severity="warning",
+        summary="{{ $value | humanizePercentage }} of {{ $labels.model }} video frames are late",
+        description="More than 5% of video frames of model {{ $labels.model }} are answered after their"
+                    " 1/FPS deadline, for five minutes.",
+        runbook="Compare queue time and compute time on the Models dashboard: queueing wants more pods;"
+                " compute time wants a faster model or a GPU.",
+    ),
+    Alert(
+        name="VideoFramesDropped",
+        expr=f"sum by (namespace, model) (rate(tritonfleet_loadtest_frames_dropped_total[{WINDOW}])) > 0",
+        duration="10m",
+        severity="warning",
+        summary="Video frames of {{ $labels.model }} are being dropped",
+        description="Camera streams of model {{ $labels.model }} skip frames because the previous frame"
+                    " is still in flight, for ten minutes.",
+        runbook="Frames drop when one frame takes longer than the frame interval: see VideoStreamsLate.",
+    ),
+)
+
+
+def rule_groups() -> dict:
+    return {"groups": [{"name": "tritonfleet.alerts", "rules": [alert.rule() for alert in ALERTS]}]}
+
+
+def runbook_markdown() -> str:
+    lines = ["# tritonfleet alert runbook", "",
+             "Generated from observability/rules.py by `tritonfleet render-dashboards` — do not edit.", ""]
+    for alert in ALERTS:
+        lines += [f"## {alert.name}", "", f"Severity: **{alert.severity}**. {alert.description}", "",
+                  "```promql", alert.expr, "```", "", alert.runbook, ""]
+    return "\n".join(lines)
