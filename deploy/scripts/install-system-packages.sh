@@ -3,6 +3,7 @@
 #   prometheus      - the real Prometheus server the local stack scrapes with
 #   haproxy         - the L4 (mode tcp) proxy, what a Kubernetes Service does to gRPC: a baseline
 #   libpython3.11   - the Triton Python-backend stub for 3.11 links against the system libpython
+#   chromium        - headless browser that opens the HTML reports and the live dashboard in tests
 # Without apt (or without root) it says what is missing and carries on: the parts that need a
 # missing package are skipped by the stack and the tests, with that reason.
 set -u
@@ -10,6 +11,7 @@ need=()
 command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
 command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
 ldconfig -p 2>/dev/null | grep -q 'libpython3.11.so.1.0' || need+=(libpython3.11)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 [ ${#need[@]} -eq 0 ] && exit 0
 
 echo "tritonfleet: installing system packages: ${need[*]}"
