@@ -1,0 +1,192 @@
+"""The request generators one worker runs on its event loop: open loop, closed loop, camera streams.
+
+Every request goes out as pre-serialized bytes on a raw gRPC method (no protobuf work per request)
+and comes back as one `RequestResult` handed to `emit`. Open-loop latency counts from the scheduled
+send time, so a request that could not leave on time because the sender or the server was stuck is
+charged for the wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable
+
+import grpc
+
+from loadtest.payloads import sequence_header
+from loadtest.records import DROPPED, OK, RequestResult
+from loadtest.shape import Shape
+
+INFER = "/inference.GRPCInferenceService/ModelInfer"
+STREAM_INFER = "/inference.GRPCInferenceService/ModelStreamInfer"
+# A ModelStreamInferResponse whose first field (1: error_message) is present carries an error;
+# protobuf writes fields in number order and leaves empty strings out, so one byte tells.
+_STREAM_ERROR_TAG = b"\x0a"
+
+Emit = Callable[[RequestResult], None]
+now_ns = time.monotonic_ns
+
+
+def open_channel(url: str) -> grpc.aio.Channel:
+    return grpc.aio.insecure_channel(url, options=[
+        ("grpc.max_send_message_length", -1),
+        ("grpc.max_receive_message_length", -1),
+    ])
+
+
+async def sleep_until(deadline_ns: int) -> None:
+    delay = deadline_ns - now_ns()
+    if delay > 0:
+        await asyncio.sleep(delay / 1e9)
+
+
+class Unary:
+    """One ModelInfer call with bytes in and bytes out."""
+
+    def __init__(self, channel: grpc.aio.Channel, timeout_s: float):
+        self.call = channel.unary_unary(INFER)
+        self.timeout_s = timeout_s
+
+    async def __call__(self, body: bytes, scheduled_ns: int, emit: Emit, stream: int = -1, deadline_ns: int = 0):
+        sent = now_ns()
+        try:
+            await self.call(body, timeout=self.timeout_s)
+            status = OK
+        except grpc.aio.AioRpcError as exc:
+            status = exc.code().name
+        emit(RequestResult(scheduled_ns, sent, now_ns(), status, stream, deadline_ns))
+
+
+async def open_loop(unary: Unary, bodies: list[bytes], offsets_ns: list[int], t0_ns: int, emit: Emit) -> None:
+    """Send request i at t0 + offsets[i], whether or not earlier ones have come back."""
+    pending: set[asyncio.Task] = set()
+    for index, offset in enumerate(offsets_ns):
+        scheduled = t0_ns + offset
+        await sleep_until(scheduled)
+        task = asyncio.create_task(unary(bodies[index % len(bodies)], scheduled, emit))
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+    if pending:
+        await asyncio.gather(*pending)
+
+
+async def closed_loop(unary: Unary, bodies: list[bytes], shape: Shape, share: Callable[[float], int],
+                      t0_ns: int, emit: Emit) -> None:
+    """`share(level)` users each send, wait for the answer, and send again, until the shape ends."""
+    end_ns = t0_ns + int(shape.duration_s * 1e9)
+    await sleep_until(t0_ns)
+
+    async def user(slot: int) -> None:
+        sent = 0
+        while (start := now_ns()) < end_ns:
+            if slot >= share(shape.level_at((start - t0_ns) / 1e9)):
+                await asyncio.sleep(0.01)  # this user is idle at the current step of the shape
+                continue
+            await unary(bodies[(slot + sent) % len(bodies)], start, emit)
+            sent += 1
+
+    await asyncio.gather(*(user(slot) for slot in range(share(shape.peak))))
+
+
+@dataclass
+class CameraPlan:
+    """One camera stream: its frames, pace and sequence identity."""
+
+    stream: int
+    correlation_id: int
+    fps: float
+    frames: int  # frame slots in the run
+    start_ns: int
+    bodies: list[bytes]  # pre-encoded frames of the clip, cycled
+
+    @property
+    def period_ns(self) -> int:
+        return int(1e9 / self.fps)
+
+    def request(self, slot: int, start: bool, end: bool) -> bytes:
+        return self.bodies[slot % len(self.bodies)] + sequence_header(
+            self.correlation_id, start, end, f"{self.stream}-{slot}")
+
+
+class Camera:
+    """Sends one frame per slot; a slot that comes while the previous frame is in flight drops its frame.
+
+    `mode` is "stream" (one ModelStreamInfer per camera, a sequence on it) or "unary" (one ModelInfer
+    per frame with the same sequence parameters), to compare the two.
+    """
+
+    def __init__(self, channel: grpc.aio.Channel, plan: CameraPlan, mode: str, emit: Emit, timeout_s: float):
+        self.channel, self.plan, self.mode, self.emit = channel, plan, mode, emit
+        self.timeout_s = timeout_s
+        self.in_flight: deque[tuple[int, int]] = deque()  # (scheduled, sent) of frames awaiting answers
+        self.idle = asyncio.Event()
+        self.idle.set()
+        self.sequence_open = False
+        self.call = None
+        self.reader: asyncio.Task | None = None
+
+    async def run(self) -> None:
+        plan = self.plan
+        last = plan.frames - 1
+        for slot in range(plan.frames):
+            scheduled = plan.start_ns + slot * plan.period_ns
+            await sleep_until(scheduled)
+            if not self.idle.is_set():
+                self.emit(RequestResult(scheduled, 0, now_ns(), DROPPED, plan.stream, plan.period_ns))
+                continue
+            await self._send(plan.request(slot, not self.sequence_open, slot == last), scheduled, slot == last)
+        await self.idle.wait()
+        if self.sequence_open:
+            # The last slot was dropped: close the sequence with one frame that is not measured.
+            await self._send(plan.request(last, False, True), 0, True)
+            await self.idle.wait()
+        await self._close()
+
+    async def _send(self, body: bytes, scheduled: int, end: bool) -> None:
+        self.idle.clear()
+        self.sequence_open = not end
+        if self.mode == "unary":
+            asyncio.create_task(self._unary(body, scheduled))
+            return
+        if self.call is None:
+            self.call = self.channel.stream_stream(STREAM_INFER)(timeout=self.timeout_s)
+            self.reader = asyncio.create_task(self._read(self.call))
+        self.in_flight.append((scheduled, now_ns()))
+        try:
+            await self.call.write(body)
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+            pass  # the reader sees the same failure and settles the frame
+
+    async def _unary(self, body: bytes, scheduled: int) -> None:
+        sent = now_ns()
+        try:
+            await self.channel.unary_unary(INFER)(body, timeout=self.timeout_s)
+            status = OK
+        except grpc.aio.AioRpcError as exc:
+            status = exc.code().name
+        self._settle(scheduled, sent, status)
+
+    async def _read(self, call) -> None:
+        try:
+            async for response in call:
+                scheduled, sent = self.in_flight.popleft()
+                self._settle(scheduled, sent, "UNKNOWN" if response[:1] == _STREAM_ERROR_TAG else OK)
+        except grpc.aio.AioRpcError as exc:
+            # The stream broke: its frames in flight fail, and the next frame opens a new sequence.
+            while self.in_flight:
+                scheduled, sent = self.in_flight.popleft()
+                self._settle(scheduled, sent, exc.code().name)
+            self.call, self.sequence_open = None, False
+
+    def _settle(self, scheduled: int, sent: int, status: str) -> None:
+        if scheduled:  # the unmeasured closing frame has no slot
+            self.emit(RequestResult(scheduled, sent, now_ns(), status, self.plan.stream, self.plan.period_ns))
+        self.idle.set()
+
+    async def _close(self) -> None:
+        if self.call is not None:
+            await self.call.done_writing()
+            await self.reader

@@ -1,0 +1,233 @@
+"""One result record per request (or per video frame slot), and the recorder that aggregates them.
+
+Generators emit `RequestResult`s; a `Recorder` folds them into HDR histograms and counters that can be
+merged (workers of one run, pods of one Job) and saved as JSON, so reports never need the raw records.
+Latency always counts from the request's *scheduled* send time: a server that stalls makes every request
+scheduled during the stall late, instead of silently slowing the sender down (coordinated omission).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from hdrh.histogram import HdrHistogram
+
+# Microseconds from 1 µs to one hour, three significant digits: 0.1% resolution at any latency.
+_LOWEST_US = 1
+_HIGHEST_US = 3_600_000_000
+_DIGITS = 3
+
+OK = "OK"
+DROPPED = "DROPPED"
+
+
+def new_histogram() -> HdrHistogram:
+    return HdrHistogram(_LOWEST_US, _HIGHEST_US, _DIGITS)
+
+
+def encode_histogram(histogram: HdrHistogram) -> str:
+    return histogram.encode().decode("ascii")
+
+
+def decode_histogram(text: str) -> HdrHistogram:
+    merged = new_histogram()
+    if text:
+        merged.add(HdrHistogram.decode(text.encode("ascii")))
+    return merged
+
+
+def record_latency(histogram: HdrHistogram, latency_us: int) -> None:
+    histogram.record_value(min(max(latency_us, _LOWEST_US), _HIGHEST_US))
+
+
+class RequestResult(NamedTuple):
+    """What happened to one request (image) or one frame slot (video). Times are monotonic ns."""
+
+    scheduled_ns: int
+    sent_ns: int  # 0 when the frame was dropped and never sent
+    done_ns: int
+    status: str  # "OK", a gRPC status code name, or "DROPPED"
+    stream: int = -1  # video: the camera stream; -1 for images
+    deadline_ns: int = 0  # video: 1/FPS; 0 when there is no per-request deadline
+
+    @property
+    def latency_ns(self) -> int:
+        return self.done_ns - self.scheduled_ns
+
+    @property
+    def late(self) -> bool:
+        return self.status == OK and self.deadline_ns > 0 and self.latency_ns > self.deadline_ns
+
+
+@dataclass
+class StreamStats:
+    """One camera stream: its frame slots and how each one went."""
+
+    slots: int = 0
+    answered: int = 0
+    late: int = 0
+    dropped: int = 0
+    errors: int = 0
+    jitter_sum_us: int = 0  # sum of |latency_k - latency_(k-1)| over consecutive answered frames
+    jitter_pairs: int = 0
+    last_latency_us: int = -1
+    latency: HdrHistogram = field(default_factory=new_histogram)
+
+    def record(self, result: RequestResult) -> None:
+        self.slots += 1
+        if result.status == DROPPED:
+            self.dropped += 1
+            return
+        if result.status != OK:
+            self.errors += 1
+            return
+        self.answered += 1
+        self.late += result.late
+        latency_us = result.latency_ns // 1000
+        record_latency(self.latency, latency_us)
+        if self.last_latency_us >= 0:
+            self.jitter_sum_us += abs(latency_us - self.last_latency_us)
+            self.jitter_pairs += 1
+        self.last_latency_us = latency_us
+
+    @property
+    def jitter_ms(self) -> float:
+        return self.jitter_sum_us / self.jitter_pairs / 1000 if self.jitter_pairs else 0.0
+
+    def merge(self, other: "StreamStats") -> None:
+        for name in ("slots", "answered", "late", "dropped", "errors", "jitter_sum_us", "jitter_pairs"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.latency.add(other.latency)
+
+    def to_dict(self) -> dict:
+        return {
+            "slots": self.slots, "answered": self.answered, "late": self.late, "dropped": self.dropped,
+            "errors": self.errors, "jitter_sum_us": self.jitter_sum_us, "jitter_pairs": self.jitter_pairs,
+            "latency": encode_histogram(self.latency),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "StreamStats":
+        stats = cls(**{key: value for key, value in data.items() if key != "latency"})
+        stats.latency = decode_histogram(data["latency"])
+        return stats
+
+
+@dataclass
+class Second:
+    """One second of the measured period (by scheduled time): counts and a latency histogram."""
+
+    sent: int = 0
+    ok: int = 0
+    errors: int = 0
+    late: int = 0
+    dropped: int = 0
+    latency: HdrHistogram = field(default_factory=new_histogram)
+
+    def merge(self, other: "Second") -> None:
+        for name in ("sent", "ok", "errors", "late", "dropped"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.latency.add(other.latency)
+
+    def to_dict(self) -> dict:
+        return {"sent": self.sent, "ok": self.ok, "errors": self.errors, "late": self.late,
+                "dropped": self.dropped, "latency": encode_histogram(self.latency)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Second":
+        second = cls(**{key: value for key, value in data.items() if key != "latency"})
+        second.latency = decode_histogram(data["latency"])
+        return second
+
+
+class Recorder:
+    """Aggregates results scheduled at or after `measure_from_ns` (warm-up before it is left out)."""
+
+    def __init__(self, measure_from_ns: int = 0):
+        self.measure_from_ns = measure_from_ns
+        self.latency = new_histogram()
+        self.statuses: Counter[str] = Counter()
+        self.timeline: dict[int, Second] = {}
+        self.streams: dict[int, StreamStats] = {}
+        self.sent = 0
+        self.first_sent_ns = 0
+        self.last_sent_ns = 0
+
+    def record(self, result: RequestResult) -> None:
+        if result.scheduled_ns < self.measure_from_ns:
+            return
+        second = self._second(result.scheduled_ns)
+        if result.stream >= 0:
+            self.streams.setdefault(result.stream, StreamStats()).record(result)
+        self.statuses[result.status] += 1
+        if result.status == DROPPED:
+            second.dropped += 1
+            return
+        self._count_send(result.sent_ns)
+        second.sent += 1
+        if result.status != OK:
+            second.errors += 1
+            return
+        second.ok += 1
+        second.late += result.late
+        latency_us = result.latency_ns // 1000
+        record_latency(self.latency, latency_us)
+        record_latency(second.latency, latency_us)
+
+    def _second(self, scheduled_ns: int) -> Second:
+        index = (scheduled_ns - self.measure_from_ns) // 1_000_000_000
+        second = self.timeline.get(index)
+        if second is None:
+            second = self.timeline[index] = Second()
+        return second
+
+    def _count_send(self, sent_ns: int) -> None:
+        self.sent += 1
+        if not self.first_sent_ns or sent_ns < self.first_sent_ns:
+            self.first_sent_ns = sent_ns
+        self.last_sent_ns = max(self.last_sent_ns, sent_ns)
+
+    def merge(self, other: "Recorder") -> None:
+        """Add another recorder's results; the timeline lines up by seconds since each one's start."""
+        self.latency.add(other.latency)
+        self.statuses.update(other.statuses)
+        for index, second in other.timeline.items():
+            self.timeline.setdefault(index, Second()).merge(second)
+        for stream, stats in other.streams.items():
+            self.streams.setdefault(stream, StreamStats()).merge(stats)
+        self.sent += other.sent
+        firsts = [t for t in (self.first_sent_ns, other.first_sent_ns) if t]
+        self.first_sent_ns = min(firsts) if firsts else 0
+        self.last_sent_ns = max(self.last_sent_ns, other.last_sent_ns)
+
+    @property
+    def send_rate(self) -> float:
+        """Requests actually sent per second, from the first send to the last."""
+        span_s = (self.last_sent_ns - self.first_sent_ns) / 1e9
+        return (self.sent - 1) / span_s if self.sent > 1 and span_s > 0 else 0.0
+
+    def to_dict(self) -> dict:
+        return {
+            "measure_from_ns": self.measure_from_ns,
+            "latency": encode_histogram(self.latency),
+            "statuses": dict(self.statuses),
+            "timeline": {str(index): second.to_dict() for index, second in sorted(self.timeline.items())},
+            "streams": {str(stream): stats.to_dict() for stream, stats in sorted(self.streams.items())},
+            "sent": self.sent,
+            "first_sent_ns": self.first_sent_ns,
+            "last_sent_ns": self.last_sent_ns,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Recorder":
+        recorder = cls(data["measure_from_ns"])
+        recorder.latency = decode_histogram(data["latency"])
+        recorder.statuses = Counter(data["statuses"])
+        recorder.timeline = {int(k): Second.from_dict(v) for k, v in data["timeline"].items()}
+        recorder.streams = {int(k): StreamStats.from_dict(v) for k, v in data["streams"].items()}
+        recorder.sent = data["sent"]
+        recorder.first_sent_ns = data["first_sent_ns"]
+        recorder.last_sent_ns = data["last_sent_ns"]
+        return recorder

@@ -1,0 +1,143 @@
+"""A run's saved result (versioned JSON), its summary figures, stability windows, and merging.
+
+The recorder is the source of truth; the summary is recomputed from it whenever a result is loaded,
+so results merged from several pods summarize exactly like one big run.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from loadtest.records import DROPPED, OK, Recorder
+
+FORMAT = "tritonfleet.loadtest.result"
+VERSION = 1
+PERCENTILES = (50, 90, 95, 99, 99.9)
+
+
+@dataclass
+class RunResult:
+    kind: str  # "image" or "video"
+    config: dict
+    recorder: Recorder
+    started_at: str = ""
+    servers: dict = field(default_factory=dict)  # {"source": ..., "requests": {server: count}}
+    trials: list = field(default_factory=list)  # sweep: one summary per trial
+
+    def to_dict(self) -> dict:
+        return {
+            "format": FORMAT, "version": VERSION, "kind": self.kind, "started_at": self.started_at,
+            "config": self.config, "servers": self.servers, "trials": self.trials,
+            "summary": summarize(self), "recorder": self.recorder.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "RunResult":
+        if data.get("format") != FORMAT:
+            raise ValueError(f"not a load-test result (format {data.get('format')!r}, want {FORMAT!r})")
+        if data.get("version") != VERSION:
+            raise ValueError(f"result version {data.get('version')} is not supported (this reads {VERSION})")
+        return cls(kind=data["kind"], config=data["config"], recorder=Recorder.from_dict(data["recorder"]),
+                   started_at=data.get("started_at", ""), servers=data.get("servers", {}),
+                   trials=data.get("trials", []))
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=1))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "RunResult":
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path} is not JSON: {exc}") from None
+
+
+def merge_results(results: list[RunResult]) -> RunResult:
+    """One result from several (the pods of one Job, or repeated runs of one configuration)."""
+    if not results:
+        raise ValueError("nothing to merge")
+    kinds = {result.kind for result in results}
+    if len(kinds) > 1:
+        raise ValueError(f"cannot merge results of different workloads: {sorted(kinds)}")
+    recorder = Recorder()
+    servers: dict[str, int] = {}
+    for result in results:
+        recorder.merge(result.recorder)
+        for name, count in result.servers.get("requests", {}).items():
+            servers[name] = servers.get(name, 0) + count
+    first = results[0]
+    config = dict(first.config, merged_from=len(results))
+    source = first.servers.get("source", "")
+    return RunResult(first.kind, config, recorder, first.started_at,
+                     {"source": source, "requests": servers} if servers else {})
+
+
+def measured_seconds(recorder: Recorder) -> int:
+    return max(recorder.timeline) + 1 if recorder.timeline else 0
+
+
+def stability(recorder: Recorder, window_s: int = 1, windows: int = 3, tolerance: float = 0.1) -> dict:
+    """perf_analyzer's rule: the last `windows` windows agree within ±tolerance on throughput and p99."""
+    seconds = measured_seconds(recorder)
+    count = seconds // window_s
+    if count < windows:
+        return {"stable": False, "reason": f"only {count} windows of {window_s} s measured", "windows": []}
+    rows = []
+    for w in range(count - windows, count):
+        ok, p99 = 0, []
+        for index in range(w * window_s, (w + 1) * window_s):
+            second = recorder.timeline.get(index)
+            if second:
+                ok += second.ok
+                p99.append(second.latency.get_value_at_percentile(99) / 1000)
+        rows.append({"throughput": ok / window_s, "p99_ms": max(p99) if p99 else 0.0})
+    unstable = []
+    for key in ("throughput", "p99_ms"):
+        values = [row[key] for row in rows]
+        mean = statistics.fmean(values)
+        if mean and any(abs(value - mean) > tolerance * mean for value in values):
+            unstable.append(key)
+    return {"stable": not unstable, "reason": f"{', '.join(unstable)} varied over ±{tolerance:.0%}" if unstable
+            else "", "windows": rows}
+
+
+def _stream_summary(recorder: Recorder, slo_ms: float, tolerance: float) -> dict:
+    streams = recorder.streams
+    sustained = 0
+    per_stream = []
+    for stream, stats in sorted(streams.items()):
+        missed = stats.late + stats.dropped + stats.errors
+        p99 = stats.latency.get_value_at_percentile(99) / 1000 if stats.answered else 0.0
+        ok = stats.slots > 0 and missed <= tolerance * stats.slots and (not slo_ms or p99 <= slo_ms)
+        sustained += ok
+        per_stream.append({"stream": stream, "slots": stats.slots, "answered": stats.answered, "late": stats.late,
+                           "dropped": stats.dropped, "errors": stats.errors, "p99_ms": p99,
+                           "jitter_ms": stats.jitter_ms, "sustained": ok})
+    return {"streams": len(streams), "sustained": sustained, "per_stream": per_stream,
+            "late": sum(s.late for s in streams.values()), "dropped": sum(s.dropped for s in streams.values())}
+
+
+def summarize(result: RunResult) -> dict:
+    recorder = result.recorder
+    seconds = measured_seconds(recorder) or 1
+    ok = recorder.statuses.get(OK, 0)
+    errors = sum(count for status, count in recorder.statuses.items() if status not in (OK, DROPPED))
+    latency = recorder.latency
+    summary = {
+        "measured_s": seconds, "sent": recorder.sent, "ok": ok, "errors": errors,
+        "statuses": dict(recorder.statuses), "send_rate": recorder.send_rate, "throughput": ok / seconds,
+        "latency_ms": {f"p{p:g}": latency.get_value_at_percentile(p) / 1000 for p in PERCENTILES} if ok else {},
+        "mean_ms": latency.get_mean_value() / 1000 if ok else 0.0,
+        "max_ms": latency.get_max_value() / 1000 if ok else 0.0,
+        "stability": stability(recorder, int(result.config.get("window_s", 1))),
+    }
+    if result.kind == "video":
+        summary["video"] = _stream_summary(recorder, float(result.config.get("slo_ms") or 0),
+                                           float(result.config.get("miss_tolerance", 0.01)))
+    if result.servers.get("requests"):
+        total = sum(result.servers["requests"].values()) or 1
+        summary["server_share"] = {name: count / total for name, count in sorted(result.servers["requests"].items())}
+    return summary

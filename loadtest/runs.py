@@ -1,0 +1,124 @@
+"""The two workloads end to end: build payloads, run the workers, attach server shares, return a result."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from loadtest import payloads, server_share
+from loadtest.engine import default_workers, run_workers
+from loadtest.live import LiveMetrics, serve_metrics
+from loadtest.results import RunResult
+from loadtest.shape import Shape, Stage
+from loadtest.worker import WorkerSpec
+
+
+@dataclass
+class CommonOptions:
+    url: str
+    tensor: payloads.TensorSpec
+    workers: int = 0  # 0: one per core
+    warmup_s: float = 1.0
+    timeout_s: float = 30.0
+    window_s: int = 1
+    slo_ms: float = 0.0
+    metrics_urls: list[str] = field(default_factory=list)  # gateway or Triton metrics, for server shares
+    metrics_port: int = 0  # serve the harness's own metrics here; 0: off
+    quiet: bool = False
+
+
+@dataclass
+class ImageOptions(CommonOptions):
+    shape: Shape = field(default_factory=lambda: Shape.constant(100, 10))
+    loop: str = "open"
+    poisson: bool = False
+    seed: int = 0
+    source: str = "synthetic"
+    resolution: str = "480p"
+    images: int = 8
+
+
+@dataclass
+class VideoOptions(CommonOptions):
+    streams: int = 4
+    fps: float = 15.0
+    duration_s: float = 10.0
+    mode: str = "stream"
+    video_file: str = ""
+    resolution: str = "480p"
+    clip_frames: int = 30
+    miss_tolerance: float = 0.01  # a stream is sustained when at most this share of its frames missed
+
+
+def image_bodies(options: ImageOptions) -> list[bytes]:
+    images = payloads.load_images(options.source, max(options.images, options.tensor.batch_size), options.resolution)
+    return payloads.image_requests(options.tensor, images)
+
+
+def video_bodies(options: VideoOptions) -> list[bytes]:
+    if options.video_file:
+        frames = payloads.video_file_frames(options.video_file, options.clip_frames)
+    else:
+        height, width = payloads.parse_resolution(options.resolution)
+        frames = payloads.synthetic_clip(height, width, options.clip_frames)
+    return payloads.frame_bodies(options.tensor, frames)
+
+
+def run_image(options: ImageOptions, bodies: list[bytes] | None = None) -> RunResult:
+    if options.loop not in ("open", "closed"):
+        raise ValueError(f"loop must be 'open' or 'closed', got {options.loop!r}")
+    # The warm-up runs at the shape's first level before the measured shape starts.
+    first = options.shape.stages[0].level
+    shape = options.shape
+    if options.warmup_s > 0:
+        shape = Shape((Stage(options.warmup_s, first), *shape.stages))
+    spec = WorkerSpec("image", options.url, bodies or image_bodies(options), shape, loop=options.loop,
+                      poisson=options.poisson, seed=options.seed, warmup_s=options.warmup_s,
+                      timeout_s=options.timeout_s)
+    config = _config(options, workload="image", loop=options.loop, poisson=options.poisson,
+                     shape=options.shape.describe(), level=first, source=options.source,
+                     resolution=options.resolution)
+    return _run(spec, options, config, "image")
+
+
+def run_video(options: VideoOptions, bodies: list[bytes] | None = None) -> RunResult:
+    if options.mode not in ("stream", "unary"):
+        raise ValueError(f"video mode must be 'stream' or 'unary', got {options.mode!r}")
+    if options.streams < 1 or options.fps <= 0:
+        raise ValueError("video needs at least one stream and a positive FPS")
+    shape = Shape.constant(options.streams, options.warmup_s + options.duration_s)
+    spec = WorkerSpec("video", options.url, bodies or video_bodies(options), shape, warmup_s=options.warmup_s,
+                      timeout_s=options.timeout_s, streams=options.streams, fps=options.fps,
+                      video_mode=options.mode)
+    config = _config(options, workload="video", streams=options.streams, fps=options.fps, mode=options.mode,
+                     duration_s=options.duration_s, miss_tolerance=options.miss_tolerance,
+                     source=options.video_file or f"synthetic {options.resolution}")
+    return _run(spec, options, config, "video")
+
+
+def _config(options: CommonOptions, **extra) -> dict:
+    tensor = dataclasses.asdict(options.tensor)
+    return {"url": options.url, **tensor, "warmup_s": options.warmup_s, "window_s": options.window_s,
+            "slo_ms": options.slo_ms, "timeout_s": options.timeout_s, **extra}
+
+
+def _run(spec: WorkerSpec, options: CommonOptions, config: dict, workload: str) -> RunResult:
+    workers = options.workers or default_workers()
+    if workload == "video":
+        workers = min(workers, spec.streams)
+    config["workers"] = workers
+    live = LiveMetrics(workload, options.tensor.model)
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    before = server_share.snapshot(options.metrics_urls, options.tensor.model) if options.metrics_urls else {}
+    with contextlib.ExitStack() as stack:
+        if options.metrics_port:
+            server, thread = serve_metrics(live, options.metrics_port)
+            stack.callback(server.shutdown)
+        recorder = run_workers(spec, workers, live, options.quiet)
+    servers = {}
+    if options.metrics_urls:
+        after = server_share.snapshot(options.metrics_urls, options.tensor.model)
+        servers = server_share.share(before, after, options.metrics_urls)
+    return RunResult(workload, config, recorder, started, servers)

@@ -1,0 +1,109 @@
+"""One worker process: its own event loop and gRPC channel, its share of the load, its own recorder.
+
+The parent gives every worker the same start time (the monotonic clock is system-wide on Linux), so
+their schedules interleave exactly and their timelines merge second by second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import traceback
+from dataclasses import dataclass, field
+
+import uvloop
+
+from loadtest.generators import Camera, CameraPlan, Unary, closed_loop, open_channel, open_loop
+from loadtest.live import LiveDelta
+from loadtest.records import Recorder, RequestResult
+from loadtest.shape import Shape, arrival_offsets_ns
+
+TICK_S = 0.5
+
+
+@dataclass
+class WorkerSpec:
+    """Everything a worker needs, picklable: the parent builds one per worker."""
+
+    workload: str  # "image" or "video"
+    url: str
+    bodies: list[bytes]
+    shape: Shape  # image: rate or concurrency over time; video: its duration
+    index: int = 0
+    workers: int = 1
+    loop: str = "open"  # image: "open" (rate) or "closed" (concurrency)
+    poisson: bool = False
+    seed: int = 0
+    warmup_s: float = 0.0
+    timeout_s: float = 30.0
+    streams: int = 0  # video
+    fps: float = 0.0
+    video_mode: str = "stream"
+    correlation_base: int = field(default_factory=lambda: random.randrange(1, 2**31) << 16)
+
+    def my_streams(self) -> list[int]:
+        return list(range(self.index, self.streams, self.workers))
+
+    def share(self, level: float) -> int:
+        """This worker's part of a total concurrency."""
+        total = int(level)
+        return total // self.workers + (1 if self.index < total % self.workers else 0)
+
+
+def worker_main(spec: WorkerSpec, start_queue, report_queue) -> None:
+    """Process entry point: report ready, wait for the common start time, run, report the recorder."""
+    try:
+        uvloop.install()
+        asyncio.run(_run(spec, start_queue, report_queue))
+    except BaseException:  # noqa: BLE001 - the parent must hear about any failure, then it exits
+        report_queue.put(("error", spec.index, traceback.format_exc()))
+
+
+async def _run(spec: WorkerSpec, start_queue, report_queue) -> None:
+    channel = open_channel(spec.url)
+    await asyncio.wait_for(channel.channel_ready(), timeout=30)
+    report_queue.put(("ready", spec.index, None))
+    t0_ns = await asyncio.get_running_loop().run_in_executor(None, start_queue.get)
+    recorder = Recorder(measure_from_ns=t0_ns + int(spec.warmup_s * 1e9))
+    live = LiveDelta()
+
+    def emit(result: RequestResult) -> None:
+        recorder.record(result)
+        live.record(result)
+
+    async def tick() -> None:
+        while True:
+            await asyncio.sleep(TICK_S)
+            report_queue.put(("tick", spec.index, live.take()))
+
+    ticker = asyncio.create_task(tick())
+    try:
+        if spec.workload == "video":
+            await _video(spec, channel, t0_ns, emit, live)
+        elif spec.loop == "closed":
+            await closed_loop(Unary(channel, spec.timeout_s), spec.bodies, spec.shape, spec.share, t0_ns, emit)
+        else:
+            offsets = arrival_offsets_ns(spec.shape, spec.poisson, spec.seed)[spec.index :: spec.workers]
+            await open_loop(Unary(channel, spec.timeout_s), spec.bodies, offsets, t0_ns, emit)
+    finally:
+        ticker.cancel()
+        await channel.close()
+    report_queue.put(("tick", spec.index, live.take()))
+    report_queue.put(("done", spec.index, recorder.to_dict()))
+
+
+async def _video(spec: WorkerSpec, channel, t0_ns: int, emit, live: LiveDelta) -> None:
+    period_ns = int(1e9 / spec.fps)
+    frames = int(spec.shape.duration_s * spec.fps)
+
+    async def camera(stream: int) -> None:
+        # Streams start spread over one frame period, as independent cameras would.
+        plan = CameraPlan(stream, spec.correlation_base + stream, spec.fps, frames,
+                          t0_ns + period_ns * stream // max(spec.streams, 1), spec.bodies)
+        live.streams_active += 1
+        try:
+            await Camera(channel, plan, spec.video_mode, emit, spec.shape.duration_s + spec.timeout_s).run()
+        finally:
+            live.streams_active -= 1
+
+    await asyncio.gather(*(camera(stream) for stream in spec.my_streams()))

@@ -1,0 +1,1 @@
+../../tiny_stream/1/model.py
