@@ -1,32 +1,57 @@
-"""Triton Python-backend model: raw frames -> normalized NCHW pixels, through `kernels.preprocess`."""
+"""Triton Python-backend model: encoded images or raw frames -> normalized NCHW pixels.
 
-import json
+Every request of the batch is decoded on its own (a corrupt image fails only its request); all
+decoded frames then go through `kernels.preprocess` in one call, whatever their sizes.
+"""
 
 import torch
-import torch.utils.dlpack
 import triton_python_backend_utils as pb_utils
 
-from kernels.preprocess import preprocess
+from models import triton_io
+from models.decode import Decoder
+from models.pipeline import preprocess_frames
+
+INPUTS = [
+    {"name": "IMAGE", "data_type": "TYPE_STRING", "dims": [1], "optional": True},
+    {"name": "FRAMES", "data_type": "TYPE_UINT8", "dims": [-1, -1, 3], "optional": True},
+]
+OUTPUTS = [{"name": "PIXELS", "data_type": "TYPE_FP32", "dims": [3, 224, 224]}]
 
 
 class TritonPythonModel:
+    @staticmethod
+    def auto_complete_config(auto_complete_model_config):
+        return triton_io.complete_config(auto_complete_model_config, INPUTS, OUTPUTS)
+
     def initialize(self, args):
-        config = json.loads(args["model_config"])
-        dims = pb_utils.get_output_config_by_name(config, "PIXELS")["dims"]
-        self.size = (int(dims[1]), int(dims[2]))
-        self.device = torch.device("cuda" if args["model_instance_kind"] == "GPU" else "cpu")
+        self.device = triton_io.instance_device(args)
+        self.decoder = Decoder(self.device)
 
     def execute(self, requests):
-        # One response per request; a bad request gets its own error and its neighbours succeed.
-        return [self._run(request) for request in requests]
+        return triton_io.responses_for(requests, self._run_batch)
 
-    def _run(self, request):
-        try:
-            frames = pb_utils.get_input_tensor_by_name(request, "FRAMES").as_numpy()
-            pixels = preprocess(torch.from_numpy(frames).to(self.device), self.size)
-            out = pb_utils.Tensor.from_dlpack("PIXELS", torch.utils.dlpack.to_dlpack(pixels.contiguous()))
-            return pb_utils.InferenceResponse(output_tensors=[out])
-        except ValueError as exc:
-            return pb_utils.InferenceResponse(
-                error=pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG)
-            )
+    def _run_batch(self, requests):
+        frames_per_request = []
+        for request in requests:
+            try:
+                frames_per_request.append(self._frames(request))
+            except ValueError as exc:
+                frames_per_request.append(exc)
+        good = [frames for frames in frames_per_request if not isinstance(frames, Exception)]
+        flat = [frame for frames in good for frame in frames]
+        pixels = iter(torch.split(preprocess_frames(flat), [len(f) for f in good])) if flat else iter(())
+        return [
+            item if isinstance(item, Exception) else [triton_io.output("PIXELS", next(pixels))]
+            for item in frames_per_request
+        ]
+
+    def _frames(self, request) -> list[torch.Tensor]:
+        encoded = triton_io.input_bytes(request, "IMAGE")
+        frames = triton_io.input_tensor(request, "FRAMES", self.device)
+        if (encoded is None) == (frames is None):
+            raise ValueError("send exactly one of IMAGE (encoded JPEG/PNG) or FRAMES (uint8 N x H x W x 3)")
+        if encoded is not None:
+            return [self.decoder.decode(data) for data in encoded]
+        if frames.shape[1] == 0 or frames.shape[2] == 0:
+            raise ValueError(f"FRAMES must not be empty, got shape {tuple(frames.shape)}")
+        return list(frames)

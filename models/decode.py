@@ -1,0 +1,84 @@
+"""Encoded images (JPEG, PNG) -> uint8 (H, W, 3) RGB tensors.
+
+On CPU Pillow decodes (libjpeg-turbo inside its wheel). On a GPU, JPEGs go through nvJPEG with
+`torchvision.io.decode_jpeg(device="cuda")` when torchvision is installed, so the decoded pixels
+never cross PCIe; anything else falls back to Pillow and is copied up.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+JPEG_MAGIC = b"\xff\xd8\xff"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+# A 1080p frame is 2 MP; this bounds a decompression bomb while leaving room for 8K stills.
+MAX_PIXELS = 64 * 1024 * 1024
+
+
+class ImageDecodeError(ValueError):
+    """The bytes are empty, not JPEG/PNG, or corrupt."""
+
+
+def image_format(data: bytes) -> str:
+    if not data:
+        raise ImageDecodeError("empty image: 0 bytes")
+    if data.startswith(JPEG_MAGIC):
+        return "jpeg"
+    if data.startswith(PNG_MAGIC):
+        return "png"
+    raise ImageDecodeError(f"not a JPEG or PNG image (first bytes {data[:8]!r})")
+
+
+def decode_cpu(data: bytes) -> torch.Tensor:
+    """Decode with Pillow to a uint8 (H, W, 3) RGB tensor on the CPU."""
+    fmt = image_format(data)
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            if image.width * image.height > MAX_PIXELS:
+                raise ImageDecodeError(f"image of {image.width}x{image.height} is over {MAX_PIXELS} pixels")
+            # load() inside the try: truncated data only shows while decoding the pixels.
+            rgb = image.convert("RGB")
+            array = np.asarray(rgb)
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise ImageDecodeError(f"corrupt {fmt.upper()} image: {exc}") from None
+    return torch.from_numpy(array.copy())
+
+
+class Decoder:
+    """Decodes on `device`: nvJPEG for JPEGs on CUDA when torchvision has it, else Pillow."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self._gpu_jpeg = _gpu_jpeg_decoder() if device.type == "cuda" else None
+
+    @property
+    def uses_gpu_jpeg(self) -> bool:
+        return self._gpu_jpeg is not None
+
+    def decode(self, data: bytes) -> torch.Tensor:
+        if self._gpu_jpeg is not None and image_format(data) == "jpeg":
+            try:
+                return self._gpu_jpeg(data, self.device)
+            except RuntimeError as exc:
+                # nvJPEG rejects what it cannot handle (progressive, CMYK): Pillow knows more.
+                if "corrupt" in str(exc).lower():
+                    raise ImageDecodeError(f"corrupt JPEG image: {exc}") from None
+        return decode_cpu(data).to(self.device, non_blocking=True)
+
+
+def _gpu_jpeg_decoder():
+    try:
+        from torchvision.io import ImageReadMode, decode_jpeg
+    except ImportError:
+        return None
+
+    def decode(data: bytes, device: torch.device) -> torch.Tensor:
+        encoded = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+        chw = decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device)
+        return chw.permute(1, 2, 0).contiguous()
+
+    return decode
