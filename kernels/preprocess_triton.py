@@ -10,7 +10,7 @@ weights (a triangle filter of half-width `scale` when downscaling, plain bilinea
 each row normalized to sum 1). Both products run on the tensor cores (`tl.dot`), in chunks of
 CHUNK_Y x CHUNK_X input pixels, so registers stay bounded whatever the scale factor.
 
-Precision: uint8 pixels are exact in float16. Weights and the intermediate X @ Wx^T are rounded to
+Precision: uint8 pixels are exact in float16. Weights and the intermediate Wy @ X are rounded to
 float16 for the dots; for float32 output (SPLIT) each is split into a float16 high and low part
 and the cross products are summed, which keeps float32-level accuracy (about 1e-6).
 
@@ -38,27 +38,43 @@ def _autotune_configs() -> list[triton.Config]:
         # Wider tiles: the halo shared with neighbouring tiles shrinks relative to the tile, so
         # strong downscales (1080p, 4K) re-read fewer input pixels.
         triton.Config(dict(BLOCK_OY=32, BLOCK_OX=32, CHUNK_Y=32, CHUNK_X=64), num_warps=4),
-        triton.Config(dict(BLOCK_OY=32, BLOCK_OX=32, CHUNK_Y=64, CHUNK_X=64), num_warps=8),
-        # Long chunks along the row: more bytes in flight per load for very wide frames.
-        triton.Config(dict(BLOCK_OY=16, BLOCK_OX=32, CHUNK_Y=32, CHUNK_X=128), num_warps=8),
+        # Taller tiles: the vertical halo (2 * scale rows) is the larger one when scale_y is big.
+        triton.Config(dict(BLOCK_OY=64, BLOCK_OX=32, CHUNK_Y=32, CHUNK_X=64), num_warps=8),
+        # Longer chunks: fewer loop trips and more bytes in flight per load.
+        triton.Config(dict(BLOCK_OY=32, BLOCK_OX=32, CHUNK_Y=64, CHUNK_X=128), num_warps=8),
     ]
 
 
 @triton.jit
-def _window(r, scale, support, in_size):
-    """torch's antialias window for resized coordinates r: (centre, first tap, end tap)."""
+def _window(r, valid, scale, support, invscale, in_size):
+    """torch's antialias window for resized coordinates r.
+
+    Returns the filter centre minus 0.5 (so a tap's weight is 1 - |pos - centre| * invscale), the
+    window [lo, hi) clamped to the image, and 1 / (sum of the window's weights), 0 for padding.
+    """
     center = scale * (r.to(tl.float32) + 0.5)
     lo = tl.maximum(tl.floor(center - support + 0.5).to(tl.int32), 0)
     hi = tl.minimum(tl.floor(center + support + 0.5).to(tl.int32), in_size)
-    return center, lo, hi
+    hi = tl.where(valid, hi, lo)
+    center -= 0.5
+    total = tl.zeros_like(center)
+    # A window holds at most 2 * support + 1 taps: sum them one tap at a time.
+    for t in range(0, tl.max(hi - lo, axis=0)):
+        pos = lo + t
+        w = tl.maximum(1.0 - tl.abs(pos.to(tl.float32) - center) * invscale, 0.0)
+        total += tl.where(pos < hi, w, 0.0)
+    inv_total = tl.where(valid & (total > 0), 1.0 / tl.where(total > 0, total, 1.0), 0.0)
+    return center, lo, hi, inv_total
 
 
 @triton.jit
-def _tap_weights(pos, center, lo, hi, invscale):
-    """Unnormalized triangle-filter weight of input index `pos` (broadcast against the window)."""
-    w = 1.0 - tl.abs((pos.to(tl.float32) - center + 0.5) * invscale)
-    inside = (pos >= lo) & (pos < hi)
-    return tl.where(inside, tl.maximum(w, 0.0), 0.0)
+def _tap_weights(pos, center, inv_total, invscale, in_size):
+    """Normalized weight of input index `pos` (broadcast against the outputs' windows).
+
+    Outside a window the triangle is already <= 0, so only the image edge needs a mask.
+    """
+    w = tl.maximum(1.0 - tl.abs(pos.to(tl.float32) - center) * invscale, 0.0) * inv_total
+    return tl.where(pos < in_size, w, 0.0)
 
 
 @triton.jit
@@ -105,10 +121,8 @@ def _resize_normalize_kernel(
     # Output rows/columns outside the resized region are letterbox padding: empty windows.
     valid_y = (oy >= top) & (oy < top + rh)
     valid_x = (ox >= left) & (ox < left + rw)
-    cy, ylo, yhi = _window(oy - top, scale_y, support_y, in_h)
-    cx, xlo, xhi = _window(ox - left, scale_x, support_x, in_w)
-    yhi = tl.where(valid_y, yhi, ylo)
-    xhi = tl.where(valid_x, xhi, xlo)
+    cy, ylo, yhi, inv_y = _window(oy - top, valid_y, scale_y, support_y, invscale_y, in_h)
+    cx, xlo, xhi, inv_x = _window(ox - left, valid_x, scale_x, support_x, invscale_x, in_w)
     # The input window of the whole tile (empty when the tile is all padding).
     y_start = tl.min(tl.where(valid_y, ylo, in_h), axis=0)
     y_end = tl.max(tl.where(valid_y, yhi, 0), axis=0)
@@ -117,48 +131,38 @@ def _resize_normalize_kernel(
     n_chunks_y = tl.cdiv(tl.maximum(y_end - y_start, 0), CHUNK_Y)
     n_chunks_x = tl.cdiv(tl.maximum(x_end - x_start, 0), CHUNK_X)
 
-    # Row sums of Wy and Wx, so the weights can be normalized before the dots.
-    sum_y = tl.zeros([BLOCK_OY], dtype=tl.float32)
-    for ky in range(0, n_chunks_y):
-        yy = y_start + ky * CHUNK_Y + tl.arange(0, CHUNK_Y)
-        sum_y += tl.sum(_tap_weights(yy[None, :], cy[:, None], ylo[:, None], yhi[:, None], invscale_y), axis=1)
-    sum_x = tl.zeros([BLOCK_OX], dtype=tl.float32)
-    for kx in range(0, n_chunks_x):
-        xx = x_start + kx * CHUNK_X + tl.arange(0, CHUNK_X)
-        sum_x += tl.sum(_tap_weights(xx[:, None], cx[None, :], xlo[None, :], xhi[None, :], invscale_x), axis=0)
-    sum_y = tl.where(sum_y > 0, sum_y, 1.0)
-    sum_x = tl.where(sum_x > 0, sum_x, 1.0)
-
+    # out = (Wy @ X) @ Wx^T: column chunks outside, so each Wx chunk is built once; the
+    # vertical pass U = Wy @ X runs down the rows of that column chunk.
     acc0 = tl.zeros([BLOCK_OY, BLOCK_OX], dtype=tl.float32)
     acc1 = tl.zeros([BLOCK_OY, BLOCK_OX], dtype=tl.float32)
     acc2 = tl.zeros([BLOCK_OY, BLOCK_OX], dtype=tl.float32)
-    for ky in range(0, n_chunks_y):
-        yy = y_start + ky * CHUNK_Y + tl.arange(0, CHUNK_Y)
-        wy = _tap_weights(yy[None, :], cy[:, None], ylo[:, None], yhi[:, None], invscale_y) / sum_y[:, None]
-        t0 = tl.zeros([CHUNK_Y, BLOCK_OX], dtype=tl.float32)
-        t1 = tl.zeros([CHUNK_Y, BLOCK_OX], dtype=tl.float32)
-        t2 = tl.zeros([CHUNK_Y, BLOCK_OX], dtype=tl.float32)
-        for kx in range(0, n_chunks_x):
-            xx = x_start + kx * CHUNK_X + tl.arange(0, CHUNK_X)
-            wx = _tap_weights(xx[:, None], cx[None, :], xlo[None, :], xhi[None, :], invscale_x) / sum_x[None, :]
+    for kx in range(0, n_chunks_x):
+        xx = x_start + kx * CHUNK_X + tl.arange(0, CHUNK_X)
+        u0 = tl.zeros([BLOCK_OY, CHUNK_X], dtype=tl.float32)
+        u1 = tl.zeros([BLOCK_OY, CHUNK_X], dtype=tl.float32)
+        u2 = tl.zeros([BLOCK_OY, CHUNK_X], dtype=tl.float32)
+        for ky in range(0, n_chunks_y):
+            yy = y_start + ky * CHUNK_Y + tl.arange(0, CHUNK_Y)
+            wy = _tap_weights(yy[None, :], cy[:, None], inv_y[:, None], invscale_y, in_h)
             ptrs = src + yy[:, None].to(tl.int64) * stride_h + xx[None, :] * stride_w
             mask = (yy[:, None] < y_end) & (xx[None, :] < x_end)
             # uint8 -> float16 is exact, so the pixel operand never needs a low part.
             p0 = tl.load(ptrs, mask=mask, other=0).to(tl.float16)
             p1 = tl.load(ptrs + stride_c, mask=mask, other=0).to(tl.float16)
             p2 = tl.load(ptrs + 2 * stride_c, mask=mask, other=0).to(tl.float16)
-            wx_hi = wx.to(tl.float16)
-            t0 = tl.dot(p0, wx_hi, t0)
-            t1 = tl.dot(p1, wx_hi, t1)
-            t2 = tl.dot(p2, wx_hi, t2)
+            wy_hi = wy.to(tl.float16)
+            u0 = tl.dot(wy_hi, p0, u0)
+            u1 = tl.dot(wy_hi, p1, u1)
+            u2 = tl.dot(wy_hi, p2, u2)
             if SPLIT:
-                wx_lo = (wx - wx_hi.to(tl.float32)).to(tl.float16)
-                t0 = tl.dot(p0, wx_lo, t0)
-                t1 = tl.dot(p1, wx_lo, t1)
-                t2 = tl.dot(p2, wx_lo, t2)
-        acc0 = _dot16(wy, t0, acc0, SPLIT)
-        acc1 = _dot16(wy, t1, acc1, SPLIT)
-        acc2 = _dot16(wy, t2, acc2, SPLIT)
+                wy_lo = (wy - wy_hi.to(tl.float32)).to(tl.float16)
+                u0 = tl.dot(wy_lo, p0, u0)
+                u1 = tl.dot(wy_lo, p1, u1)
+                u2 = tl.dot(wy_lo, p2, u2)
+        wx = _tap_weights(xx[:, None], cx[None, :], inv_x[None, :], invscale_x, in_w)
+        acc0 = _dot16(u0, wx, acc0, SPLIT)
+        acc1 = _dot16(u1, wx, acc1, SPLIT)
+        acc2 = _dot16(u2, wx, acc2, SPLIT)
 
     inside = valid_y[:, None] & valid_x[None, :]
     plane = out_h * out_w
