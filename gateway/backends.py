@@ -1,0 +1,213 @@
+"""The pods the gateway forwards to: one channel each, their health and load, and the pick.
+
+A `Backend` is one Triton pod (host:port) with one HTTP/2 channel, its outstanding-request count and
+latency average (what the picker reads), whether it is admitted (live and not ejected) and which models
+are READY on it (what health checks write). `BackendPool` holds the current set, as discovery reports
+it, and answers "which pod for this model" with the picker, honouring the per-pod in-flight limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+
+import grpc
+
+from gateway import policy
+from gateway.metrics import GatewayMetrics
+
+log = logging.getLogger("tritonfleet.gateway")
+
+SERVICE = "/inference.GRPCInferenceService/"
+
+# The gateway forwards tensors of any size the pods accept, and keeps pinging idle pods so that a
+# silently dead pod is noticed by the transport too.
+CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", -1),
+    ("grpc.max_receive_message_length", -1),
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+]
+
+
+class NoBackendError(Exception):
+    """No admitted pod has the model READY; carries the gRPC status to answer with."""
+
+    def __init__(self, code: grpc.StatusCode, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(eq=False)
+class Backend:
+    address: str
+    channel: grpc.aio.Channel
+    inflight: int = 0
+    ewma_latency_s: float = 0.0
+    last_pick: int = 0
+    # Health: live from ServerReady; ready models from the per-model checks; ejection from failures.
+    live: bool = False
+    ready_models: frozenset[str] = frozenset()
+    known_models: frozenset[str] = frozenset()
+    ejected_until: float = 0.0
+    consecutive_failures: int = 0
+    terminating: bool = False
+    _calls: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def admitted(self) -> bool:
+        return self.live and not self.terminating and time.monotonic() >= self.ejected_until
+
+    def unary(self, method: str):
+        """A raw-bytes unary call object for `method` on this pod (cached: building one is not free)."""
+        call = self._calls.get(method)
+        if call is None:
+            call = self._calls[method] = self.channel.unary_unary(SERVICE + method)
+        return call
+
+    def stream(self, method: str):
+        call = self._calls.get(("stream", method))
+        if call is None:
+            call = self._calls[("stream", method)] = self.channel.stream_stream(SERVICE + method)
+        return call
+
+
+class BackendPool:
+    def __init__(self, metrics: GatewayMetrics, max_inflight: int = 0, queue_timeout_s: float = 1.0,
+                 eject_base_s: float = 0.5, eject_max_s: float = 30.0):
+        self.metrics = metrics
+        self.max_inflight = max_inflight
+        self.queue_timeout_s = queue_timeout_s
+        self.eject_base_s = eject_base_s
+        self.eject_max_s = eject_max_s
+        self.backends: dict[str, Backend] = {}
+        self._picks = 0
+        self._candidates: dict[str, list[Backend]] = {}
+        self._room = asyncio.Event()
+        self.changed = asyncio.Event()
+
+    # ---- membership (discovery) -------------------------------------------------------------
+
+    def set_addresses(self, addresses: set[str], terminating: set[str] = frozenset()) -> None:
+        """Make the pool match discovery: new pods are added (not admitted until healthy), gone pods removed."""
+        for address in addresses - self.backends.keys():
+            channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+            self.backends[address] = Backend(address=address, channel=channel)
+            log.info("backend added", extra={"backend": address})
+        for address in set(self.backends) - addresses:
+            backend = self.backends.pop(address)
+            log.info("backend removed", extra={"backend": address})
+            self.metrics.forget_backend(address)
+            # Requests already on the way finish on the old channel; it closes after a grace period.
+            asyncio.get_running_loop().create_task(backend.channel.close(grace=30))
+        for address, backend in self.backends.items():
+            backend.terminating = address in terminating
+        self.invalidate()
+
+    def invalidate(self) -> None:
+        """Health or membership changed: recompute candidate lists on next use."""
+        self._candidates.clear()
+        self.changed.set()
+        self.changed = asyncio.Event()
+        self._room.set()
+
+    # ---- picking ------------------------------------------------------------------------------
+
+    def candidates(self, model: str) -> list[Backend]:
+        found = self._candidates.get(model)
+        if found is None:
+            now = time.monotonic()
+            found = [
+                b for b in self.backends.values()
+                if b.live and not b.terminating and now >= b.ejected_until and model in b.ready_models
+            ]
+            self._candidates[model] = found
+            # An ejection ends by time, not by an event: recheck soon after the earliest one ends.
+            if any(now < b.ejected_until for b in self.backends.values()):
+                asyncio.get_running_loop().call_later(
+                    min(b.ejected_until for b in self.backends.values() if now < b.ejected_until) - now + 0.001,
+                    self.invalidate,
+                )
+        return found
+
+    def _pick_now(self, model: str, exclude: frozenset[Backend]) -> Backend | None:
+        found = self.candidates(model)
+        if exclude:
+            found = [b for b in found if b not in exclude]
+        if self.max_inflight:
+            found = [b for b in found if b.inflight < self.max_inflight]
+        return policy.pick(found, clock=self._picks)
+
+    async def acquire(self, model: str, exclude: frozenset[Backend] = frozenset()) -> Backend:
+        """Pick a pod for one request and count it as outstanding there; pair with `release`."""
+        backend = self._pick_now(model, exclude)
+        if backend is None:
+            backend = await self._wait_for_room(model, exclude)
+        self._picks += 1
+        backend.last_pick = self._picks
+        self.hold(backend)
+        return backend
+
+    async def _wait_for_room(self, model: str, exclude: frozenset[Backend]) -> Backend:
+        candidates = [b for b in self.candidates(model) if b not in exclude]
+        if not candidates:
+            known = any(model in b.known_models for b in self.backends.values())
+            if known or not self.backends:
+                raise NoBackendError(grpc.StatusCode.UNAVAILABLE, f"no ready backend has model '{model}'")
+            raise NoBackendError(grpc.StatusCode.NOT_FOUND, f"model '{model}' is not served by any backend")
+        # Every candidate is at its in-flight limit: wait a bounded time for one to have room.
+        deadline = time.monotonic() + self.queue_timeout_s
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise NoBackendError(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"every backend with model '{model}' has {self.max_inflight} requests in flight",
+                )
+            self._room.clear()
+            try:
+                await asyncio.wait_for(self._room.wait(), remaining)
+            except asyncio.TimeoutError:
+                pass
+            backend = self._pick_now(model, exclude)
+            if backend is not None:
+                return backend
+
+    def hold(self, backend: Backend) -> None:
+        """Count one more outstanding request on a pod chosen earlier (a sequence's pod)."""
+        backend.inflight += 1
+        self.metrics.inflight_gauge(backend.address).inc()
+
+    def release(self, backend: Backend, latency_s: float | None) -> None:
+        backend.inflight -= 1
+        self.metrics.inflight_gauge(backend.address).dec()
+        if latency_s is not None:
+            backend.ewma_latency_s = policy.ewma(backend.ewma_latency_s, latency_s)
+            backend.consecutive_failures = 0
+        if self.max_inflight:
+            self._room.set()
+
+    # ---- passive health -----------------------------------------------------------------------
+
+    def eject(self, backend: Backend, reason: str) -> None:
+        """Take a pod out after a connection failure; it returns after a backoff and a passing check."""
+        if time.monotonic() < backend.ejected_until:
+            return
+        backend.consecutive_failures += 1
+        backoff = min(self.eject_base_s * 2 ** (backend.consecutive_failures - 1), self.eject_max_s)
+        backend.ejected_until = time.monotonic() + backoff
+        backend.live = False
+        self.metrics.ejections.labels(backend.address).inc()
+        self.metrics.set_backend_state(backend.address, False, set(), set(backend.known_models))
+        log.warning("backend ejected", extra={"backend": backend.address, "reason": reason,
+                                              "backoff_s": round(backoff, 3)})
+        self.invalidate()
+
+    async def close(self) -> None:
+        for backend in self.backends.values():
+            await backend.channel.close()
+        self.backends.clear()

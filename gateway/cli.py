@@ -1,0 +1,57 @@
+"""`tritonfleet gateway`: run the request-level gRPC gateway in front of Triton pods."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from gateway import config as config_module
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "gateway",
+        help="run the gRPC gateway that balances every request over the Triton pods",
+        description="Request-level KServe v2 gRPC gateway. Settings come from --config (YAML), then "
+                    f"{config_module.ENV_PREFIX}<KEY> environment variables, then these flags.",
+    )
+    parser.add_argument("--config", help="YAML file of gateway settings (see deploy/gateway.example.yaml)")
+    parser.add_argument("--listen", help="host:port for clients (default 127.0.0.1:8001)")
+    parser.add_argument("--backend", dest="backends", action="append",
+                        help="a Triton pod host:port for static discovery (repeat the flag)")
+    parser.add_argument("--discovery", choices=config_module.DISCOVERY_KINDS)
+    parser.add_argument("--dns-target", help="headless Service name:port for dns discovery")
+    parser.add_argument("--kubernetes-service", help="Service whose EndpointSlices list the pods")
+    parser.add_argument("--kubernetes-namespace")
+    parser.add_argument("--metrics-port", type=int, help="Prometheus port (0: off)")
+    parser.add_argument("--workers", type=int, help="worker processes sharing the port (SO_REUSEPORT)")
+    parser.add_argument("--allow-admin", action="store_true", default=None,
+                        help="allow model load/unload (applied to every pod) and other admin calls")
+    parser.add_argument("--drain-grace-s", type=float, help="seconds to finish in-flight work on SIGTERM")
+    parser.add_argument("--log-level")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    overrides = {key: getattr(args, key, None) for key in (
+        "listen", "backends", "discovery", "dns_target", "kubernetes_service", "kubernetes_namespace",
+        "metrics_port", "workers", "allow_admin", "drain_grace_s", "log_level")}
+    try:
+        config = config_module.load(args.config, overrides)
+    except (ValueError, OSError) as exc:
+        print(f"tritonfleet gateway: {exc}", file=sys.stderr)
+        return 2
+    from gateway.server import run as run_gateway
+
+    return run_gateway(config)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tritonfleet")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""The gateway's configuration: one frozen, validated object from YAML, then environment, then flags.
+
+Later sources win: a key in the YAML file is overridden by `TRITONFLEET_GATEWAY_<KEY>` in the
+environment, which is overridden by a command-line flag. Every value is checked once, here, with a
+ValueError that names the key; the rest of the gateway trusts the object.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+ENV_PREFIX = "TRITONFLEET_GATEWAY_"
+DISCOVERY_KINDS = ("static", "dns", "kubernetes")
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    # Where clients connect (host:port) and where Prometheus scrapes (0 turns metrics off).
+    listen: str = "127.0.0.1:8001"
+    metrics_address: str = "127.0.0.1"
+    metrics_port: int = 8002
+    # Worker processes sharing the listen port through SO_REUSEPORT; one per core is the usual choice.
+    workers: int = 1
+    # How pods are found: a static list, the A records of a headless Service, or its EndpointSlices.
+    discovery: str = "static"
+    backends: tuple[str, ...] = ()
+    dns_target: str = ""
+    dns_interval_s: float = 5.0
+    kubernetes_namespace: str = "default"
+    kubernetes_service: str = ""
+    kubernetes_port_name: str = "grpc"
+    # Active health checks (ServerReady, then per-model readiness) and passive ejection.
+    health_interval_s: float = 1.0
+    health_timeout_s: float = 1.0
+    eject_base_s: float = 0.5
+    eject_max_s: float = 30.0
+    # Retries on another pod for requests that never reached a model: at most `retry_attempts` extra
+    # tries per request, and overall at most `retry_budget_ratio` retries per request plus a reserve.
+    retry_attempts: int = 2
+    retry_budget_ratio: float = 0.2
+    retry_budget_reserve: int = 10
+    # Per-pod in-flight limit (0: none); a request waits at most `queue_timeout_s` for room.
+    max_inflight_per_backend: int = 0
+    queue_timeout_s: float = 1.0
+    # On SIGTERM: stop accepting, let in-flight requests and streams finish within this many seconds.
+    drain_grace_s: float = 10.0
+    # Model load/unload, shared memory, trace and log settings are refused unless this is on.
+    allow_admin: bool = False
+    max_message_bytes: int = 256 * 1024 * 1024
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    @property
+    def listen_host(self) -> str:
+        return self.listen.rpartition(":")[0]
+
+    @property
+    def listen_port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(GatewayConfig)}
+
+
+def _validate(config: GatewayConfig) -> None:
+    def need(condition: bool, key: str, why: str) -> None:
+        if not condition:
+            raise ValueError(f"gateway config: {key} {why} (got {getattr(config, key)!r})")
+
+    host, _, port = config.listen.rpartition(":")
+    need(bool(host) and port.isdigit() and 0 <= int(port) < 65536, "listen", "must be host:port (port 0: any free port)")
+    need(config.workers == 1 or not config.listen.endswith(":0"), "listen", "needs a fixed port with several workers")
+    need(0 <= config.metrics_port < 65536, "metrics_port", "must be a port number or 0")
+    need(1 <= config.workers <= 64, "workers", "must be between 1 and 64")
+    need(config.discovery in DISCOVERY_KINDS, "discovery", f"must be one of {DISCOVERY_KINDS}")
+    if config.discovery == "static":
+        need(bool(config.backends), "backends", "must list at least one host:port for static discovery")
+        for backend in config.backends:
+            h, _, p = backend.rpartition(":")
+            if not (h and p.isdigit()):
+                raise ValueError(f"gateway config: backends entry {backend!r} must be host:port")
+    if config.discovery == "dns":
+        h, _, p = config.dns_target.rpartition(":")
+        need(bool(h) and p.isdigit(), "dns_target", "must be name:port for dns discovery")
+    if config.discovery == "kubernetes":
+        need(bool(config.kubernetes_service), "kubernetes_service", "must name the Triton Service")
+    for key in ("dns_interval_s", "health_interval_s", "health_timeout_s", "eject_base_s", "eject_max_s"):
+        need(getattr(config, key) > 0, key, "must be positive")
+    for key in ("queue_timeout_s", "drain_grace_s", "retry_budget_ratio"):
+        need(getattr(config, key) >= 0, key, "must not be negative")
+    for key in ("retry_attempts", "retry_budget_reserve", "max_inflight_per_backend"):
+        need(getattr(config, key) >= 0, key, "must not be negative")
+    need(config.max_message_bytes > 0, "max_message_bytes", "must be positive")
+    need(config.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"), "log_level", "is not a level")
+
+
+def _coerce(key: str, value: Any) -> Any:
+    """Turn a YAML, environment or flag value into the field's type, or raise naming the key."""
+    kind = _FIELDS[key].type
+    try:
+        if kind == "tuple[str, ...]":
+            if isinstance(value, str):
+                value = [item for item in value.replace(",", " ").split() if item]
+            return tuple(str(item) for item in value)
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError
+            return text in ("true", "1", "yes")
+        if kind == "int":
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if kind == "float":
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"gateway config: {key} must be of type {kind} (got {value!r})") from None
+
+
+def from_mapping(values: Mapping[str, Any]) -> GatewayConfig:
+    unknown = sorted(set(values) - set(_FIELDS))
+    if unknown:
+        raise ValueError(f"gateway config: unknown keys {unknown}; known keys are {sorted(_FIELDS)}")
+    return GatewayConfig(**{key: _coerce(key, value) for key, value in values.items()})
+
+
+def load(
+    path: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> GatewayConfig:
+    """YAML file (optional) < environment < overrides (flags; None values are ignored)."""
+    values: dict[str, Any] = {}
+    if path:
+        loaded = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"gateway config: {path} must hold a mapping of keys to values")
+        values.update(loaded)
+    environ = os.environ if environ is None else environ
+    for key in _FIELDS:
+        env_value = environ.get(ENV_PREFIX + key.upper())
+        if env_value is not None:
+            values[key] = env_value
+    values.update({key: value for key, value in (overrides or {}).items() if value is not None})
+    return from_mapping(values)

@@ -1,0 +1,139 @@
+"""Forwarding one request to one pod, as bytes: pick, call, count, retry when it is safe.
+
+A request is retried on another pod only when it cannot have reached a model: the pod could not be
+reached (UNAVAILABLE from the transport) or the pod said it does not have the model (it was unloaded
+or is not ready yet). Requests in a sequence are never retried (the state lives on their pod). Retries
+draw from a budget, so a sick fleet is not hit with a multiple of its load.
+"""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+
+from gateway.backends import Backend, BackendPool, NoBackendError
+from gateway.metrics import GatewayMetrics
+
+# Metadata that belongs to one HTTP/2 hop and is set again by the gateway's own channel.
+_HOP_HEADERS = frozenset({"user-agent", "te", "content-type", "host", "connection"})
+
+# Triton's words when a pod does not have the model (as opposed to a failure inside the model).
+_MODEL_MISSING = ("Request for unknown model", "is not found", "is not ready", "unavailable model")
+
+
+class UpstreamError(Exception):
+    """A request that ended with a non-OK status, from a pod or from the gateway itself."""
+
+    def __init__(self, code: grpc.StatusCode, details: str, trailing_metadata=None):
+        super().__init__(details)
+        self.code = code
+        self.details = details
+        self.trailing_metadata = trailing_metadata
+
+
+class RetryBudget:
+    """Token bucket: each request adds `ratio` tokens (up to `reserve`), each retry takes one."""
+
+    def __init__(self, ratio: float, reserve: int):
+        self.ratio = ratio
+        self.capacity = float(max(reserve, 1))
+        self.tokens = self.capacity
+
+    def deposit(self) -> None:
+        self.tokens = min(self.tokens + self.ratio, self.capacity)
+
+    def withdraw(self) -> bool:
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
+
+
+def upstream_metadata(context: grpc.aio.ServicerContext) -> tuple[tuple[str, str], ...]:
+    """The client's metadata minus per-hop headers, to send on to the pod."""
+    return tuple(
+        (key, value) for key, value in context.invocation_metadata() or ()
+        if key not in _HOP_HEADERS and not key.startswith((":", "grpc-"))
+    )
+
+
+def model_missing(exc: grpc.aio.AioRpcError) -> bool:
+    details = exc.details() or ""
+    return exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.NOT_FOUND) and any(
+        words in details for words in _MODEL_MISSING
+    )
+
+
+def unreachable(exc: grpc.aio.AioRpcError) -> bool:
+    """The transport could not deliver the call (connection refused, reset, or closed)."""
+    return exc.code() == grpc.StatusCode.UNAVAILABLE and not model_missing(exc)
+
+
+class Forwarder:
+    def __init__(self, pool: BackendPool, metrics: GatewayMetrics, retry_attempts: int, budget: RetryBudget):
+        self.pool = pool
+        self.metrics = metrics
+        self.retry_attempts = retry_attempts
+        self.budget = budget
+
+    async def unary(self, method: str, model: str, data: bytes, metadata, timeout: float | None,
+                    retryable: bool = True, metric_method: str | None = None,
+                    pinned: Backend | None = None) -> bytes:
+        """Send `data` to a pod with `model` READY and return the reply bytes, or raise UpstreamError.
+
+        `pinned` sends to that pod only, without retries: a sequence's pod holds its state.
+        """
+        metric_method = metric_method or method
+        started = time.perf_counter()
+        tried: frozenset[Backend] = frozenset()
+        self.budget.deposit()
+        self.metrics.bytes_in.inc(len(data))
+        while True:
+            try:
+                if pinned is not None:
+                    backend, retryable = pinned, False
+                    self.pool.hold(backend)
+                else:
+                    backend = await self.pool.acquire(model, tried)
+            except NoBackendError as exc:
+                self._count(model, "none", metric_method, exc.code, started, 0.0)
+                raise UpstreamError(exc.code, str(exc)) from None
+            sent = time.perf_counter()
+            latency = None
+            try:
+                remaining = None if timeout is None else timeout - (sent - started)
+                reply = await backend.unary(method)(data, metadata=metadata, timeout=remaining)
+                latency = time.perf_counter() - sent
+            except grpc.aio.AioRpcError as exc:
+                self._note_failure(backend, exc, model)
+                if retryable and self._may_retry(exc, len(tried), timeout, started):
+                    self.metrics.retries.labels(model).inc()
+                    tried = tried | {backend}
+                    continue
+                self._count(model, backend.address, metric_method, exc.code(), started,
+                            time.perf_counter() - sent)
+                raise UpstreamError(exc.code(), exc.details() or "", exc.trailing_metadata()) from None
+            finally:
+                self.pool.release(backend, latency)
+            self.metrics.bytes_out.inc(len(reply))
+            self._count(model, backend.address, metric_method, grpc.StatusCode.OK, started, latency)
+            return reply
+
+    def _note_failure(self, backend: Backend, exc: grpc.aio.AioRpcError, model: str) -> None:
+        if model_missing(exc):
+            # The pod lost the model since the last health check: stop sending it this model's requests.
+            backend.ready_models = backend.ready_models - {model}
+            self.pool.invalidate()
+        elif unreachable(exc):
+            self.pool.eject(backend, exc.details() or exc.code().name)
+
+    def _may_retry(self, exc: grpc.aio.AioRpcError, attempts: int, timeout: float | None, started: float) -> bool:
+        if not (model_missing(exc) or unreachable(exc)) or attempts >= self.retry_attempts:
+            return False
+        if timeout is not None and time.perf_counter() - started >= timeout:
+            return False
+        return self.budget.withdraw()
+
+    def _count(self, model, backend, method, code: grpc.StatusCode, started: float, backend_s: float):
+        self.metrics.observe(model, backend, method, code.name, time.perf_counter() - started, backend_s)

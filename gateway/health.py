@@ -1,0 +1,110 @@
+"""Active health checks: is each pod live and ready, and which models are READY on it.
+
+Every `interval` each pod is asked ServerReady, then RepositoryIndex for the models it knows, then
+ModelReady for each of them; the answers set the pod's `live` and `ready_models`, which the picker reads.
+A pod ejected after a failure (see `BackendPool.eject`) is checked again only once its backoff is over,
+and comes back when the check passes. The first check of a new model also reads its config, to learn
+whether it is decoupled or stateful (the stream handler routes those differently).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+import grpc
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+from gateway.backends import Backend, BackendPool
+
+log = logging.getLogger("tritonfleet.gateway")
+
+
+@dataclass(frozen=True)
+class ModelTraits:
+    decoupled: bool = False
+    stateful: bool = False
+
+
+class ModelCatalog:
+    """Traits of each model by name, read once from a pod's ModelConfig."""
+
+    def __init__(self):
+        self.traits: dict[str, ModelTraits] = {}
+
+    def get(self, model: str) -> ModelTraits:
+        return self.traits.get(model, ModelTraits())
+
+
+class HealthChecker:
+    def __init__(self, pool: BackendPool, catalog: ModelCatalog, interval_s: float, timeout_s: float):
+        self.pool = pool
+        self.catalog = catalog
+        self.interval_s = interval_s
+        self.timeout_s = timeout_s
+        self.checked = asyncio.Event()
+
+    async def run(self) -> None:
+        while True:
+            await self.check_all()
+            self.checked.set()
+            await asyncio.sleep(self.interval_s)
+
+    async def check_all(self) -> None:
+        backends = list(self.pool.backends.values())
+        await asyncio.gather(*(self.check(b) for b in backends))
+
+    def _stub(self, backend: Backend) -> service_pb2_grpc.GRPCInferenceServiceStub:
+        # Kept on the backend: a pod removed and added again gets a new channel, and so a new stub.
+        stub = backend._calls.get("health")  # noqa: SLF001 - the backend's own call cache
+        if stub is None:
+            stub = backend._calls["health"] = service_pb2_grpc.GRPCInferenceServiceStub(backend.channel)
+        return stub
+
+    async def check(self, backend: Backend) -> None:
+        if time.monotonic() < backend.ejected_until:
+            return
+        stub = self._stub(backend)
+        try:
+            live, ready, known = await self._probe(stub)
+        except grpc.aio.AioRpcError as exc:
+            live, ready, known = False, frozenset(), backend.known_models
+            if backend.live:
+                log.warning("backend failed its health check", extra={
+                    "backend": backend.address, "code": exc.code().name, "details": exc.details()})
+        await self._learn_traits(stub, ready - self.catalog.traits.keys())
+        changed = (live, ready) != (backend.live, backend.ready_models)
+        backend.live, backend.ready_models, backend.known_models = live, ready, known
+        if changed:
+            log.info("backend health changed", extra={
+                "backend": backend.address, "live": live, "ready_models": sorted(ready)})
+            self.pool.invalidate()
+        self.pool.metrics.set_backend_state(backend.address, live and not backend.terminating,
+                                            set(ready), set(known))
+
+    async def _probe(self, stub) -> tuple[bool, frozenset[str], frozenset[str]]:
+        timeout = self.timeout_s
+        reply = await stub.ServerReady(service_pb2.ServerReadyRequest(), timeout=timeout)
+        if not reply.ready:
+            return False, frozenset(), frozenset()
+        index = await stub.RepositoryIndex(service_pb2.RepositoryIndexRequest(), timeout=timeout)
+        known = frozenset(model.name for model in index.models)
+        checks = await asyncio.gather(*(
+            stub.ModelReady(service_pb2.ModelReadyRequest(name=name), timeout=timeout) for name in known
+        ))
+        ready = frozenset(name for name, answer in zip(known, checks) if answer.ready)
+        return True, ready, known
+
+    async def _learn_traits(self, stub, models: set[str]) -> None:
+        for model in models:
+            try:
+                reply = await stub.ModelConfig(service_pb2.ModelConfigRequest(name=model), timeout=self.timeout_s)
+            except grpc.aio.AioRpcError:
+                continue
+            config = reply.config
+            self.catalog.traits[model] = ModelTraits(
+                decoupled=config.model_transaction_policy.decoupled,
+                stateful=config.HasField("sequence_batching"),
+            )

@@ -1,0 +1,112 @@
+"""The gateway's Prometheus metrics, exactly the names of docs/METRICS.md, on a port of their own.
+
+With several worker processes, prometheus-client's multiprocess mode is used: each worker writes its
+values to files in PROMETHEUS_MULTIPROC_DIR and the parent process serves the merged view. The
+environment variable must be set before a worker creates its metrics, which `serve_multiprocess` and
+the worker start-up in `server.py` take care of.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+# Latency buckets from 100 µs (the gateway's own share) up to 10 s (a slow model under load).
+_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+class GatewayMetrics:
+    """The metric families, plus cached children so the hot path does no label lookups."""
+
+    def __init__(self, registry: CollectorRegistry | None = None):
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "tritonfleet_gateway_requests", "Requests and stream messages finished, by gRPC status code",
+            ["model", "backend", "method", "code"], registry=r,
+        )
+        self.duration = Histogram(
+            "tritonfleet_gateway_request_duration_seconds", "Total time in the gateway",
+            ["model", "method"], buckets=_BUCKETS, registry=r,
+        )
+        self.overhead = Histogram(
+            "tritonfleet_gateway_overhead_seconds", "The gateway's own share of a request's time",
+            ["model"], buckets=_BUCKETS, registry=r,
+        )
+        self.inflight = Gauge(
+            "tritonfleet_gateway_inflight", "Requests outstanding at each backend",
+            ["backend"], registry=r, multiprocess_mode="livesum",
+        )
+        self.backend_up = Gauge(
+            "tritonfleet_gateway_backend_up", "1 when the backend is live and admitted",
+            ["backend"], registry=r, multiprocess_mode="livemax",
+        )
+        self.model_ready = Gauge(
+            "tritonfleet_gateway_backend_model_ready", "1 when the model is READY on that backend",
+            ["backend", "model"], registry=r, multiprocess_mode="livemax",
+        )
+        self.retries = Counter(
+            "tritonfleet_gateway_retries", "Requests retried on another backend", ["model"], registry=r
+        )
+        self.ejections = Counter(
+            "tritonfleet_gateway_ejections", "Passive ejections", ["backend"], registry=r
+        )
+        self.active_streams = Gauge(
+            "tritonfleet_gateway_active_streams", "Open ModelStreamInfer streams",
+            registry=r, multiprocess_mode="livesum",
+        )
+        self.bytes = Counter(
+            "tritonfleet_gateway_bytes", "Payload bytes through the gateway", ["direction"], registry=r
+        )
+        self.bytes_in = self.bytes.labels("in")
+        self.bytes_out = self.bytes.labels("out")
+        self._children: dict[tuple, object] = {}
+
+    def _child(self, family, *labels):
+        key = (id(family), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = family.labels(*labels)
+        return child
+
+    def observe(self, model: str, backend: str, method: str, code: str, total_s: float, backend_s: float):
+        """One finished request or stream message."""
+        self._child(self.requests, model, backend, method, code).inc()
+        self._child(self.duration, model, method).observe(total_s)
+        if backend_s > 0:
+            self._child(self.overhead, model).observe(max(total_s - backend_s, 0.0))
+
+    def inflight_gauge(self, backend: str):
+        return self._child(self.inflight, backend)
+
+    def set_backend_state(self, backend: str, up: bool, ready_models: set[str], known_models: set[str]):
+        self._child(self.backend_up, backend).set(1 if up else 0)
+        for model in known_models:
+            self._child(self.model_ready, backend, model).set(1 if up and model in ready_models else 0)
+
+    def forget_backend(self, backend: str) -> None:
+        """A backend that discovery dropped: its series go away instead of freezing at the last value."""
+        for family in (self.inflight, self.backend_up):
+            try:
+                family.remove(backend)
+            except KeyError:
+                pass
+        for key in [k for k in self._children if backend in k[1:]]:
+            del self._children[key]
+
+
+def serve(metrics: GatewayMetrics, address: str, port: int):
+    """Serve this process's registry; returns the server so tests can stop it."""
+    server, _thread = start_http_server(port, addr=address, registry=metrics.registry)
+    return server
+
+
+def serve_multiprocess(address: str, port: int):
+    """In the parent of several workers: serve the merged values of every worker's files."""
+    from prometheus_client import multiprocess
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=os.environ["PROMETHEUS_MULTIPROC_DIR"])
+    server, _thread = start_http_server(port, addr=address, registry=registry)
+    return server

@@ -1,0 +1,157 @@
+"""Running the gateway: one worker's pieces wired together, the shutdown sequence, and several workers.
+
+Shutdown, the one sequence: SIGTERM or SIGINT → readiness turns false and open streams stop taking new
+messages → the gRPC server stops accepting calls and gives in-flight ones `drain_grace_s` to finish →
+what is left is cancelled → health checks and discovery stop and channels close.
+
+Several workers (`workers` > 1) are separate processes that each bind the listen port with
+SO_REUSEPORT, so the kernel spreads client connections over them and every core is used; the parent
+serves the merged metrics and passes signals on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import multiprocessing
+import os
+import signal
+import tempfile
+
+import grpc
+
+from gateway import logs, metrics as metrics_module
+from gateway.backends import BackendPool
+from gateway.config import GatewayConfig
+from gateway.discovery import DnsDiscovery, StaticDiscovery
+from gateway.forwarding import Forwarder, RetryBudget
+from gateway.health import HealthChecker, ModelCatalog
+from gateway.metrics import GatewayMetrics
+from gateway.service import InferenceService
+
+log = logging.getLogger("tritonfleet.gateway")
+
+
+class Gateway:
+    """One worker: discovery → pool ← health checks; the service forwards through the pool."""
+
+    def __init__(self, config: GatewayConfig, metrics: GatewayMetrics | None = None):
+        self.config = config
+        self.metrics = metrics or GatewayMetrics()
+        self.pool = BackendPool(self.metrics, config.max_inflight_per_backend, config.queue_timeout_s,
+                                config.eject_base_s, config.eject_max_s)
+        self.catalog = ModelCatalog()
+        self.health = HealthChecker(self.pool, self.catalog, config.health_interval_s, config.health_timeout_s)
+        self.forwarder = Forwarder(self.pool, self.metrics, config.retry_attempts,
+                                   RetryBudget(config.retry_budget_ratio, config.retry_budget_reserve))
+        self.service = InferenceService(self.pool, self.forwarder, self.catalog, config.allow_admin,
+                                        on_model_change=self.health.check_all)
+        self.server: grpc.aio.Server | None = None
+        self.port = 0
+        self._tasks: list[asyncio.Task] = []
+
+    def _discovery(self):
+        config = self.config
+        if config.discovery == "dns":
+            return DnsDiscovery(self.pool, config.dns_target, config.dns_interval_s)
+        if config.discovery == "kubernetes":
+            from gateway.kubernetes_discovery import EndpointSliceDiscovery
+
+            return EndpointSliceDiscovery(self.pool, config.kubernetes_namespace, config.kubernetes_service,
+                                          config.kubernetes_port_name)
+        return StaticDiscovery(self.pool, config.backends)
+
+    async def start(self) -> int:
+        """Start discovery, health checks and the server; returns the bound port."""
+        self._tasks = [asyncio.create_task(self._discovery().run()), asyncio.create_task(self.health.run())]
+        limit = self.config.max_message_bytes
+        self.server = grpc.aio.server(options=[
+            ("grpc.so_reuseport", 1),
+            ("grpc.max_send_message_length", limit),
+            ("grpc.max_receive_message_length", limit),
+        ])
+        self.server.add_generic_rpc_handlers((self.service.generic_handler(),))
+        self.port = self.server.add_insecure_port(self.config.listen)
+        await self.server.start()
+        log.info("gateway listening", extra={"listen": f"{self.config.listen_host}:{self.port}"})
+        return self.port
+
+    async def wait_ready(self, timeout: float = 30.0) -> None:
+        """Until the first round of health checks is done (tests and the supervisor use it)."""
+        await asyncio.wait_for(self.health.checked.wait(), timeout)
+
+    async def stop(self, grace: float | None = None) -> None:
+        grace = self.config.drain_grace_s if grace is None else grace
+        self.service.draining = True
+        for session in list(self.service.streams):
+            session.drain()
+        if self.server is not None:
+            await self.server.stop(grace)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.pool.close()
+        log.info("gateway stopped")
+
+
+async def serve(config: GatewayConfig, serve_metrics: bool = True) -> None:
+    """Run one worker until SIGTERM or SIGINT, then drain."""
+    gateway = Gateway(config)
+    if serve_metrics and config.metrics_port:
+        metrics_module.serve(gateway.metrics, config.metrics_address, config.metrics_port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await gateway.start()
+    await stop.wait()
+    log.info("gateway draining", extra={"grace_s": config.drain_grace_s})
+    await gateway.stop()
+
+
+def run(config: GatewayConfig) -> int:
+    logs.configure(config.log_level)
+    if config.workers == 1:
+        _run_loop(serve(config))
+        return 0
+    return _run_workers(config)
+
+
+def _run_loop(coroutine) -> None:
+    import uvloop
+
+    uvloop.run(coroutine)
+
+
+def _worker_main(config: GatewayConfig) -> None:
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: a worker never outlives the parent
+    logs.configure(config.log_level)
+    _run_loop(serve(config, serve_metrics=False))
+
+
+def _run_workers(config: GatewayConfig) -> int:
+    metrics_dir = tempfile.mkdtemp(prefix="tritonfleet-gateway-metrics-")
+    # Set before any worker starts: workers create their metrics in multiprocess mode from it.
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_worker_main, args=(config,), name=f"gateway-{i}")
+               for i in range(config.workers)]
+    for worker in workers:
+        worker.start()
+    if config.metrics_port:
+        metrics_module.serve_multiprocess(config.metrics_address, config.metrics_port)
+
+    def forward(signum, _frame):
+        for worker in workers:
+            if worker.pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(worker.pid, signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for worker in workers:
+        worker.join()
+    return max((w.exitcode or 0) for w in workers)

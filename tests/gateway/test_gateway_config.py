@@ -1,0 +1,44 @@
+"""The gateway configuration: YAML < environment < flags, validated once with clear messages."""
+
+import pytest
+
+from gateway import config
+
+
+def test_layers_override_in_order(tmp_path):
+    path = tmp_path / "gateway.yaml"
+    path.write_text("backends: [a:1, b:2]\nworkers: 2\nlisten: 0.0.0.0:9000\nretry_attempts: 1\n")
+    loaded = config.load(path, overrides={"workers": 3, "listen": None},
+                         environ={"TRITONFLEET_GATEWAY_RETRY_ATTEMPTS": "4", "TRITONFLEET_GATEWAY_ALLOW_ADMIN": "true"})
+    assert loaded.backends == ("a:1", "b:2")
+    assert (loaded.workers, loaded.listen, loaded.retry_attempts, loaded.allow_admin) == (3, "0.0.0.0:9000", 4, True)
+
+
+def test_config_is_frozen():
+    loaded = config.load(overrides={"backends": ["a:1"]}, environ={})
+    with pytest.raises(Exception):
+        loaded.workers = 4
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"backends": ["a:1"], "colour": "red"}, "unknown keys"),
+    ({}, "backends must list at least one"),
+    ({"backends": ["nohost"]}, "must be host:port"),
+    ({"backends": ["a:1"], "workers": "many"}, "workers must be of type int"),
+    ({"backends": ["a:1"], "workers": 0}, "workers must be between"),
+    ({"discovery": "dns"}, "dns_target must be name:port"),
+    ({"discovery": "kubernetes"}, "kubernetes_service must name"),
+    ({"backends": ["a:1"], "health_interval_s": 0}, "health_interval_s must be positive"),
+    ({"backends": ["a:1"], "allow_admin": "perhaps"}, "allow_admin must be of type bool"),
+    ({"backends": ["a:1"], "workers": 2, "listen": "127.0.0.1:0"}, "fixed port"),
+])
+def test_bad_values_name_the_key(values, message):
+    with pytest.raises(ValueError, match=message):
+        config.from_mapping(values)
+
+
+def test_yaml_that_is_not_a_mapping(tmp_path):
+    path = tmp_path / "gateway.yaml"
+    path.write_text("- a\n- b\n")
+    with pytest.raises(ValueError, match="must hold a mapping"):
+        config.load(path, environ={})

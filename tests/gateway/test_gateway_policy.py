@@ -1,0 +1,77 @@
+"""The picker on its own: power of two choices, fewer outstanding first, then latency, then recency."""
+
+import random
+from collections import Counter
+from dataclasses import dataclass
+
+import pytest
+
+from gateway import policy
+
+
+@dataclass(eq=False)
+class Pod:
+    name: str
+    inflight: int = 0
+    ewma_latency_s: float = 0.0
+    last_pick: int = 0
+
+
+def test_no_candidates_gives_none():
+    assert policy.pick([]) is None
+
+
+def test_single_candidate_is_picked_whatever_its_load():
+    pod = Pod("a", inflight=50)
+    assert policy.pick([pod]) is pod
+
+
+def test_fewer_outstanding_wins_over_latency_and_recency():
+    busy = Pod("busy", inflight=3, ewma_latency_s=0.001, last_pick=0)
+    idle = Pod("idle", inflight=1, ewma_latency_s=0.5, last_pick=100)
+    assert policy.better(busy, idle) is idle
+    assert policy.better(idle, busy) is idle
+
+
+def test_clearly_slower_pod_loses_a_tie():
+    fast = Pod("fast", ewma_latency_s=0.010, last_pick=10)
+    slow = Pod("slow", ewma_latency_s=0.030, last_pick=5)
+    assert policy.better(slow, fast, clock=11, probe_after=8) is fast
+    assert policy.better(fast, slow, clock=11, probe_after=8) is fast
+
+
+def test_slow_pod_is_probed_after_enough_picks_without_one():
+    fast = Pod("fast", ewma_latency_s=0.010, last_pick=30)
+    slow = Pod("slow", ewma_latency_s=0.030, last_pick=10)
+    assert policy.better(fast, slow, clock=30, probe_after=12) is slow
+
+
+def test_small_latency_differences_fall_back_to_least_recently_picked():
+    a = Pod("a", ewma_latency_s=0.010, last_pick=5)
+    b = Pod("b", ewma_latency_s=0.012, last_pick=2)
+    assert policy.better(a, b) is b
+
+
+def test_the_two_sampled_are_distinct_and_the_busiest_is_never_picked():
+    rng = random.Random(7)
+    pods = [Pod("a", inflight=0), Pod("b", inflight=1), Pod("c", inflight=2)]
+    picks = Counter(policy.pick(pods, rng).name for _ in range(3000))
+    # Two distinct samples: the pod with most outstanding always loses to the other one sampled.
+    assert picks["c"] == 0
+    assert picks["a"] > picks["b"] > 0
+
+
+def test_sequential_picks_with_recency_spread_evenly():
+    rng = random.Random(3)
+    pods = [Pod(name) for name in "abc"]
+    counts = Counter()
+    for clock in range(1, 601):
+        chosen = policy.pick(pods, rng, clock=clock)
+        chosen.last_pick = clock
+        counts[chosen.name] += 1
+    assert all(abs(count / 600 - 1 / 3) <= 0.05 for count in counts.values()), counts
+
+
+@pytest.mark.parametrize("previous, sample, expected", [(0.0, 0.5, 0.5), (1.0, 2.0, 1.2)])
+def test_ewma(previous, sample, expected):
+    assert policy.ewma(previous, sample) == pytest.approx(expected)
