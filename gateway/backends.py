@@ -34,6 +34,9 @@ CHANNEL_OPTIONS = [
 ]
 
 
+WARMUP_SAMPLES = 5
+
+
 class NoBackendError(Exception):
     """No admitted pod has the model READY; carries the gRPC status to answer with."""
 
@@ -49,6 +52,7 @@ class Backend:
     inflight: int = 0
     ewma_latency_s: float = 0.0
     last_pick: int = 0
+    latency_samples: int = 0
     # Health: live from ServerReady; ready models from the per-model checks; ejection from failures.
     live: bool = False
     ready_models: frozenset[str] = frozenset()
@@ -186,8 +190,12 @@ class BackendPool:
         backend.inflight -= 1
         self.metrics.inflight_gauge(backend.address).dec()
         if latency_s is not None:
-            backend.ewma_latency_s = policy.ewma(backend.ewma_latency_s, latency_s)
             backend.consecutive_failures = 0
+            backend.latency_samples += 1
+            # A pod's first answers include its cold start (a Python-backend stub's first call is
+            # slow); counting them would keep a healthy pod out of ties for a long while.
+            if backend.latency_samples > WARMUP_SAMPLES:
+                backend.ewma_latency_s = policy.ewma(backend.ewma_latency_s, latency_s)
         if self.max_inflight:
             self._room.set()
 
