@@ -60,7 +60,8 @@ def wait_ready(url: str, timeout: float = 30.0, process: subprocess.Popen | None
 class GatewayProcess:
     """`tritonfleet gateway` (through gateway.cli) as a child process on a free loopback port."""
 
-    def __init__(self, backends: list[str], log_path: Path, *extra: str, workers: int = 1):
+    def __init__(self, backends: list[str], log_path: Path, *extra: str, workers: int = 1,
+                 env: dict[str, str] | None = None):
         self.port = free_port()
         self.metrics_port = free_port()
         self.url = f"127.0.0.1:{self.port}"
@@ -69,7 +70,7 @@ class GatewayProcess:
                 "--metrics-port", str(self.metrics_port), "--workers", str(workers), *extra]
         for backend in backends:
             args += ["--backend", backend]
-        env = dict(os.environ, TRITONFLEET_GATEWAY_HEALTH_INTERVAL_S="0.2")
+        env = dict(os.environ, TRITONFLEET_GATEWAY_HEALTH_INTERVAL_S="0.2", **(env or {}))
         with log_path.open("ab") as log:
             self.process = subprocess.Popen(args, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
                                             env=env, start_new_session=True)
