@@ -1,0 +1,185 @@
+"""Assertions on the template branches (helm-unittest style, over rendered YAML), and values the
+schema or the templates must refuse with a clear message."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from observability.render import dashboard_files, rule_groups
+from tests.chart.chart_render import CHART, OPERATOR_APIS, by_kind, one, render, render_error
+
+CI = CHART / "ci"
+
+
+def triton_container(objects) -> dict:
+    return one(objects, "Deployment", "triton")["spec"]["template"]["spec"]["containers"][0]
+
+
+def test_cpu_defaults_request_no_gpu_and_mount_a_sized_shm():
+    objects = render(str(CI / "cpu-values.yaml"))
+    container = triton_container(objects)
+    assert "nvidia.com/gpu" not in container["resources"].get("limits", {})
+    assert "--allow-gpu-metrics=false" in container["args"]
+    volumes = {v["name"]: v for v in one(objects, "Deployment", "triton")["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["dshm"]["emptyDir"] == {"medium": "Memory", "sizeLimit": "2Gi"}
+    assert {"mountPath": "/dev/shm", "name": "dshm"} in container["volumeMounts"]
+    assert container["startupProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+
+
+def test_gpu_values_request_gpus_on_gpu_nodes():
+    objects = render(str(CI / "gpu-values.yaml"))
+    container = triton_container(objects)
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert container["resources"]["limits"]["memory"] == "32Gi"
+    assert "--allow-gpu-metrics=true" in container["args"]
+    spec = one(objects, "Deployment", "triton")["spec"]["template"]["spec"]
+    assert spec["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert spec["tolerations"][0]["key"] == "nvidia.com/gpu"
+
+
+def test_pvc_repository_is_mounted_read_only_and_dns_discovery_needs_no_rbac():
+    objects = render(str(CI / "pvc-values.yaml"))
+    spec = one(objects, "Deployment", "triton")["spec"]["template"]["spec"]
+    volume = next(v for v in spec["volumes"] if v["name"] == "models")
+    assert volume["persistentVolumeClaim"] == {"claimName": "triton-models", "readOnly": True}
+    mount = next(m for m in spec["containers"][0]["volumeMounts"] if m["name"] == "models")
+    assert mount == {"name": "models", "mountPath": "/mnt/models", "readOnly": True, "subPath": "repository"}
+    assert "--model-repository=/mnt/models" in spec["containers"][0]["args"]
+    assert not by_kind(objects, "Role") and not by_kind(objects, "RoleBinding")
+
+
+def test_object_storage_repository_is_fetched_by_an_init_container():
+    objects = render(str(CI / "objectstorage-values.yaml"))
+    spec = one(objects, "Deployment", "triton")["spec"]["template"]["spec"]
+    init = spec["initContainers"][0]
+    assert init["command"][:3] == ["aws", "s3", "sync"]
+    assert "s3://example-models/tritonfleet" in init["command"]
+    assert init["envFrom"] == [{"secretRef": {"name": "model-bucket-credentials"}}]
+
+
+def test_gateway_mode_gets_rbac_for_endpointslices():
+    objects = render(None)
+    role = one(objects, "Role")
+    assert role["rules"] == [{"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"],
+                              "verbs": ["get", "list", "watch"]}]
+    binding = one(objects, "RoleBinding")
+    gateway = one(objects, "Deployment", "gateway")["spec"]["template"]["spec"]
+    assert binding["subjects"][0]["name"] == gateway["serviceAccountName"]
+    assert gateway["automountServiceAccountToken"] is True
+    assert gateway["containers"][0]["command"][:2] == ["tritonfleet", "gateway"]
+
+
+def test_envoy_mode_renders_a_config_the_real_envoy_accepts(tmp_path):
+    objects = render(str(CI / "envoy-values.yaml"))
+    assert not by_kind(objects, "Role")
+    deployment = one(objects, "Deployment", "gateway")["spec"]["template"]["spec"]
+    assert deployment["containers"][0]["name"] == "envoy"
+    assert deployment["automountServiceAccountToken"] is False
+    envoy_yaml = one(objects, "ConfigMap", "gateway")["data"]["envoy.yaml"]
+    route = yaml.safe_load(envoy_yaml)["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+    route = route["typed_config"]["route_config"]["virtual_hosts"][0]["routes"][0]["route"]
+    assert route["timeout"] == "0s" and route["retry_policy"]["num_retries"] == 2
+    envoy = pytest.importorskip("envoy")
+    binary = Path(envoy.__file__).parent / "_bin" / "envoy"
+    config = tmp_path / "envoy.yaml"
+    config.write_text(envoy_yaml)
+    result = subprocess.run([str(binary), "--mode", "validate", "-c", str(config)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+
+
+def test_hpa_scales_triton_on_the_per_pod_queue_metric():
+    objects = render(str(CI / "hpa-values.yaml"))
+    hpa = one(objects, "HorizontalPodAutoscaler")
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    assert hpa["spec"]["scaleTargetRef"]["name"] == one(objects, "Deployment", "triton")["metadata"]["name"]
+    assert hpa["spec"]["metrics"][0]["pods"]["metric"]["name"] == "tritonfleet_pending_requests"
+    assert "replicas" not in one(objects, "Deployment", "triton")["spec"]
+    assert not by_kind(objects, "ScaledObject")
+
+
+def test_keda_scales_on_the_whole_queue_divided_per_pod():
+    objects = render(str(CI / "keda-values.yaml"))
+    scaled = one(objects, "ScaledObject")
+    trigger = scaled["spec"]["triggers"][0]
+    assert trigger["metricType"] == "AverageValue" and trigger["metadata"]["threshold"] == "8"
+    assert trigger["metadata"]["query"].startswith("sum(nv_inference_pending_request_count{")
+    assert 'namespace="inference"' in trigger["metadata"]["query"]
+    assert not by_kind(objects, "HorizontalPodAutoscaler")
+
+
+def test_network_policy_admits_only_the_gateway_and_prometheus():
+    objects = render(str(CI / "networkpolicy-values.yaml"))
+    policy = one(objects, "NetworkPolicy")
+    gateway_labels = one(objects, "Deployment", "gateway")["spec"]["template"]["metadata"]["labels"]
+    first, second = policy["spec"]["ingress"]
+    assert first["from"][0]["podSelector"]["matchLabels"].items() <= gateway_labels.items()
+    assert {p["port"] for p in first["ports"]} == {"grpc", "http"}
+    assert {p["port"] for p in second["ports"]} == {"metrics"}
+    assert "namespaceSelector" in second["from"][0]
+
+
+def test_prometheus_operator_objects_follow_crd_detection():
+    without = render(None)
+    assert not by_kind(without, "ServiceMonitor") and not by_kind(without, "PrometheusRule")
+    detected = render(None, api_versions=OPERATOR_APIS)
+    monitors = by_kind(detected, "ServiceMonitor")
+    assert {m["metadata"]["labels"]["app.kubernetes.io/component"] for m in monitors} == {"triton", "gateway"}
+    annotations = one(detected, "Deployment", "triton")["spec"]["template"]["metadata"].get("annotations") or {}
+    assert "prometheus.io/scrape" not in annotations
+
+
+def test_operator_values_label_monitors_for_the_release_and_ship_the_generated_rules():
+    objects = render(str(CI / "operator-values.yaml"))
+    for kind in ("ServiceMonitor", "PrometheusRule", "PodMonitor"):
+        for obj in by_kind(objects, kind):
+            assert obj["metadata"]["labels"]["release"] == "kube-prometheus-stack", kind
+            assert obj["metadata"]["labels"]["team"] == "inference", kind
+    rule = one(objects, "PrometheusRule")
+    assert rule["spec"] == rule_groups()
+    jobs = {m["spec"]["endpoints"][0]["relabelings"][0]["replacement"] for m in by_kind(objects, "ServiceMonitor")}
+    assert jobs == {"triton", "gateway"}  # the job names the rules select on
+    job = one(objects, "Job", "loadtest")
+    assert "fleet-tritonfleet-gateway.inference.svc.cluster.local:8001" in job["spec"]["template"]["spec"]["containers"][0]["command"]
+    config = yaml.safe_load(one(objects, "ConfigMap", "gateway")["data"]["gateway.yaml"])
+    assert config["retry_attempts"] == 2 and config["max_inflight_per_backend"] == 64
+
+
+def test_dashboards_ship_as_labelled_config_maps_with_the_generated_json():
+    objects = render(None)
+    maps = [m for m in by_kind(objects, "ConfigMap") if m["metadata"]["labels"].get("grafana_dashboard") == "1"]
+    shipped = {key: value for m in maps for key, value in m["data"].items()}
+    assert {k: json.loads(v) for k, v in shipped.items()} == {k: json.loads(v) for k, v in dashboard_files().items()}
+    assert not [m for m in by_kind(render(None, sets=("monitoring.dashboards.enabled=false",)), "ConfigMap")
+                if "grafana_dashboard" in m["metadata"]["labels"]]
+
+
+def test_helm_test_pod_runs_an_inference_through_the_gateway():
+    pod = one(render(None), "Pod")
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    script = pod["spec"]["containers"][0]["command"][2]
+    assert "fleet-tritonfleet-gateway.inference.svc.cluster.local:8001" in script
+    assert 'client.infer("image_preprocess"' in script
+    compile(script, "helm-test", "exec")  # the inline program is valid Python
+
+
+@pytest.mark.parametrize("sets, message", [
+    (("gateway.mode=nginx",), "value must be one of 'gateway', 'envoy'"),
+    (("triton.replicas=0",), "/triton/replicas"),
+    (("triton.modelRepository.source=pvc",), "/triton/modelRepository/pvc/claimName"),
+    (("triton.modelRepository.source=objectStorage",), "/triton/modelRepository/objectStorage/uri"),
+    (("triton.ports.grpc=70000",), "/triton/ports/grpc"),
+    (("monitoring.interval=often",), "/monitoring/interval"),
+    (("tritn.replicas=2",), "additional properties 'tritn' not allowed"),
+    (("gateway.config.listen=0.0.0.0:1",), "invalid propertyName 'listen'"),
+    (("triton.image.tag=latest",), "the tag `latest` is not reproducible"),
+    (("triton.terminationGracePeriodSeconds=20",), "must exceed preStopSleepSeconds + exitTimeoutSeconds"),
+])
+def test_bad_values_are_refused_with_a_clear_message(sets, message):
+    assert message in render_error(*sets)
