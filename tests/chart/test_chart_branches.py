@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from observability.render import dashboard_files, rule_groups
+from tritonfleet.cli import build_parser
 from tests.chart.chart_render import CHART, OPERATOR_APIS, by_kind, one, render, render_error
 
 CI = CHART / "ci"
@@ -146,7 +147,14 @@ def test_operator_values_label_monitors_for_the_release_and_ship_the_generated_r
     jobs = {m["spec"]["endpoints"][0]["relabelings"][0]["replacement"] for m in by_kind(objects, "ServiceMonitor")}
     assert jobs == {"triton", "gateway"}  # the job names the rules select on
     job = one(objects, "Job", "loadtest")
-    assert "fleet-tritonfleet-gateway.inference.svc.cluster.local:8001" in job["spec"]["template"]["spec"]["containers"][0]["command"]
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"] == ["tritonfleet", "loadtest"]
+    assert container["args"][:3] == ["video", "--url=fleet-tritonfleet-gateway.inference.svc.cluster.local:8001", "--metrics-port=9102"]
+    # The real CLI accepts the Job's and the gateway's command lines.
+    parser = build_parser()
+    assert parser.parse_args(container["command"][1:] + container["args"]).workload == "video"
+    gateway = one(objects, "Deployment", "gateway")["spec"]["template"]["spec"]["containers"][0]
+    assert parser.parse_args(gateway["command"][1:]).config == "/etc/tritonfleet/gateway.yaml"
     config = yaml.safe_load(one(objects, "ConfigMap", "gateway")["data"]["gateway.yaml"])
     assert config["retry_attempts"] == 2 and config["max_inflight_per_backend"] == 64
 
