@@ -130,6 +130,18 @@ def bench_temporal(rows, n, h, w, grid, quick):
     rows.append(_row(f"temporal {n}x{h}x{w} grid {grid[0]}x{grid[1]}", moved, results, err, str(_temporal_autotuned.best_config)))
 
 
+def compiled_stats(jit_fn) -> list[str]:
+    """Registers, spills and shared memory of each compiled variant of a @triton.jit kernel."""
+    stats = []
+    try:
+        for cache in jit_fn.device_caches.values():
+            for kernel in cache[0].values():
+                stats.append(f"regs={kernel.n_regs} spills={kernel.n_spills} shared={kernel.metadata.shared}")
+    except Exception as exc:  # noqa: BLE001 - the compiler report is a nice-to-have
+        stats.append(f"unavailable: {exc}")
+    return stats
+
+
 def _row(name, moved, results, err, config):
     return {"name": name, "bytes": moved, "max_abs_err": err, "config": config, **results}
 
@@ -194,6 +206,12 @@ def main(argv=None) -> int:
     print("\n".join(table(rows, copy_gbs)))
     for r in rows:
         print(f"{r['name']}: best config {r['config']}")
+    from kernels.postprocess import _softmax_topk_kernel
+    from kernels.preprocess_triton import _resize_normalize_kernel
+    from kernels.temporal import _temporal_kernel
+
+    for fn in (_resize_normalize_kernel, _softmax_topk_kernel, _temporal_kernel):
+        print(fn.__name__, "; ".join(compiled_stats(fn)))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"meta": meta, "rows": rows}, f, indent=1)
