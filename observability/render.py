@@ -68,6 +68,11 @@ def generated_files(root: Path = REPO_ROOT) -> dict[Path, str]:
     out[root / "charts/tritonfleet/files/rules/tritonfleet.rules.yaml"] = rules_yaml()
     out[root / "deploy/prometheus/RUNBOOK.md"] = runbook_markdown()
     out[root / "deploy/prometheus/prometheus.yml"] = f"# {HEADER}\n" + to_yaml(prometheus_config())
+    # The chart's Envoy config is deploy/envoy/envoy.yaml itself; the chart sets names and ports.
+    envoy = root / "deploy/envoy/envoy.yaml"
+    if envoy.exists():
+        out[root / "charts/tritonfleet/files/envoy/envoy.yaml"] = (
+            f"# Copy of deploy/envoy/envoy.yaml, {HEADER}\n" + envoy.read_text())
     return out
 
 

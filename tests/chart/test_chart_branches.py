@@ -15,6 +15,7 @@ from tritonfleet.cli import build_parser
 from tests.chart.chart_render import CHART, OPERATOR_APIS, by_kind, one, render, render_error
 
 CI = CHART / "ci"
+REPO_ROOT = CHART.parents[1]
 
 
 def triton_container(objects) -> dict:
@@ -83,9 +84,15 @@ def test_envoy_mode_renders_a_config_the_real_envoy_accepts(tmp_path):
     assert deployment["containers"][0]["name"] == "envoy"
     assert deployment["automountServiceAccountToken"] is False
     envoy_yaml = one(objects, "ConfigMap", "gateway")["data"]["envoy.yaml"]
-    route = yaml.safe_load(envoy_yaml)["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
-    route = route["typed_config"]["route_config"]["virtual_hosts"][0]["routes"][0]["route"]
-    assert route["timeout"] == "0s" and route["retry_policy"]["num_retries"] == 2
+    envoy_config = yaml.safe_load(envoy_yaml)
+    source = yaml.safe_load((REPO_ROOT / "deploy/envoy/envoy.yaml").read_text())
+    # The chart serves deploy/envoy/envoy.yaml with only names and ports changed, plus the metrics listener.
+    grpc = envoy_config["static_resources"]["listeners"][0]
+    assert grpc["filter_chains"] == source["static_resources"]["listeners"][0]["filter_chains"]
+    assert [l["name"] for l in envoy_config["static_resources"]["listeners"]] == ["grpc", "metrics"]
+    cluster, source_cluster = envoy_config["static_resources"]["clusters"][0], source["static_resources"]["clusters"][0]
+    assert {k: v for k, v in cluster.items() if k != "load_assignment"} == \
+        {k: v for k, v in source_cluster.items() if k != "load_assignment"}
     envoy = pytest.importorskip("envoy")
     binary = Path(envoy.__file__).parent / "_bin" / "envoy"
     config = tmp_path / "envoy.yaml"
