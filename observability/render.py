@@ -8,6 +8,7 @@ from pathlib import Path
 
 import yaml
 
+from observability.chart_docs import chart_readme
 from observability.dashboards import all_dashboards
 from observability.rules import rule_groups, runbook_markdown
 
@@ -68,6 +69,7 @@ def generated_files(root: Path = REPO_ROOT) -> dict[Path, str]:
     out[root / "charts/tritonfleet/files/rules/tritonfleet.rules.yaml"] = rules_yaml()
     out[root / "deploy/prometheus/RUNBOOK.md"] = runbook_markdown()
     out[root / "deploy/prometheus/prometheus.yml"] = f"# {HEADER}\n" + to_yaml(prometheus_config())
+    out[root / "charts/tritonfleet/README.md"] = chart_readme(root / "charts/tritonfleet", HEADER)
     # The chart's Envoy config is deploy/envoy/envoy.yaml itself; the chart sets names and ports.
     envoy = root / "deploy/envoy/envoy.yaml"
     if envoy.exists():

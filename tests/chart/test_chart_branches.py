@@ -198,3 +198,23 @@ def test_helm_test_pod_runs_an_inference_through_the_gateway():
 ])
 def test_bad_values_are_refused_with_a_clear_message(sets, message):
     assert message in render_error(*sets)
+
+
+def leaf_keys(node, prefix=""):
+    if isinstance(node, dict) and node:
+        for key, value in node.items():
+            yield from leaf_keys(value, f"{prefix}.{key}" if prefix else key)
+    else:
+        yield prefix
+
+
+def test_every_value_is_documented_in_the_chart_readme():
+    from observability.chart_docs import documented_values
+
+    text = (CHART / "values.yaml").read_text()
+    documented = {key for key, _ in documented_values(text)}
+    readme = (CHART / "README.md").read_text()
+    missing = [leaf for leaf in leaf_keys(yaml.safe_load(text))
+               if not any(leaf == d or leaf.startswith(d + ".") for d in documented)]
+    assert not missing, f"values without a `# --` comment: {missing}"
+    assert all(f"| {key} |" in readme for key in documented)
