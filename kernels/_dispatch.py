@@ -8,6 +8,10 @@ variable TRITONFLEET_KERNELS overrides that choice:
   ``triton`` is first imported (the interpreter runs each kernel through NumPy: right for tests,
   far too slow to serve);
 * ``torch``: always the torch reference.
+
+TRITONFLEET_AUTOTUNE=0 skips autotuning on the GPU: each kernel runs its first (default) config.
+Autotuning times every config once per new shape, which is right for serving and benchmarks but
+makes a test run of many small shapes spend most of its time timing configs.
 """
 
 from __future__ import annotations
@@ -39,3 +43,25 @@ def use_triton(tensor: torch.Tensor) -> bool:
             )
         return True
     return tensor.is_cuda
+
+
+def autotune_enabled() -> bool:
+    """False when TRITONFLEET_AUTOTUNE=0: launch the first config instead of timing them all."""
+    return os.environ.get("TRITONFLEET_AUTOTUNE", "1") != "0"
+
+
+def launch(autotuned, configs, grid, args, kwargs, interpreter_meta: dict) -> None:
+    """Launch a @triton.autotune'd kernel: autotuned, with its first config, or interpreted.
+
+    `grid` takes the meta-parameters (the config's kwargs) like Triton's own grid callables.
+    """
+    raw = autotuned.fn
+    if interpreting():
+        raw[grid(interpreter_meta)](*args, **kwargs, **interpreter_meta)
+    elif autotune_enabled():
+        autotuned[grid](*args, **kwargs)
+    else:
+        cfg = configs[0]
+        raw[grid(cfg.kwargs)](
+            *args, **kwargs, **cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages
+        )

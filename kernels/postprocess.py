@@ -17,9 +17,11 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._dispatch import interpreting, use_triton
+from kernels._dispatch import launch, use_triton
 
 MAX_K = 16
+# The interpreter runs one fixed configuration; 256 still spreads a 1000-class row over chunks.
+_INTERPRETER_CONFIG = dict(BLOCK=256)
 LOGIT_DTYPES = (torch.float16, torch.float32)
 
 
@@ -122,8 +124,8 @@ def softmax_topk_triton(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, tor
     indices = torch.empty((n_rows, k), dtype=torch.int64, device=logits.device)
     args = (logits, probs, indices, n_cols, logits.stride(0))
     k_pad = max(16, triton.next_power_of_2(k))
-    if interpreting():
-        _softmax_topk_kernel[(n_rows,)](*args, K=k, K_PAD=k_pad, BLOCK=256)
-    else:
-        _softmax_topk_autotuned[(n_rows,)](*args, K=k, K_PAD=k_pad)
+    launch(
+        _softmax_topk_autotuned, _autotune_configs(), lambda meta: (n_rows,), args,
+        dict(K=k, K_PAD=k_pad), _INTERPRETER_CONFIG,
+    )
     return probs, indices

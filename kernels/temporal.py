@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._dispatch import interpreting, use_triton
+from kernels._dispatch import launch, use_triton
 
 
 def temporal_update(prev, cur, background, *, alpha: float, grid: tuple[int, int] = (4, 4)):
@@ -97,6 +97,10 @@ def _autotune_configs() -> list[triton.Config]:
         # Whole 1080p rows (5760 values) in two chunks: fewer partly masked tail chunks.
         triton.Config(dict(BLOCK_R=2, BLOCK_F=4096), num_warps=8),
         triton.Config(dict(BLOCK_R=4, BLOCK_F=4096), num_warps=16),
+        # No software pipelining: the loop is pure streaming, and without the prefetch buffers
+        # each program needs far fewer registers, so more programs (and loads) fit per SM.
+        triton.Config(dict(BLOCK_R=4, BLOCK_F=2048), num_warps=8, num_stages=1),
+        triton.Config(dict(BLOCK_R=8, BLOCK_F=1024), num_warps=4, num_stages=1),
     ]
 
 
@@ -189,8 +193,8 @@ def temporal_update_triton(prev, cur, background, *, alpha: float, grid: tuple[i
         *prev.stride(), *cur.stride(), *background.stride(),
         height, width, gh, gw, rows_per_band, float(alpha),
     )
-    if interpreting():
-        _temporal_kernel[launch_grid](*args, PACKED=packed, BLOCK_R=4, BLOCK_F=64)
-    else:
-        _temporal_autotuned[launch_grid](*args, PACKED=packed)
+    launch(
+        _temporal_autotuned, _autotune_configs(), lambda meta: launch_grid, args,
+        dict(PACKED=packed), dict(BLOCK_R=4, BLOCK_F=64),
+    )
     return energy, tiles, new_background

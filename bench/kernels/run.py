@@ -142,6 +142,14 @@ def compiled_stats(jit_fn) -> list[str]:
     return stats
 
 
+def _guarded(bench, *args) -> None:
+    """Run one benchmark; a failure is printed and the other operations still run."""
+    try:
+        bench(*args)
+    except Exception as exc:  # noqa: BLE001
+        print(f"{bench.__name__}{args[1:]} failed: {type(exc).__name__}: {str(exc)[:500]}", flush=True)
+
+
 def _row(name, moved, results, err, config):
     return {"name": name, "bytes": moved, "max_abs_err": err, "config": config, **results}
 
@@ -186,16 +194,16 @@ def main(argv=None) -> int:
         shapes = [(64, 1080, 1920, (224, 224), False), (256, 480, 640, (224, 224), False),
                   (16, 2160, 3840, (640, 640), True)]
         for shape in shapes[:1] if args.quick else shapes:
-            bench_preprocess(rows, *shape, args.quick)
-            print(table(rows, copy_gbs)[-1], flush=True)
+            _guarded(bench_preprocess, rows, *shape, args.quick)
+            print(table(rows, copy_gbs)[-1] if rows else "", flush=True)
     if "postprocess" in only:
         shapes = [(4096, 1000, 5), (4096, 1000, 16), (256, 21843, 5), (256, 21843, 16)]
         for shape in shapes[:1] if args.quick else shapes:
-            bench_softmax_topk(rows, *shape, args.quick)
-            print(table(rows, copy_gbs)[-1], flush=True)
+            _guarded(bench_softmax_topk, rows, *shape, args.quick)
+            print(table(rows, copy_gbs)[-1] if rows else "", flush=True)
     if "temporal" in only:
-        bench_temporal(rows, 32, 1080, 1920, (4, 4), args.quick)
-        print(table(rows, copy_gbs)[-1], flush=True)
+        _guarded(bench_temporal, rows, 32, 1080, 1920, (4, 4), args.quick)
+        print(table(rows, copy_gbs)[-1] if rows else "", flush=True)
     meta = {
         "gpu": torch.cuda.get_device_name(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

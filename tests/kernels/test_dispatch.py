@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from kernels._dispatch import use_triton
+from kernels._dispatch import autotune_enabled, use_triton
 from kernels.preprocess import preprocess, preprocess_reference
 
 
@@ -47,3 +47,10 @@ def test_unknown_mode_is_a_value_error(monkeypatch):
     monkeypatch.setenv("TRITONFLEET_KERNELS", "cuda")
     with pytest.raises(ValueError, match="TRITONFLEET_KERNELS"):
         use_triton(torch.zeros(1))
+
+
+def test_autotune_switch(monkeypatch):
+    monkeypatch.delenv("TRITONFLEET_AUTOTUNE", raising=False)
+    assert autotune_enabled() is True
+    monkeypatch.setenv("TRITONFLEET_AUTOTUNE", "0")
+    assert autotune_enabled() is False
