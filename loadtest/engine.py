@@ -36,14 +36,16 @@ def run_workers(spec: WorkerSpec, workers: int, live: LiveMetrics, quiet: bool =
     reports = context.Queue()
     starts = [context.Queue() for _ in range(workers)]
     processes = [
-        context.Process(target=worker_main, args=(dataclasses.replace(spec, index=i, workers=workers), starts[i], reports),
-                        daemon=True, name=f"loadtest-worker-{i}")
+        context.Process(target=worker_main, args=(starts[i], reports), daemon=True, name=f"loadtest-worker-{i}")
         for i in range(workers)
     ]
-    for process in processes:
+    for index, process in enumerate(processes):
         process.start()
+        # The spec (with its payloads) goes through the queue, whose feeder thread never blocks us
+        # even if a worker dies before reading it.
+        starts[index].put(dataclasses.replace(spec, index=index, workers=workers))
     try:
-        _wait_ready(reports, workers)
+        _wait_ready(reports, processes)
         t0_ns = time.monotonic_ns() + int(START_DELAY_S * 1e9)
         for start in starts:
             start.put(t0_ns)
@@ -55,14 +57,19 @@ def run_workers(spec: WorkerSpec, workers: int, live: LiveMetrics, quiet: bool =
                 process.kill()
 
 
-def _wait_ready(reports, workers: int) -> None:
-    ready = 0
+def _wait_ready(reports, processes: list) -> None:
+    ready, workers = 0, len(processes)
     deadline = time.monotonic() + READY_TIMEOUT_S
     while ready < workers:
         try:
-            kind, index, payload = reports.get(timeout=max(0.1, deadline - time.monotonic()))
+            kind, index, payload = reports.get(timeout=0.25)
         except queue.Empty:
-            raise LoadRunError(f"only {ready} of {workers} workers connected within {READY_TIMEOUT_S:.0f} s") from None
+            dead = [p.name for p in processes if not p.is_alive()]
+            if dead:
+                raise LoadRunError(f"worker processes exited before they were ready: {', '.join(dead)}") from None
+            if time.monotonic() > deadline:
+                raise LoadRunError(f"only {ready} of {workers} workers connected within {READY_TIMEOUT_S:.0f} s") from None
+            continue
         if kind == "error":
             raise LoadRunError(f"worker {index} failed to start:\n{payload}")
         ready += kind == "ready"

@@ -51,6 +51,8 @@ class RunResult:
     def load(cls, path: str | Path) -> "RunResult":
         try:
             return cls.from_dict(json.loads(Path(path).read_text()))
+        except OSError as exc:
+            raise ValueError(f"cannot read result {path}: {exc.strerror}") from None
         except json.JSONDecodeError as exc:
             raise ValueError(f"{path} is not JSON: {exc}") from None
 

@@ -50,8 +50,9 @@ class WorkerSpec:
         return total // self.workers + (1 if self.index < total % self.workers else 0)
 
 
-def worker_main(spec: WorkerSpec, start_queue, report_queue) -> None:
-    """Process entry point: report ready, wait for the common start time, run, report the recorder."""
+def worker_main(start_queue, report_queue) -> None:
+    """Process entry point: take the spec, report ready, wait for the common start time, run, report."""
+    spec = start_queue.get()
     try:
         uvloop.install()
         asyncio.run(_run(spec, start_queue, report_queue))

@@ -1,0 +1,194 @@
+"""`tritonfleet loadtest image|video|sweep|report|compare`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+from loadtest import report, runs
+from loadtest.payloads import TensorSpec
+from loadtest.results import RunResult, merge_results
+from loadtest.shape import Shape
+from loadtest.sweep import SweepOptions, sweep_image, sweep_video
+
+DEFAULTS = {"image": ("image_pipeline", "IMAGE", "BYTES"), "video": ("video_pipeline", "FRAME", "UINT8")}
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("loadtest", help="image and video load against a KServe v2 gRPC endpoint")
+    commands = parser.add_subparsers(dest="loadtest_command", required=True)
+    _image_args(commands.add_parser("image", help="images at a rate (open loop) or concurrency (closed loop)"))
+    _video_args(commands.add_parser("video", help="N camera streams × FPS, with frame deadlines"))
+    sweep = commands.add_parser("sweep", help="the highest rate or stream count that meets a p99 SLO")
+    workloads = sweep.add_subparsers(dest="workload", required=True)
+    for name, add in (("image", _image_args), ("video", _video_args)):
+        sub = workloads.add_parser(name)
+        add(sub)
+        sub.add_argument("--start", type=float, default=None, help="first level (req/s or streams)")
+        sub.add_argument("--limit", type=float, required=True, help="highest level to try")
+        sub.add_argument("--trial", type=float, default=6.0, help="seconds per trial")
+        sub.set_defaults(func=_sweep)
+    rep = commands.add_parser("report", help="render results (several are merged) as text, JSON or HTML")
+    rep.add_argument("results", nargs="+", type=Path)
+    rep.add_argument("--format", choices=("text", "json", "html"), default="text")
+    rep.add_argument("--output", "-o", type=Path, help="write here instead of stdout")
+    rep.set_defaults(func=_report)
+    compare = commands.add_parser("compare", help="several results side by side")
+    compare.add_argument("results", nargs="+", type=Path)
+    compare.set_defaults(func=_compare)
+
+
+def _common_args(parser: argparse.ArgumentParser, workload: str) -> None:
+    model, tensor, datatype = DEFAULTS[workload]
+    parser.add_argument("--url", required=True, help="gRPC host:port (gateway, Envoy or one Triton server)")
+    parser.add_argument("--model", default=model)
+    parser.add_argument("--input", default=tensor, help="the model's input name")
+    parser.add_argument("--datatype", choices=("BYTES", "UINT8"), default=datatype,
+                        help="BYTES sends JPEG-encoded images, UINT8 raw RGB")
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--no-batch-dim", action="store_true", help="the model has max_batch_size 0")
+    parser.add_argument("--resolution", default="480p", help="synthetic images/frames: 480p, 1080p, 4k or WxH")
+    parser.add_argument("--workers", type=int, default=0, help="worker processes (default: one per core)")
+    parser.add_argument("--warmup", type=float, default=1.0, help="seconds of load left out of the figures")
+    parser.add_argument("--timeout", type=float, default=30.0, help="per-request deadline, seconds")
+    parser.add_argument("--window", type=int, default=1, help="stability window, seconds")
+    parser.add_argument("--slo-ms", type=float, default=0.0, help="p99 latency objective, ms")
+    parser.add_argument("--metrics-url", action="append", default=[],
+                        help="gateway or Triton metrics URL for each server's share (repeat for several)")
+    parser.add_argument("--metrics-port", type=int, default=0, help="serve this run's Prometheus metrics here")
+    parser.add_argument("--output", "-o", type=Path, default=Path(f"loadtest-{workload}.json"),
+                        help="where to write the result JSON")
+    parser.add_argument("--html", type=Path, help="also write the HTML report here")
+    parser.add_argument("--quiet", action="store_true", help="no progress display")
+
+
+def _image_args(parser: argparse.ArgumentParser) -> None:
+    _common_args(parser, "image")
+    level = parser.add_mutually_exclusive_group()
+    level.add_argument("--rate", type=float, help="open loop: requests per second")
+    level.add_argument("--concurrency", type=int, help="closed loop: requests in flight")
+    parser.add_argument("--shape", help="stages such as '5s@100,10s@~400' (ramp with ~); overrides --duration")
+    parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--poisson", action="store_true", help="Poisson arrivals instead of evenly spaced")
+    parser.add_argument("--source", default="synthetic", help="'synthetic', 'skimage' or a folder of images")
+    parser.add_argument("--images", type=int, default=8, help="distinct images to cycle through")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.set_defaults(func=_image, workload="image")
+
+
+def _video_args(parser: argparse.ArgumentParser) -> None:
+    _common_args(parser, "video")
+    parser.add_argument("--streams", type=int, default=4)
+    parser.add_argument("--fps", type=float, default=15.0)
+    parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--mode", choices=("stream", "unary"), default="stream",
+                        help="ModelStreamInfer per camera, or one ModelInfer per frame")
+    parser.add_argument("--video-file", default="", help="decode frames from this file (needs PyAV or OpenCV)")
+    parser.add_argument("--clip-frames", type=int, default=30, help="frames in the clip that each stream loops")
+    parser.add_argument("--miss-tolerance", type=float, default=0.01,
+                        help="a stream is sustained when at most this share of its frames is late or dropped")
+    parser.set_defaults(func=_video, workload="video")
+
+
+def _tensor(args) -> TensorSpec:
+    return TensorSpec(args.model, args.input, args.datatype, args.batch_size, not args.no_batch_dim)
+
+
+def _common(args) -> dict:
+    return {"url": args.url, "tensor": _tensor(args), "workers": args.workers, "warmup_s": args.warmup,
+            "timeout_s": args.timeout, "window_s": args.window, "slo_ms": args.slo_ms,
+            "metrics_urls": args.metrics_url, "metrics_port": args.metrics_port, "quiet": args.quiet}
+
+
+def image_options(args) -> runs.ImageOptions:
+    loop = "closed" if args.concurrency else "open"
+    level = args.concurrency or args.rate or 100.0
+    shape = Shape.parse(args.shape) if args.shape else Shape.constant(level, args.duration)
+    return runs.ImageOptions(**_common(args), shape=shape, loop=loop, poisson=args.poisson, seed=args.seed,
+                             source=args.source, resolution=args.resolution, images=args.images)
+
+
+def video_options(args) -> runs.VideoOptions:
+    return runs.VideoOptions(**_common(args), streams=args.streams, fps=args.fps, duration_s=args.duration,
+                             mode=args.mode, video_file=args.video_file, resolution=args.resolution,
+                             clip_frames=args.clip_frames, miss_tolerance=args.miss_tolerance)
+
+
+def _finish(result: RunResult, args) -> int:
+    result.save(args.output)
+    report.render_text(result)
+    if args.html:
+        args.html.write_text(report.render_html(result))
+    Console(stderr=True).print(f"result: {args.output}" + (f", report: {args.html}" if args.html else ""))
+    return 0
+
+
+def _guarded(run):
+    def wrapper(args) -> int:
+        try:
+            return run(args)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    return wrapper
+
+
+@_guarded
+def _image(args) -> int:
+    return _finish(runs.run_image(image_options(args)), args)
+
+
+@_guarded
+def _video(args) -> int:
+    return _finish(runs.run_video(video_options(args)), args)
+
+
+@_guarded
+def _sweep(args) -> int:
+    if not args.slo_ms:
+        raise ValueError("a sweep needs --slo-ms, the p99 latency to stay under")
+    if args.workload == "image":
+        options = image_options(args)
+        start = args.start or 50.0
+        search = SweepOptions(args.slo_ms, start, args.limit, args.trial)
+        return _finish(sweep_image(options, search, runs.image_bodies(options)), args)
+    options = video_options(args)
+    search = SweepOptions(args.slo_ms, args.start or 1, args.limit, args.trial)
+    return _finish(sweep_video(options, search, runs.video_bodies(options)), args)
+
+
+@_guarded
+def _report(args) -> int:
+    results = [RunResult.load(path) for path in args.results]
+    result = results[0] if len(results) == 1 else merge_results(results)
+    if args.format == "text":
+        console = Console(file=args.output.open("w")) if args.output else Console()
+        report.render_text(result, console)
+        return 0
+    text = report.render_json(result) if args.format == "json" else report.render_html(result)
+    if args.output:
+        args.output.write_text(text)
+    else:
+        print(text)
+    return 0
+
+
+@_guarded
+def _compare(args) -> int:
+    report.render_compare([(path.stem, RunResult.load(path)) for path in args.results])
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the loadtest commands on their own (`python -m loadtest.cli ...`)."""
+    parser = argparse.ArgumentParser(prog="tritonfleet")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

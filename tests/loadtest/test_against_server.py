@@ -1,0 +1,166 @@
+"""The harness against a real tritonserver on the tiny models: pacing, stalls, late and dropped frames."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from loadtest.cli import main as cli_main
+from loadtest.payloads import TensorSpec
+from loadtest.results import RunResult, summarize
+from loadtest.runs import ImageOptions, VideoOptions, run_image, run_video
+from loadtest.server_share import snapshot
+from loadtest.shape import Shape
+from tests.loadtest.conftest import TINY_REPOSITORY
+
+METRICS_DOC = Path(__file__).resolve().parents[2] / "docs" / "METRICS.md"
+
+
+def test_open_loop_sends_at_the_requested_rate(tiny_server):
+    result = run_image(ImageOptions(url=tiny_server.grpc_url, tensor=TensorSpec("tiny_image"),
+                                    shape=Shape.constant(200, 3), warmup_s=0.5, workers=2, quiet=True,
+                                    metrics_urls=[tiny_server.metrics_url]))
+    summary = summarize(result)
+    assert summary["statuses"] == {"OK": 600}
+    assert summary["send_rate"] == pytest.approx(200, rel=0.02)
+    # Triton's own counter saw this run's requests, warm-up included (100 more).
+    assert result.servers["requests"] == {tiny_server.metrics_url: 700}
+
+
+def test_closed_loop_keeps_the_concurrency_busy_and_raw_frames_work(tiny_server):
+    result = run_image(ImageOptions(url=tiny_server.grpc_url, tensor=TensorSpec("tiny_raw", "FRAMES", "UINT8", 2),
+                                    shape=Shape.constant(4, 2), loop="closed", warmup_s=0.2, workers=2, quiet=True))
+    summary = summarize(result)
+    assert summary["ok"] > 4 and summary["errors"] == 0
+
+
+def test_a_stalled_server_shows_up_as_latency_at_the_scheduled_send_times(triton_fleet):
+    server = triton_fleet(1, repo=TINY_REPOSITORY)[0]
+    rate, stall_s = 100, 2.0  # two seconds always hold one whole second of the timeline
+    stall = {}
+
+    def freeze_server():
+        # Stall once the load has run about a second (the server has answered a second's worth).
+        deadline = time.monotonic() + 30
+        while snapshot([server.metrics_url]).get(server.metrics_url, 0) < rate and time.monotonic() < deadline:
+            time.sleep(0.05)
+        stall["start"] = time.monotonic_ns()
+        os.kill(server.process.pid, signal.SIGSTOP)
+        try:
+            time.sleep(stall_s)
+        finally:
+            os.kill(server.process.pid, signal.SIGCONT)
+            stall["end"] = time.monotonic_ns()
+
+    freezer = threading.Thread(target=freeze_server)
+    freezer.start()
+    try:
+        result = run_image(ImageOptions(url=server.grpc_url, tensor=TensorSpec("tiny_image"), workers=1,
+                                        shape=Shape.constant(rate, 7), warmup_s=0, quiet=True))
+    finally:
+        freezer.join()
+    recorder = result.recorder
+    assert recorder.statuses == {"OK": rate * 7}
+    # A whole second of the timeline lies inside the stall: every request scheduled in it was still
+    # sent on schedule, and waited at least until the stall ended, counted from its scheduled time.
+    first = -(-(stall["start"] - recorder.measure_from_ns) // 1_000_000_000)
+    second = recorder.timeline[first]
+    second_end_ns = recorder.measure_from_ns + (first + 1) * 1_000_000_000
+    assert second_end_ns <= stall["end"]
+    assert abs(second.sent - rate) <= 1  # an arrival on the boundary may land on either side
+    assert second.latency.get_min_value() / 1000 >= (stall["end"] - second_end_ns) / 1e6 * 0.99
+    assert recorder.latency.get_max_value() / 1e6 >= stall_s * 0.9
+
+
+@pytest.mark.parametrize("mode", ["stream", "unary"])
+def test_a_model_slower_than_the_frame_period_makes_late_and_dropped_frames(tiny_server, mode):
+    fps, seconds, streams = 10, 3, 2
+    result = run_video(VideoOptions(url=tiny_server.grpc_url, tensor=TensorSpec("tiny_stream_slow", "FRAME"),
+                                    streams=streams, fps=fps, duration_s=seconds, warmup_s=0, mode=mode,
+                                    workers=2, quiet=True))
+    video = summarize(result)["video"]
+    assert video["streams"] == streams and video["sustained"] == 0
+    for row in video["per_stream"]:
+        assert row["slots"] == fps * seconds
+        assert row["errors"] == 0
+        # 150 ms per frame at a 100 ms period: every answer is late, and the slot after a send is dropped.
+        assert row["late"] == row["answered"] > 0
+        assert row["dropped"] >= row["answered"]
+        assert row["answered"] + row["dropped"] == row["slots"]
+    assert video["late"] == sum(r["late"] for r in video["per_stream"])
+
+
+def test_camera_streams_on_a_fast_model_are_sequences_the_server_accepts(tiny_server):
+    result = run_video(VideoOptions(url=tiny_server.grpc_url, tensor=TensorSpec("tiny_stream", "FRAME"),
+                                    streams=3, fps=20, duration_s=2, warmup_s=0, workers=1, quiet=True))
+    summary = summarize(result)
+    assert summary["errors"] == 0
+    assert sum(r["answered"] + r["dropped"] for r in summary["video"]["per_stream"]) == 3 * 40
+
+
+def test_bad_model_name_is_counted_as_errors_not_a_crash(tiny_server):
+    result = run_image(ImageOptions(url=tiny_server.grpc_url, tensor=TensorSpec("no_such_model"),
+                                    shape=Shape.constant(50, 1), warmup_s=0, workers=1, quiet=True))
+    assert dict(result.recorder.statuses) == {"NOT_FOUND": 50}
+
+
+def _metric_names_from_doc() -> set[str]:
+    section = METRICS_DOC.read_text().split("## Load generator", 1)[1]
+    return set(re.findall(r"`(tritonfleet_loadtest_[a-z_]+)`", section))
+
+
+def test_live_metrics_are_served_with_the_documented_names(tiny_server, free_port):
+    scraped = {}
+
+    def scrape():
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and "text" not in scraped:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{free_port}/metrics", timeout=1) as reply:
+                    text = reply.read().decode()
+                if 'status="ok"' in text:
+                    scraped["text"] = text
+            except OSError:
+                pass
+            time.sleep(0.2)
+
+    scraper = threading.Thread(target=scrape)
+    scraper.start()
+    run_video(VideoOptions(url=tiny_server.grpc_url, tensor=TensorSpec("tiny_stream", "FRAME"), streams=2, fps=10,
+                           duration_s=3, warmup_s=0, workers=1, quiet=True, metrics_port=free_port))
+    scraper.join()
+    served = set(re.findall(r"^(tritonfleet_loadtest_[a-z_]+?)(?:_bucket|_count|_sum|_created)?[{ ]",
+                            scraped["text"], re.M))
+    assert served == _metric_names_from_doc()
+
+
+@pytest.fixture
+def free_port():
+    from tritonfleet.triton_server import free_port as pick
+
+    return pick()
+
+
+def test_cli_image_sweep_report_and_compare(tiny_server, tmp_path, capsys):
+    image = tmp_path / "image.json"
+    sweep = tmp_path / "sweep.json"
+    common = ["--url", tiny_server.grpc_url, "--model", "tiny_image", "--workers", "1", "--quiet", "--warmup", "0.2"]
+    assert cli_main(["loadtest", "image", *common, "--rate", "50", "--duration", "2", "-o", str(image),
+                     "--source", "skimage"]) == 0
+    assert cli_main(["loadtest", "sweep", "image", *common, "--slo-ms", "1000", "--start", "40", "--limit", "80",
+                     "--trial", "3", "-o", str(sweep)]) == 0
+    trials = RunResult.load(sweep).trials
+    assert [t["level"] for t in trials][:1] == [40] and all("passed" in t for t in trials)
+    html = tmp_path / "report.html"
+    assert cli_main(["loadtest", "report", str(image), "--format", "html", "-o", str(html)]) == 0
+    assert html.read_text().count("<svg") >= 3
+    assert cli_main(["loadtest", "compare", str(image), str(sweep)]) == 0
+    assert "image" in capsys.readouterr().out
+    assert cli_main(["loadtest", "report", str(tmp_path / "missing-dir")]) != 0

@@ -1,0 +1,116 @@
+"""Records, recorders, shapes and results: merging, JSON round trips, schedules (no server needed)."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from loadtest.records import DROPPED, OK, Recorder, RequestResult
+from loadtest.results import RunResult, merge_results, summarize
+from loadtest.shape import Shape, arrival_offsets_ns
+
+MS = 1_000_000
+T0 = 10_000_000_000
+
+
+def synthetic_results(count: int, seed: int, video: bool = False) -> list[RequestResult]:
+    rng = random.Random(seed)
+    results = []
+    for i in range(count):
+        scheduled = T0 + i * 5 * MS
+        stream = i % 3 if video else -1
+        if video and rng.random() < 0.1:
+            results.append(RequestResult(scheduled, 0, scheduled, DROPPED, stream, 100 * MS))
+            continue
+        status = OK if rng.random() > 0.05 else "UNAVAILABLE"
+        latency = int(rng.expovariate(1 / 20) * MS)
+        results.append(RequestResult(scheduled, scheduled + MS, scheduled + latency, status, stream,
+                                     100 * MS if video else 0))
+    return results
+
+
+def recorded(results, measure_from_ns=T0) -> Recorder:
+    recorder = Recorder(measure_from_ns)
+    for result in results:
+        recorder.record(result)
+    return recorder
+
+
+@pytest.mark.parametrize("video", [False, True], ids=["image", "video"])
+def test_merged_recorders_equal_one_recorder_of_everything(video):
+    results = synthetic_results(3000, seed=1, video=video)
+    whole = recorded(results)
+    # Workers split images request by request and video stream by stream (jitter follows a stream).
+    pick = (lambda i, r: r.stream == 0) if video else (lambda i, r: i % 2 == 0)
+    left = recorded([r for i, r in enumerate(results) if pick(i, r)])
+    right = recorded([r for i, r in enumerate(results) if not pick(i, r)])
+    left.merge(right)
+    assert left.to_dict() == whole.to_dict()
+    assert left.latency.get_value_at_percentile(99) == whole.latency.get_value_at_percentile(99)
+    assert left.statuses == whole.statuses
+
+
+def test_warm_up_is_left_out():
+    results = synthetic_results(400, seed=2)
+    recorder = recorded(results, measure_from_ns=T0 + 1000 * MS)
+    measured = [r for r in results if r.scheduled_ns >= T0 + 1000 * MS]
+    assert sum(recorder.statuses.values()) == len(measured)
+    assert recorder.sent == len(measured)
+
+
+@pytest.mark.parametrize("video", [False, True], ids=["image", "video"])
+def test_result_survives_json_round_trip(tmp_path, video):
+    config = {"url": "x:1", "model": "m", "streams": 3, "fps": 10, "mode": "stream", "slo_ms": 50}
+    result = RunResult("video" if video else "image", config, recorded(synthetic_results(2000, 3, video)),
+                       "2026-11-25T00:00:00+00:00", {"source": "triton", "requests": {"a": 10, "b": 30}})
+    path = tmp_path / "run.json"
+    result.save(path)
+    loaded = RunResult.load(path)
+    assert loaded.to_dict() == result.to_dict()
+    assert summarize(loaded) == summarize(result)
+    assert summarize(loaded)["server_share"] == {"a": 0.25, "b": 0.75}
+
+
+def test_merge_results_adds_counts_and_server_requests():
+    first = RunResult("image", {"model": "m"}, recorded(synthetic_results(500, 4)), servers={"requests": {"a": 5}})
+    second = RunResult("image", {"model": "m"}, recorded(synthetic_results(700, 5)), servers={"requests": {"a": 1, "b": 2}})
+    merged = merge_results([first, second])
+    assert merged.recorder.sent == first.recorder.sent + second.recorder.sent
+    assert merged.servers["requests"] == {"a": 6, "b": 2}
+    with pytest.raises(ValueError, match="different workloads"):
+        merge_results([first, RunResult("video", {}, Recorder())])
+
+
+def test_loading_something_else_is_a_clear_error(tmp_path):
+    path = tmp_path / "other.json"
+    path.write_text(json.dumps({"format": "something", "version": 1}))
+    with pytest.raises(ValueError, match="not a load-test result"):
+        RunResult.load(path)
+
+
+def test_video_frames_late_and_dropped_are_counted_per_stream():
+    deadline = 100 * MS
+    results = [
+        RequestResult(T0, T0, T0 + 150 * MS, OK, 0, deadline),  # late
+        RequestResult(T0 + deadline, 0, T0 + deadline, DROPPED, 0, deadline),
+        RequestResult(T0 + 2 * deadline, T0 + 2 * deadline, T0 + 2 * deadline + 10 * MS, OK, 0, deadline),
+        RequestResult(T0, T0, T0 + 5 * MS, OK, 1, deadline),
+    ]
+    recorder = recorded(results)
+    assert (recorder.streams[0].late, recorder.streams[0].dropped, recorder.streams[0].answered) == (1, 1, 2)
+    assert (recorder.streams[1].late, recorder.streams[1].dropped) == (0, 0)
+    assert recorder.streams[0].jitter_ms == pytest.approx(140, abs=0.5)
+
+
+def test_shapes_and_schedules():
+    assert len(arrival_offsets_ns(Shape.constant(200, 3))) == 600
+    steps = arrival_offsets_ns(Shape.parse("1s@100,1s@300"))
+    assert sum(1 for t in steps if t < 1e9) == 100 and len(steps) == 400
+    ramp = Shape.parse("1s@0,2s@~200")
+    assert ramp.level_at(2.0) == pytest.approx(100)
+    poisson = arrival_offsets_ns(Shape.constant(1000, 5), poisson=True, seed=7)
+    assert abs(len(poisson) - 5000) < 5000 * 0.05
+    with pytest.raises(ValueError, match="bad shape stage"):
+        Shape.parse("ten seconds")
