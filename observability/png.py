@@ -62,7 +62,7 @@ def draw_panel(panel: dict, series: list[dict], start: float, end: float) -> Ima
         draw.text((6, yy - 6), f"{v:.3g}", fill=TEXT, font=font)
         t = start + (end - start) * i / 4
         xx, _ = xy(t, lo)
-        draw.text((xx - 22, TOP + plot_h + 4), datetime.fromtimestamp(t, timezone.utc).strftime("%H:%M:%S"),
+        draw.text((min(xx - 22, WIDTH - 56), TOP + plot_h + 4), datetime.fromtimestamp(t, timezone.utc).strftime("%H:%M:%S"),
                   fill=TEXT, font=font)
     for i, s in enumerate(series):
         color = COLORS[i % len(COLORS)]
