@@ -90,6 +90,9 @@ class BackendPool:
         self.eject_max_s = eject_max_s
         self.backends: dict[str, Backend] = {}
         self._picks = 0
+        # Every model any pod has listed: a request for one of these that no pod has ready is
+        # UNAVAILABLE (worth retrying), for any other model NOT_FOUND.
+        self.seen_models: set[str] = set()
         self._candidates: dict[str, list[Backend]] = {}
         self._room = asyncio.Event()
         self.changed = asyncio.Event()
@@ -159,8 +162,7 @@ class BackendPool:
     async def _wait_for_room(self, model: str, exclude: frozenset[Backend]) -> Backend:
         candidates = [b for b in self.candidates(model) if b not in exclude]
         if not candidates:
-            known = any(model in b.known_models for b in self.backends.values())
-            if known or not self.backends:
+            if model in self.seen_models or not self.backends:
                 raise NoBackendError(grpc.StatusCode.UNAVAILABLE, f"no ready backend has model '{model}'")
             raise NoBackendError(grpc.StatusCode.NOT_FOUND, f"model '{model}' is not served by any backend")
         # Every candidate is at its in-flight limit: wait a bounded time for one to have room.

@@ -77,6 +77,7 @@ class HealthChecker:
         await self._learn_traits(stub, ready - self.catalog.traits.keys())
         changed = (live, ready) != (backend.live, backend.ready_models)
         backend.live, backend.ready_models, backend.known_models = live, ready, known
+        self.pool.seen_models.update(known)
         if changed:
             log.info("backend health changed", extra={
                 "backend": backend.address, "live": live, "ready_models": sorted(ready)})

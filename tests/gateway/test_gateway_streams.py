@@ -35,10 +35,12 @@ class StreamClient:
         return collected
 
 
-def scalar_input(name: str, value, datatype: str) -> grpcclient.InferInput:
+def scalar_input(name: str, value, datatype: str, batched: bool = False) -> grpcclient.InferInput:
+    """A one-element tensor; `batched` adds the batch dimension of a model with max_batch_size > 0."""
     dtype = {"FP32": np.float32, "INT32": np.int32}[datatype]
-    tensor = grpcclient.InferInput(name, [1], datatype)
-    tensor.set_data_from_numpy(np.array([value], dtype=dtype))
+    data = np.array([[value]] if batched else [value], dtype=dtype)
+    tensor = grpcclient.InferInput(name, list(data.shape), datatype)
+    tensor.set_data_from_numpy(data)
     return tensor
 
 
@@ -62,11 +64,11 @@ def test_a_sequence_stays_on_its_pod(fleet3, gateway3):
     sequences = {101: 1.0, 202: 10.0, 303: 100.0}
     for step in range(8):
         for sequence_id, value in sequences.items():
-            stream.send("running_sum", [scalar_input("INPUT0", value, "FP32")], sequence_id=sequence_id,
+            stream.send("running_sum", [scalar_input("INPUT0", value, "FP32", batched=True)], sequence_id=sequence_id,
                         sequence_start=step == 0, sequence_end=step == 7, request_id=f"{sequence_id}-{step}")
     answers = stream.close()
     assert all(error is None for _, error in answers), [e for _, e in answers if e][:3]
-    sums = {result.get_response().id: float(result.as_numpy("SUM")[0]) for result, _ in answers}
+    sums = {result.get_response().id: float(result.as_numpy("SUM").reshape(-1)[0]) for result, _ in answers}
     # Each pod keeps its own sums: a message on the wrong pod would have no state (or another's).
     for sequence_id, value in sequences.items():
         assert [sums[f"{sequence_id}-{step}"] for step in range(8)] == [value * (step + 1) for step in range(8)]
@@ -76,7 +78,7 @@ def test_a_sequence_stays_on_its_pod(fleet3, gateway3):
 
 def test_a_sequence_that_never_started_gets_a_clear_error(gateway3):
     stream = StreamClient(gateway3.url)
-    stream.send("running_sum", [scalar_input("INPUT0", 1.0, "FP32")], sequence_id=999, request_id="orphan")
+    stream.send("running_sum", [scalar_input("INPUT0", 1.0, "FP32", batched=True)], sequence_id=999, request_id="orphan")
     stream.send("add_one", add_one_inputs([1]), request_id="after")
     answers = stream.close()
     errors = [str(error) for _, error in answers if error is not None]

@@ -16,6 +16,6 @@ class TritonPythonModel:
             value = float(pb_utils.get_input_tensor_by_name(request, "INPUT0").as_numpy().reshape(-1)[0])
             total = value if start else self.sums.get(key, 0.0) + value
             self.sums[key] = total
-            out = pb_utils.Tensor("SUM", np.array([total], dtype=np.float32))
+            out = pb_utils.Tensor("SUM", np.array([[total]], dtype=np.float32))
             responses.append(pb_utils.InferenceResponse(output_tensors=[out]))
         return responses
