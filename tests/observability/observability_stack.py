@@ -1,5 +1,5 @@
-"""The observability tests' small real stack: Triton servers, the real gateway, a bounded load, and
-the load generator's real live-metrics exporter (loadtest.live) fed by a small paced frame loop."""
+"""The observability tests' small real stack: Triton servers, the real gateway, and the real load
+generator sending a bounded image and video load through it."""
 
 from __future__ import annotations
 
@@ -10,13 +10,11 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import tritonclient.grpc as grpcclient
 
 from tritonfleet.triton_server import free_port
 
 MODEL = "image_preprocess"
-FPS = 20
 
 
 def start_gateway(backends: list[str], workdir: Path) -> tuple[subprocess.Popen, str, str]:
@@ -54,51 +52,14 @@ def stop_process(process: subprocess.Popen) -> None:
             process.wait()
 
 
-def frame_inputs(rng: np.random.Generator) -> list:
-    frames = rng.integers(0, 256, (1, 48, 64, 3), dtype=np.uint8)
-    inputs = [grpcclient.InferInput("FRAMES", list(frames.shape), "UINT8")]
-    inputs[0].set_data_from_numpy(frames)
-    return inputs
-
-
-def paced_frames(address: str, live, seconds: float, max_frames: int) -> int:
-    """One camera stream at FPS through the gateway, each frame due 1/FPS after its slot; bounded
-    by time and count. Results go into the load generator's live metrics. Returns frames answered."""
-    from loadtest.records import DROPPED, OK, RequestResult
-
-    client = grpcclient.InferenceServerClient(address)
-    rng = np.random.default_rng(0)
-    period_ns = int(1e9 / FPS)
-    t0 = time.monotonic_ns()
-    answered = 0
-    live.add(0, {"statuses": {}, "buckets": [0] * len(live.buckets), "sum": 0.0, "late": 0,
-                 "dropped": 0, "streams_active": 1})
-    for slot in range(max_frames):
-        scheduled = t0 + slot * period_ns
-        if scheduled - t0 > seconds * 1e9:
-            break
-        now = time.monotonic_ns()
-        if now < scheduled:
-            time.sleep((scheduled - now) / 1e9)
-        elif now - scheduled > period_ns:
-            result = RequestResult(scheduled, 0, now, DROPPED, 0, period_ns)
-            _record(live, result)
-            continue
-        sent = time.monotonic_ns()
-        try:
-            client.infer(MODEL, frame_inputs(rng))
-            status = OK
-            answered += 1
-        except grpcclient.InferenceServerException as exc:
-            status = (exc.status() or "UNKNOWN").replace("StatusCode.", "")
-        _record(live, RequestResult(scheduled, sent, time.monotonic_ns(), status, 0, period_ns))
-    return answered
-
-
-def _record(live, result) -> None:
-    from loadtest.live import LiveDelta
-
-    delta = LiveDelta()
-    delta.streams_active = 1
-    delta.record(result)
-    live.add(0, delta.take())
+def start_loadtest(workload: str, address: str, metrics_port: int, seconds: int, workdir: Path) -> subprocess.Popen:
+    """The real load generator (`tritonfleet loadtest`), bounded in time, serving its live metrics."""
+    args = [sys.executable, "-m", "tritonfleet.cli", "loadtest", workload, "--url", address,
+            "--metrics-port", str(metrics_port), "--duration", str(seconds), "--workers", "1",
+            "--resolution", "160x120", "--quiet", "--output", str(workdir / f"loadtest-{workload}.json")]
+    if workload == "image":
+        args += ["--model", MODEL, "--input", "FRAMES", "--datatype", "UINT8", "--rate", "20"]
+    else:
+        args += ["--streams", "2", "--fps", "5"]
+    log = open(workdir / f"loadtest-{workload}.log", "wb")
+    return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
