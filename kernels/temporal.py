@@ -124,9 +124,10 @@ def _temporal_kernel(
     cur += n * sc_n
     bg += n * sb_n
     new_bg += n * height * row_len
-    # Row n of `sums` is [energy, tiles row-major]; both are accumulated with atomics.
-    sums += n * (1 + gh * gw)
-    tile_out = sums + 1 + tile_row * gw
+    # `sums` holds all frames' tiles (row-major), then all frames' energies, so both outputs are
+    # contiguous views of one zeroed buffer; both are accumulated with atomics.
+    tile_out = sums + n * gh * gw + tile_row * gw
+    energy_out = sums + tl.num_programs(2) * gh * gw + n
     total = 0.0
     for f0 in range(0, row_len, BLOCK_F):
         f = f0 + tl.arange(0, BLOCK_F)
@@ -164,7 +165,7 @@ def _temporal_kernel(
             count = (r1 - r0) * ((j + 1) * width // gw - j * width // gw) * 3
             tl.atomic_add(tile_out + j, s / count.to(tl.float32))
             total += s
-    tl.atomic_add(sums, total / (height * row_len).to(tl.float32))
+    tl.atomic_add(energy_out, total / (height * row_len).to(tl.float32))
 
 
 _temporal_autotuned = triton.autotune(
@@ -180,8 +181,8 @@ def temporal_update_triton(prev, cur, background, *, alpha: float, grid: tuple[i
     _check(prev, cur, background, alpha, grid)
     n, height, width, _ = cur.shape
     gh, gw = grid
-    sums = torch.zeros((n, 1 + gh * gw), dtype=torch.float32, device=cur.device)
-    energy, tiles = sums[:, 0], sums[:, 1:].view(n, gh, gw)
+    sums = torch.zeros(n * gh * gw + n, dtype=torch.float32, device=cur.device)
+    tiles, energy = sums[: n * gh * gw].view(n, gh, gw), sums[n * gh * gw :]
     new_background = torch.empty((n, height, width, 3), dtype=torch.float32, device=cur.device)
     # Rows read as one contiguous run of W*3 values lets the loads vectorize.
     packed = all(t.stride(2) == 3 and t.stride(3) == 1 for t in (prev, cur, background))

@@ -23,7 +23,7 @@ def assert_matches_reference(prev, cur, background, device, alpha=0.1, grid=(4, 
     got = temporal_update(prev.to(device), cur.to(device), background.to(device), alpha=alpha, grid=grid)
     n, h, w, _ = cur.shape
     assert [tuple(t.shape) for t in got] == [(n,), (n, *grid), (n, h, w, 3)]
-    assert all(t.dtype == torch.float32 for t in got)
+    assert all(t.dtype == torch.float32 and t.is_contiguous() for t in got)
     torch.testing.assert_close(got[0].cpu(), expected[0], atol=1e-4, rtol=1e-5)
     torch.testing.assert_close(got[1].cpu(), expected[1], atol=1e-4, rtol=1e-5)
     torch.testing.assert_close(got[2].cpu(), expected[2], atol=1e-4, rtol=1e-6)
