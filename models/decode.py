@@ -2,12 +2,14 @@
 
 On CPU Pillow decodes (libjpeg-turbo inside its wheel). On a GPU, JPEGs go through nvJPEG with
 `torchvision.io.decode_jpeg(device="cuda")` when torchvision is installed, so the decoded pixels
-never cross PCIe; anything else falls back to Pillow and is copied up.
+never cross PCIe; anything else falls back to Pillow and is copied up. TRITONFLEET_GPU_JPEG=0 turns
+nvJPEG off (to compare the two).
 """
 
 from __future__ import annotations
 
 import io
+import os
 
 import numpy as np
 import torch
@@ -53,11 +55,24 @@ class Decoder:
 
     def __init__(self, device: torch.device):
         self.device = device
-        self._gpu_jpeg = _gpu_jpeg_decoder() if device.type == "cuda" else None
+        wanted = device.type == "cuda" and os.environ.get("TRITONFLEET_GPU_JPEG", "1") != "0"
+        self._gpu_jpeg = _gpu_jpeg_decoder() if wanted else None
 
     @property
     def uses_gpu_jpeg(self) -> bool:
         return self._gpu_jpeg is not None
+
+    def decode_many(self, items: list[bytes]) -> list[torch.Tensor]:
+        """Decode a request's images; on the GPU its JPEGs go to nvJPEG as one batch.
+
+        A batch that fails is decoded again one by one, so the error names the bad image.
+        """
+        if self._gpu_jpeg is None or len(items) < 2 or any(image_format(d) != "jpeg" for d in items):
+            return [self.decode(data) for data in items]
+        try:
+            return self._gpu_jpeg(items, self.device)
+        except RuntimeError:
+            return [self.decode(data) for data in items]
 
     def decode(self, data: bytes) -> torch.Tensor:
         if self._gpu_jpeg is not None and image_format(data) == "jpeg":
@@ -76,9 +91,12 @@ def _gpu_jpeg_decoder():
     except ImportError:
         return None
 
-    def decode(data: bytes, device: torch.device) -> torch.Tensor:
-        encoded = torch.frombuffer(bytearray(data), dtype=torch.uint8)
-        chw = decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device)
-        return chw.permute(1, 2, 0).contiguous()
+    def decode(data, device: torch.device):
+        """One JPEG -> (H, W, 3); a list of JPEGs -> a list, decoded in one nvJPEG batch."""
+        items = data if isinstance(data, list) else [data]
+        encoded = [torch.frombuffer(bytearray(item), dtype=torch.uint8) for item in items]
+        decoded = decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device)
+        frames = [chw.permute(1, 2, 0) for chw in decoded]
+        return frames if isinstance(data, list) else frames[0]
 
     return decode

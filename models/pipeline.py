@@ -33,7 +33,8 @@ def preprocess_frames(frames: list[torch.Tensor] | torch.Tensor) -> torch.Tensor
         return preprocess(frames, INPUT_SIZE)
     if len({tuple(f.shape) for f in frames}) == 1:
         return preprocess(torch.stack(frames), INPUT_SIZE)
-    return preprocess(frames, INPUT_SIZE)
+    # Decoders may hand out strided views (nvJPEG's CHW seen as HWC); the kernel reads dense rows.
+    return preprocess([f.contiguous() for f in frames], INPUT_SIZE)
 
 
 class ImagePipeline:

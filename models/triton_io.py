@@ -82,10 +82,17 @@ def error_response(exc: Exception) -> "pb_utils.InferenceResponse":
     return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc), code))
 
 
-def responses_for(requests, run_batch) -> list:
-    """`run_batch(requests)` -> one item per request (outputs list or an exception), as responses."""
+def responses_for(requests, run_batch, device: torch.device | None = None) -> list:
+    """`run_batch(requests)` -> one item per request (outputs list or an exception), as responses.
+
+    GPU outputs leave through DLPack while torch may still be computing them on its stream, so a
+    GPU model waits for its stream before Triton reads them.
+    """
+    results = run_batch(requests)
+    if device is not None and device.type == "cuda":
+        torch.cuda.current_stream(device).synchronize()
     responses = []
-    for item in run_batch(requests):
+    for item in results:
         if isinstance(item, Exception):
             responses.append(error_response(item))
         else:

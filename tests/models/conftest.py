@@ -1,7 +1,7 @@
-"""One real tritonserver on the project's model repository, shared by a module's serving tests.
+"""One real tritonserver on the project's model repository, shared by the serving tests of this folder.
 
 Starting the server loads six Python-backend models (three ResNet-50s) and takes tens of seconds
-on this machine's two cores, so the serving tests share one per module instead of the
+on this machine's two cores, so the serving tests of this folder share one (package scope) instead of the
 function-scoped `triton_fleet`, with the same orphan check afterwards.
 """
 
@@ -18,7 +18,7 @@ from tritonfleet.triton_server import start_fleet, stop_all
 MODEL_REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def model_server(tmp_path_factory):
     servers = start_fleet(1, MODEL_REPOSITORY, tmp_path_factory.mktemp("triton-models"))
     yield servers[0]

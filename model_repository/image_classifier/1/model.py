@@ -32,7 +32,7 @@ class TritonPythonModel:
             self.classifier.warm_up(tuple(int(size) for size in preferred) or (1,))
 
     def execute(self, requests):
-        return triton_io.responses_for(requests, self._run_batch)
+        return triton_io.responses_for(requests, self._run_batch, self.device)
 
     def _run_batch(self, requests):
         pixels = [triton_io.input_tensor(request, "PIXELS", self.device) for request in requests]

@@ -39,7 +39,7 @@ class TritonPythonModel:
             self.labels = placeholder_labels(NUM_CLASSES)
 
     def execute(self, requests):
-        return triton_io.responses_for(requests, self._run_batch)
+        return triton_io.responses_for(requests, self._run_batch, self.device)
 
     def _run_batch(self, requests):
         logits = [triton_io.input_tensor(request, "LOGITS", self.device) for request in requests]

@@ -28,7 +28,7 @@ class TritonPythonModel:
         self.decoder = Decoder(self.device)
 
     def execute(self, requests):
-        return triton_io.responses_for(requests, self._run_batch)
+        return triton_io.responses_for(requests, self._run_batch, self.device)
 
     def _run_batch(self, requests):
         frames_per_request = []
@@ -51,7 +51,7 @@ class TritonPythonModel:
         if (encoded is None) == (frames is None):
             raise ValueError("send exactly one of IMAGE (encoded JPEG/PNG) or FRAMES (uint8 N x H x W x 3)")
         if encoded is not None:
-            return [self.decoder.decode(data) for data in encoded]
+            return self.decoder.decode_many(encoded)
         if frames.shape[1] == 0 or frames.shape[2] == 0:
             raise ValueError(f"FRAMES must not be empty, got shape {tuple(frames.shape)}")
         return list(frames)

@@ -49,6 +49,8 @@ class TritonPythonModel:
             results = self.analyzer.step(frames)
         except Exception as exc:  # a failure of the batch itself: still complete every request
             results = [exc] * len(frames)
+        if self.device.type == "cuda":
+            torch.cuda.current_stream(self.device).synchronize()
         for sender, frame, result in zip(accepted, frames, results):
             self._answer(sender, frame, result)
         return None

@@ -40,7 +40,7 @@ class TritonPythonModel:
         self.analyzer, self.labels, self.device = video_io.build_analyzer(args)
 
     def execute(self, requests):
-        return triton_io.responses_for(requests, self._run_batch)
+        return triton_io.responses_for(requests, self._run_batch, self.device)
 
     def _run_batch(self, requests):
         results, frames, positions = [None] * len(requests), [], []

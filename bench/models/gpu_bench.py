@@ -1,0 +1,146 @@
+"""The models' GPU benchmark in one bounded run: serve a rendered repository, load it, record.
+
+    python -m bench.models.gpu_bench --repo RENDERED_GPU_REPO --out DIR [--budget-s 420]
+
+Starts a real tritonserver on the repository (KIND_GPU instances), checks one answer of each
+image and video model, then runs `bench.models.load` sweeps: 1080p JPEGs through image_pipeline
+at several batch sizes and concurrencies, and 1080p camera streams at 30 FPS through
+video_pipeline; then restarts with nvJPEG off (TRITONFLEET_GPU_JPEG=0, Pillow decoding on the CPU)
+for the same image runs side by side. Each step is skipped when the time budget would run out;
+results go to DIR/models-gpu.json as they come.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from bench.models.kserve_http import KServeClient
+from bench.models.load import camera_picture, jpeg, median_run, panning_frames, run_images, run_video
+from tritonfleet.triton_server import start_fleet, stop_all
+
+
+def gpu_name() -> str:
+    try:
+        return subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True, timeout=20).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+class Recorder:
+    def __init__(self, out: Path, budget_s: float):
+        self.path = out / "models-gpu.json"
+        self.deadline = time.monotonic() + budget_s
+        self.data = {"gpu": gpu_name(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "python": platform.python_version(), "runs": [], "notes": []}
+
+    def left(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def add(self, kind: str, **values) -> None:
+        self.data["runs"].append({"kind": kind, **values})
+        print(json.dumps(self.data["runs"][-1]), flush=True)
+        self.save()
+
+    def note(self, text: str) -> None:
+        self.data["notes"].append(text)
+        print(text, flush=True)
+        self.save()
+
+    def save(self) -> None:
+        self.path.write_text(json.dumps(self.data, indent=1))
+
+
+def sanity(url: str, rec: Recorder) -> None:
+    client = KServeClient(url)
+    try:
+        out = client.infer("image_pipeline", [("IMAGE", [jpeg(camera_picture(1080, 1920, 0))])], ["LABELS", "CLASS_IDS", "SCORES"])
+        rec.note(f"image_pipeline answer: {out}")
+        frame = camera_picture(1080, 1920, 1)[None]
+        for index in range(2):
+            params = {"sequence_id": 1, "sequence_start": index == 0, "sequence_end": index == 1}
+            out = client.infer("video_pipeline", [("FRAME", frame)], ["MOTION", "CLASSIFIED", "FRAME_INDEX", "LABELS"], params)
+            rec.note(f"video_pipeline answer: {out}")
+    finally:
+        client.close()
+
+
+def image_sweep(url, rec, label, batches, concurrencies, seconds, repeat):
+    images = [jpeg(camera_picture(1080, 1920, seed)) for seed in range(8)]
+    rec.note(f"{label}: JPEG sizes {[len(i) for i in images]} bytes")
+    run_images(url, "image_pipeline", images, 1, 1, 3, 60)
+    for batch in batches:
+        for concurrency in concurrencies:
+            if rec.left() < seconds * repeat + 20:
+                rec.note(f"{label}: skipped batch {batch} concurrency {concurrency} (time budget)")
+                continue
+            runs = [run_images(url, "image_pipeline", images, batch, concurrency, 400, seconds) for _ in range(repeat)]
+            rec.add(label, **asdict(median_run(runs)))
+
+
+def video_sweep(url, rec, streams_list, seconds, repeat):
+    frames = panning_frames(1080, 1920, 30, step=0)
+    # A still camera with a moving object: motion mostly under the threshold, as in most CCTV.
+    for index, frame in enumerate(frames):
+        frame[0, 400:560, 200 + 20 * index : 360 + 20 * index] = 255
+    run_video(url, "video_pipeline", frames, 1, 30.0, 0.3)
+    for streams in streams_list:
+        if rec.left() < seconds * repeat + 20:
+            rec.note(f"video: skipped {streams} streams (time budget)")
+            continue
+        runs = [run_video(url, "video_pipeline", frames, streams, 30.0, seconds) for _ in range(repeat)]
+        rec.add("video 1080p@30", **asdict(median_run(runs)))
+
+
+def serve(repo: Path, workdir: Path, rec: Recorder, env: dict[str, str]):
+    os.environ.update(env)
+    began = time.monotonic()
+    servers = start_fleet(1, repo, workdir, timeout=240)
+    rec.note(f"server ready in {time.monotonic() - began:.0f} s with {env or 'defaults'}")
+    return servers
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repo", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--budget-s", type=float, default=420)
+    parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    rec = Recorder(args.out, args.budget_s)
+    workdir = Path("/tmp/gpu-bench")
+    servers = serve(args.repo, workdir / "nvjpeg", rec, {})
+    try:
+        url = servers[0].http_url
+        sanity(url, rec)
+        image_sweep(url, rec, "image 1080p JPEG, nvJPEG", [1, 8, 32], [1, 8, 32], args.seconds, args.repeat)
+        video_sweep(url, rec, [1, 8, 24], args.seconds, args.repeat)
+    finally:
+        stop_all(servers)
+        _keep_log(servers[0].log_path, args.out / "triton-nvjpeg.log")
+    if rec.left() > 90:
+        servers = serve(args.repo, workdir / "pillow", rec, {"TRITONFLEET_GPU_JPEG": "0"})
+        try:
+            image_sweep(servers[0].http_url, rec, "image 1080p JPEG, Pillow", [8, 32], [8, 32], args.seconds, args.repeat)
+        finally:
+            stop_all(servers)
+            _keep_log(servers[0].log_path, args.out / "triton-pillow.log")
+    return 0
+
+
+def _keep_log(path: Path, dest: Path) -> None:
+    if path.exists():
+        dest.write_text("\n".join(path.read_text(errors="replace").splitlines()[-200:]))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
