@@ -112,4 +112,20 @@ def start_envoy(backends: list[str], workdir: Path, concurrency: int = 1) -> Pro
     proxy = ProxyProcess(args, f"127.0.0.1:{port}", workdir / "envoy.log")
     proxy.admin_url = f"http://127.0.0.1:{admin_port}"
     proxy.wait_listening()
+    wait_envoy_healthy(proxy, len(backends))
     return proxy
+
+
+def wait_envoy_healthy(proxy: ProxyProcess, count: int, timeout: float = 20.0) -> None:
+    """Until Envoy's own health checks have passed for `count` pods (its admin /clusters page)."""
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            text = urllib.request.urlopen(proxy.admin_url + "/clusters", timeout=1).read().decode()
+            healthy = [line for line in text.splitlines() if "::health_flags::healthy" in line]
+            if len(healthy) >= count:
+                return
+        time.sleep(0.1)
+    raise TimeoutError(f"Envoy did not see {count} healthy pods in {timeout} s; log: {proxy.log_path}")
