@@ -107,9 +107,10 @@ def _coerce(key: str, value: Any) -> Any:
     kind = _FIELDS[key].type
     try:
         if kind == "tuple[str, ...]":
-            if isinstance(value, str):
-                value = [item for item in value.replace(",", " ").split() if item]
-            return tuple(str(item) for item in value)
+            # A list may come as one string or as items that are themselves comma-separated
+            # ("--backend a:1,b:2"), as a stack file fills in a list of addresses.
+            items = [value] if isinstance(value, str) else value
+            return tuple(part for item in items for part in str(item).replace(",", " ").split())
         if kind == "bool":
             if isinstance(value, bool):
                 return value
