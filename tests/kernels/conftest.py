@@ -9,12 +9,18 @@ there runs the CPU (interpreter) variant instead.
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 import torch
 
+# Triton's own helpers (tl.max's argmax combine, say) are @triton.jit functions defined when
+# triton is imported: if something imported triton first, a later TRITON_INTERPRET cannot reach
+# them, and the kernel tests say so instead of failing obscurely.
+IMPORTED_TOO_EARLY = False
 if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+    IMPORTED_TOO_EARLY = "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1"
+    os.environ["TRITON_INTERPRET"] = "1"
 
 DEVICES = ["cpu"] if os.environ.get("TRITON_INTERPRET") == "1" else ["cuda"]
 
@@ -27,4 +33,6 @@ def device(request) -> str:
 @pytest.fixture(autouse=True)
 def force_triton(monkeypatch):
     """Every kernel test goes through the Triton kernel, also on CPU (through the interpreter)."""
+    if IMPORTED_TOO_EARLY:
+        pytest.fail("triton was imported before tests/kernels set TRITON_INTERPRET=1; run with it set")
     monkeypatch.setenv("TRITONFLEET_KERNELS", "triton")
