@@ -97,7 +97,8 @@ def _collect(reports, workers: int, live: LiveMetrics, spec: WorkerSpec, t0_ns: 
             if kind == "tick":
                 live.add(index, payload)
             elif kind == "done":
-                merged.merge(Recorder.from_dict(payload))
+                merged.merge(Recorder.from_dict(payload["recorder"]))
+                live.generator_cpu_s += payload["cpu_s"]
                 done += 1
             elapsed = min(duration_s, max(0.0, (time.monotonic_ns() - t0_ns) / 1e9))
             progress.update(task, completed=elapsed, stats=_progress_text(live))

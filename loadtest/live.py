@@ -64,6 +64,7 @@ class LiveMetrics:
         self.late = 0
         self.dropped = 0
         self.streams_by_worker: dict[int, int] = {}
+        self.generator_cpu_s = 0.0  # filled in as workers finish
 
     def add(self, worker: int, delta: dict) -> None:
         self.statuses.update(delta["statuses"])

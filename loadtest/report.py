@@ -25,8 +25,11 @@ def _describe(result: RunResult) -> str:
     config = result.config
     if result.kind == "video":
         return f"video {config['streams']} streams × {config['fps']:g} FPS ({config['mode']})"
-    level = config.get("level", 0)
+    stages = config.get("shape") or [{"level": config.get("level", 0)}]
+    level = max(stage["level"] for stage in stages)
     what = f"{level:g} req/s" if config.get("loop") == "open" else f"concurrency {level:g}"
+    if len(stages) > 1:
+        what = f"{len(stages)} stages up to {what}"
     return f"image {config.get('loop', '')} loop, {what}, batch {config.get('batch_size', 1)}"
 
 
@@ -41,6 +44,8 @@ def render_text(result: RunResult, console: Console | None = None) -> None:
     console.print(table)
     stable = summary["stability"]
     console.print("stable: yes" if stable["stable"] else f"stable: no ({stable['reason']})")
+    if config.get("generator_cpu_s"):
+        console.print(f"generator CPU: {config['generator_cpu_s']:.1f} s over {config.get('workers', 1)} workers")
     if "video" in summary:
         video = summary["video"]
         console.print(f"streams sustained at {config['fps']:g} FPS: {video['sustained']} of {video['streams']}; "

@@ -121,4 +121,5 @@ def _run(spec: WorkerSpec, options: CommonOptions, config: dict, workload: str) 
     if options.metrics_urls:
         after = server_share.snapshot(options.metrics_urls, options.tensor.model)
         servers = server_share.share(before, after, options.metrics_urls)
+    config["generator_cpu_s"] = round(live.generator_cpu_s, 3)
     return RunResult(workload, config, recorder, started, servers)

@@ -51,7 +51,7 @@ def line_chart(title: str, series: dict[str, list[tuple[float, float]]], x_label
         y = y_max * i / 4
         parts.append(f'<line x1="{LEFT}" x2="{LEFT + plot_w}" y1="{sy(y):.1f}" y2="{sy(y):.1f}" class="grid"/>'
                      f'<text x="{LEFT - 6}" y="{sy(y) + 4:.1f}" text-anchor="end">{_fmt(y)}</text>')
-    ticks = x_ticks or [(x_min + (x_max - x_min) * i / 5, _fmt(x_min + (x_max - x_min) * i / 5)) for i in range(6)]
+    ticks = x_ticks or _ticks(x_min, x_max)
     for x, label in ticks:
         parts.append(f'<text x="{sx(x):.1f}" y="{TOP + plot_h + 16}" text-anchor="middle">{escape(label)}</text>')
     for index, (name, values) in enumerate(series.items()):
@@ -71,7 +71,7 @@ def bar_chart(title: str, bars: dict[str, float], unit: str = "", chart_id: str 
         return f'<p class="empty">{escape(title)}: no data</p>'
     height = 28 + 28 * len(bars) + 12
     top = _nice_max(max(bars.values()))
-    plot_w = WIDTH - 240 - RIGHT
+    plot_w = WIDTH - 240 - 64  # room for the value printed after the longest bar
     parts = [f'<svg class="chart" id="{escape(chart_id)}" xmlns="http://www.w3.org/2000/svg" '
              f'viewBox="0 0 {WIDTH} {height}" width="{WIDTH}" height="{height}" role="img">'
              f'<text x="{WIDTH / 2}" y="16" text-anchor="middle" class="title">{escape(title)}</text>']
@@ -84,6 +84,14 @@ def bar_chart(title: str, bars: dict[str, float], unit: str = "", chart_id: str 
                      f'<text x="{240 + width:.1f}" y="{y + 15}">{_fmt(value)}{escape(unit)}</text>')
     parts.append("</svg>")
     return "".join(parts)
+
+
+def _ticks(low: float, high: float) -> list[tuple[float, str]]:
+    """About six round-numbered ticks between low and high."""
+    step = _nice_max((high - low) / 6)
+    first = math.ceil(low / step) * step
+    count = int((high - first) / step) + 1
+    return [(first + i * step, _fmt(first + i * step)) for i in range(count)]
 
 
 def _frame(title: str, chart_id: str) -> str:

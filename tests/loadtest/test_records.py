@@ -114,3 +114,17 @@ def test_shapes_and_schedules():
     assert abs(len(poisson) - 5000) < 5000 * 0.05
     with pytest.raises(ValueError, match="bad shape stage"):
         Shape.parse("ten seconds")
+
+
+def test_vectorized_recording_equals_recording_one_by_one():
+    from loadtest.records import new_histogram, record_latency, record_many
+
+    rng = random.Random(11)
+    values = [int(rng.lognormvariate(8, 2)) for _ in range(20000)] + [0, 1, 2047, 2048, 10**12]
+    one_by_one, at_once = new_histogram(), new_histogram()
+    for value in values:
+        record_latency(one_by_one, value)
+    record_many(at_once, values)
+    assert list(at_once.counts) == list(one_by_one.counts)
+    assert (at_once.total_count, at_once.min_value, at_once.max_value) == (
+        one_by_one.total_count, one_by_one.min_value, one_by_one.max_value)
