@@ -14,10 +14,10 @@ import sys
 import threading
 from pathlib import Path
 
+from tritonfleet.paths import DEFAULT_STACK, MODEL_REPOSITORY, RUN_DIR
+from tritonfleet.stack import Stack, StackError
 from tritonfleet.stack_config import StackConfigError, load_stack_config
 from tritonfleet.triton_server import TritonServerError, start_fleet, stop_all
-
-from tritonfleet.paths import DEFAULT_STACK, MODEL_REPOSITORY, RUN_DIR
 
 # Parts that add subcommands, in the order `--help` lists them.
 PART_CLIS = ("models.cli", "gateway.cli", "loadtest.cli", "observability.cli")
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return args.func(args)
-    except (StackConfigError, TritonServerError) as exc:
+    except (StackConfigError, StackError, TritonServerError) as exc:
         print(f"tritonfleet: {exc}", file=sys.stderr)
         return 1
 
@@ -100,8 +100,6 @@ def cmd_servers(args) -> int:
 
 
 def cmd_up(args) -> int:
-    from tritonfleet.stack import Stack
-
     config = load_stack_config(args.stack)
     stop = wait_for_signal()
     with Stack(config, args.workdir) as stack:
@@ -111,6 +109,7 @@ def cmd_up(args) -> int:
             print(f"{key:24} {value}")
         print("The stack is up. Ctrl-C stops it.", flush=True)
         stack.watch(stop)
+    print("Stack stopped.")
     return 0
 
 

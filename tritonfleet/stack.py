@@ -1,9 +1,10 @@
 """The local stack's supervisor: start the services of a stack file in order, watch, stop.
 
 A service's addresses are published as placeholders for the services after it: a `command`
-service's argv may say `{triton.grpc}` (the Triton servers' gRPC addresses, comma-separated) or
-`{port.grpc}` (a free port picked for itself under the name `grpc`). A process that dies while the
-stack runs is restarted on the same ports, with a growing pause, up to `MAX_RESTARTS` times.
+service's argv may say `{triton.grpc}` (the Triton servers' gRPC addresses, comma-separated),
+`{port.grpc}` (a free port picked for itself under the name `grpc`) or `{python}` (this
+interpreter). A process that dies while the stack runs is restarted on the same ports, with a
+growing pause, up to `MAX_RESTARTS` times.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -22,12 +24,14 @@ from pathlib import Path
 
 import yaml
 
+from tritonfleet.paths import REPO_ROOT
 from tritonfleet.processes import group_alive, spawn, terminate
 from tritonfleet.stack_config import ServiceSpec, StackConfig
 from tritonfleet.triton_server import LOOPBACK, TritonServer, free_port, start_fleet, stop_all
 
 log = logging.getLogger("tritonfleet.stack")
 
+RULES_FILE = REPO_ROOT / "deploy" / "prometheus" / "tritonfleet.rules.yaml"
 MAX_RESTARTS = 5
 SETTLE_SECONDS = 1.0
 
@@ -177,7 +181,8 @@ class Stack:
         raise KeyError(name)
 
     def placeholders(self) -> dict[str, str]:
-        values: dict[str, str] = {}
+        # {python} is this interpreter, so services run the project's CLI from its own environment.
+        values: dict[str, str] = {"python": sys.executable}
         for service in self.services:
             for key, value in service.published.items():
                 values[f"{service.spec.name}.{key}"] = value
@@ -192,7 +197,12 @@ class Stack:
         if spec.kind == "prometheus" and not shutil.which("prometheus"):
             return "the prometheus binary is not installed (make system installs it with apt-get)"
         if spec.kind == "command":
-            program = self._fill(spec.argv[0], {})
+            known = self.placeholders()
+            wanted = {key for arg in spec.argv for key in _PLACEHOLDER.findall(arg) if not key.startswith("port.")}
+            missing = sorted(wanted - set(known))
+            if missing:
+                return f"needs {', '.join('{' + key + '}' for key in missing)}, which no started service publishes"
+            program = self._fill(spec.argv[0], known)
             if not shutil.which(program) and not Path(program).exists():
                 return f"{program} is not installed"
         return None
@@ -262,6 +272,8 @@ class Stack:
         ]
         return {
             "global": {"scrape_interval": spec.scrape_interval, "evaluation_interval": spec.scrape_interval},
+            # The alert rules the chart ships, so the local stack evaluates the same alerts.
+            "rule_files": [str(RULES_FILE)],
             "scrape_configs": jobs,
         }
 

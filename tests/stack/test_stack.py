@@ -116,8 +116,18 @@ def test_an_unknown_placeholder_is_named(tmp_path):
     config = parse_stack_config(
         {"services": [{"name": "c", "kind": "command", "argv": [sys.executable, "{nothing.here}"]}]}, REPO_ROOT
     )
-    with pytest.raises(StackError, match=r"unknown placeholder \{nothing.here\}"):
+    with pytest.raises(StackError, match=r"c: needs \{nothing.here\}, which no started service publishes"):
         Stack(config, tmp_path).start()
+
+
+def test_an_optional_service_whose_inputs_are_missing_is_skipped_with_the_reason(tmp_path):
+    config = parse_stack_config(
+        {"services": [{"name": "c", "kind": "command", "optional": True, "argv": [sys.executable, "{nothing.here}"]}]},
+        REPO_ROOT,
+    )
+    with Stack(config, tmp_path) as stack:
+        assert stack.services == []
+        assert "{nothing.here}" in stack.skipped["c"]
 
 
 def test_up_runs_until_ctrl_c_and_stops_everything(tmp_path):
