@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+import torch
+
+# Without a GPU the Triton-language kernels run through Triton's interpreter. It must be chosen
+# before anything imports `triton`, since triton's own helpers are defined differently under it.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from tritonfleet.paths import MODEL_REPOSITORY
 from tritonfleet.processes import group_alive
