@@ -91,8 +91,21 @@ class VideoAnalyzer:
         """Analyze one frame of each request; a bad frame gets its exception, the rest go on."""
         self._drop_idle_streams()
         results: list[FrameResult | Exception | None] = [None] * len(frames)
-        accepted: list[tuple[int, FrameIn, StreamState]] = []
+        # Two frames of one stream in a batch are taken in order, each against the one before.
+        rounds: list[list[tuple[int, FrameIn]]] = []
+        seen: dict[int, int] = {}
         for position, item in enumerate(frames):
+            index = seen[item.stream] = seen.get(item.stream, -1) + 1
+            if index == len(rounds):
+                rounds.append([])
+            rounds[index].append((position, item))
+        for entries in rounds:
+            self._step_round(entries, results)
+        return results
+
+    def _step_round(self, entries: list[tuple[int, FrameIn]], results: list) -> None:
+        accepted: list[tuple[int, FrameIn, StreamState]] = []
+        for position, item in entries:
             try:
                 accepted.append((position, item, self._state_for(item)))
             except StreamError as exc:
@@ -104,7 +117,6 @@ class VideoAnalyzer:
             results[m.position] = self._result(m, classified=any(m is c for c in chosen))
             if m.item.end:
                 self.streams.pop(m.item.stream, None)
-        return results
 
     def _state_for(self, item: FrameIn) -> StreamState:
         frame = item.frame

@@ -30,7 +30,8 @@ def frame_in(request, device: torch.device) -> FrameIn:
         raise ValueError(f"send one frame per request (FRAME batch of 1), got {frame.shape[0]}")
     return FrameIn(
         stream=request.correlation_id(),
-        frame=frame[0],
+        # A copy: the stream keeps this frame after the request, and its input buffer, released.
+        frame=frame[0].clone(),
         start=_flag(request, "START"),
         end=_flag(request, "END"),
     )

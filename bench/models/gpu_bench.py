@@ -25,7 +25,11 @@ import numpy as np
 
 from bench.models.kserve_http import KServeClient
 from bench.models.load import camera_picture, jpeg, median_run, panning_frames, run_images, run_video
-from tritonfleet.triton_server import start_fleet, stop_all
+from tritonfleet.triton_server import TritonServerError, start_fleet, stop_all
+
+# GPU tensors cross between the server and the Python stubs through this pool; the default 64 MB
+# is less than a few batches of 1080p frames in flight.
+SERVER_ARGS = ["--cuda-memory-pool-byte-size=0:2147483648"]
 
 
 def gpu_name() -> str:
@@ -102,7 +106,12 @@ def video_sweep(url, rec, streams_list, seconds, repeat):
 def serve(repo: Path, workdir: Path, rec: Recorder, env: dict[str, str]):
     os.environ.update(env)
     began = time.monotonic()
-    servers = start_fleet(1, repo, workdir, timeout=240)
+    try:
+        servers = start_fleet(1, repo, workdir, extra_args=SERVER_ARGS, timeout=240)
+    except TritonServerError as exc:
+        rec.note(f"server did not start: {exc}")
+        _keep_log(workdir / "triton-0.log", rec.path.parent / f"triton-failed-{workdir.name}.log")
+        raise
     rec.note(f"server ready in {time.monotonic() - began:.0f} s with {env or 'defaults'}")
     return servers
 

@@ -153,3 +153,11 @@ def test_settings_reject_nonsense():
         VideoSettings(classify_every=0)
     with pytest.raises(ValueError, match="background_alpha"):
         VideoSettings(background_alpha=0)
+
+
+def test_two_frames_of_one_stream_in_a_batch_are_taken_in_order(pipeline):
+    analyzer = VideoAnalyzer(pipeline, VideoSettings(scene_threshold=1000))
+    results = analyzer.step([FrameIn(1, frame(0), True, False), FrameIn(1, frame(4), False, False), FrameIn(1, frame(10), False, True)])
+    assert [r.frame_index for r in results] == [0, 1, 2]
+    assert [r.motion for r in results] == [0.0, pytest.approx(4.0), pytest.approx(6.0)]
+    assert not analyzer.streams
