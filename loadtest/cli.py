@@ -59,6 +59,7 @@ def _common_args(parser: argparse.ArgumentParser, workload: str) -> None:
     parser.add_argument("--metrics-url", action="append", default=[],
                         help="gateway or Triton metrics URL for each server's share (repeat for several)")
     parser.add_argument("--metrics-port", type=int, default=0, help="serve this run's Prometheus metrics here")
+    parser.add_argument("--metrics-address", default="127.0.0.1", help="address to serve them on (0.0.0.0 in a pod)")
     parser.add_argument("--output", "-o", type=Path, default=Path(f"loadtest-{workload}.json"),
                         help="where to write the result JSON")
     parser.add_argument("--html", type=Path, help="also write the HTML report here")
@@ -100,7 +101,8 @@ def _tensor(args) -> TensorSpec:
 def _common(args) -> dict:
     return {"url": args.url, "tensor": _tensor(args), "workers": args.workers, "warmup_s": args.warmup,
             "timeout_s": args.timeout, "window_s": args.window, "slo_ms": args.slo_ms,
-            "metrics_urls": args.metrics_url, "metrics_port": args.metrics_port, "quiet": args.quiet}
+            "metrics_urls": args.metrics_url, "metrics_port": args.metrics_port,
+            "metrics_address": args.metrics_address, "quiet": args.quiet}
 
 
 def image_options(args) -> runs.ImageOptions:

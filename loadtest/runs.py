@@ -26,6 +26,7 @@ class CommonOptions:
     slo_ms: float = 0.0
     metrics_urls: list[str] = field(default_factory=list)  # gateway or Triton metrics, for server shares
     metrics_port: int = 0  # serve the harness's own metrics here; 0: off
+    metrics_address: str = "127.0.0.1"
     quiet: bool = False
 
 
@@ -114,7 +115,7 @@ def _run(spec: WorkerSpec, options: CommonOptions, config: dict, workload: str) 
     before = server_share.snapshot(options.metrics_urls, options.tensor.model) if options.metrics_urls else {}
     with contextlib.ExitStack() as stack:
         if options.metrics_port:
-            server, thread = serve_metrics(live, options.metrics_port)
+            server, _thread = serve_metrics(live, options.metrics_port, options.metrics_address)
             stack.callback(server.shutdown)
         recorder = run_workers(spec, workers, live, options.quiet)
     servers = {}
