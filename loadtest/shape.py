@@ -40,11 +40,6 @@ class Shape:
         return cls(tuple(Stage(step_s, level) for level in levels))
 
     @classmethod
-    def ramp(cls, start: float, end: float, duration_s: float) -> "Shape":
-        # A zero-length start is impossible, so the ramp begins at `start` through a tiny first stage.
-        return cls((Stage(1e-9, start), Stage(duration_s, end, ramp=True)))
-
-    @classmethod
     def parse(cls, text: str) -> "Shape":
         """`"10s@200"`, `"5s@100,5s@200"`, or `"5s@100,10s@~400"` (`~` ramps to that level)."""
         stages = []

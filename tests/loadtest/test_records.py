@@ -128,3 +128,35 @@ def test_vectorized_recording_equals_recording_one_by_one():
     assert list(at_once.counts) == list(one_by_one.counts)
     assert (at_once.total_count, at_once.min_value, at_once.max_value) == (
         one_by_one.total_count, one_by_one.min_value, one_by_one.max_value)
+
+
+def test_bad_options_are_clear_errors(tmp_path):
+    from loadtest.payloads import TensorSpec, load_images, parse_resolution
+
+    with pytest.raises(ValueError, match="datatype must be one of"):
+        TensorSpec("m", datatype="FP32")
+    with pytest.raises(ValueError, match="batch dimension"):
+        TensorSpec("m", batch_size=4, batch_dim=False)
+    with pytest.raises(ValueError, match="WIDTHxHEIGHT"):
+        parse_resolution("huge")
+    assert parse_resolution("4k") == (2160, 3840) and parse_resolution("320x200") == (200, 320)
+    with pytest.raises(ValueError, match="no image files"):
+        load_images(str(tmp_path), 2)
+    with pytest.raises(ValueError, match="neither"):
+        load_images(str(tmp_path / "absent"), 2)
+
+
+def test_images_from_a_folder_and_batched_requests(tmp_path):
+    from PIL import Image
+    from tritonclient.grpc import service_pb2
+
+    from loadtest.payloads import TensorSpec, image_requests, load_images, synthetic_image
+
+    for index, size in enumerate([(40, 30), (64, 48)]):
+        Image.fromarray(synthetic_image(size[1], size[0], index)).save(tmp_path / f"{index}.png")
+    images = load_images(str(tmp_path), 8)
+    assert [image.shape for image in images] == [(30, 40, 3), (48, 64, 3)]
+    raw = service_pb2.ModelInferRequest.FromString(image_requests(TensorSpec("m", "FRAMES", "UINT8", 2), images)[0])
+    assert list(raw.inputs[0].shape) == [2, 30, 40, 3] and len(raw.raw_input_contents[0]) == 2 * 30 * 40 * 3
+    jpeg = service_pb2.ModelInferRequest.FromString(image_requests(TensorSpec("m", batch_size=2), images)[0])
+    assert list(jpeg.inputs[0].shape) == [2, 1] and jpeg.raw_input_contents[0][4:6] == b"\xff\xd8"
