@@ -79,7 +79,8 @@ def sanity(url: str, rec: Recorder) -> None:
 def image_sweep(url, rec, label, batches, concurrencies, seconds, repeat):
     images = [jpeg(camera_picture(1080, 1920, seed)) for seed in range(8)]
     rec.note(f"{label}: JPEG sizes {[len(i) for i in images]} bytes")
-    run_images(url, "image_pipeline", images, 1, 1, 3, 60)
+    for batch in batches:  # first calls of each shape autotune the kernels and pick cuDNN algorithms
+        run_images(url, "image_pipeline", images, batch, 2, 4, 60)
     for batch in batches:
         for concurrency in concurrencies:
             if rec.left() < seconds * repeat + 20:
