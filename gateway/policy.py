@@ -2,11 +2,13 @@
 
 Power of two choices (gRPC proposal A48, "least request"): sample two candidates, keep the one with
 fewer outstanding requests. Sampling two instead of scanning all avoids herding every gateway worker onto
-the same momentarily idle pod. Ties are frequent at low load (both idle), so they are broken by latency
-when one pod is clearly slower, and otherwise by whichever was picked less recently, which spreads even a
-one-request-at-a-time client evenly instead of leaving it to chance. A pod avoided for its latency is
-still tried once it has gone `probe_after` picks without one, so that a pod that was slow once (a cold
-start) gets the chance to show it is fast again.
+the same momentarily idle pod. A tie between two busy pods (equal, non-zero outstanding) goes to the one
+that is clearly faster (EWMA latency): it will drain its queue sooner. Other ties, and every tie between
+idle pods, where latency decides only this one request's service time and is mostly noise on a shared
+machine, go to whichever was picked less recently, which spreads even a one-request-at-a-time client or a
+30-FPS camera stream evenly instead of leaving it to chance. A pod avoided for its latency is still tried
+once it has gone `probe_after` picks without one, so that a pod that was slow once (a cold start) gets
+the chance to show it is fast again.
 """
 
 from __future__ import annotations
@@ -28,14 +30,15 @@ SLOWER_FACTOR = 2.0
 
 
 def better(a: Candidate, b: Candidate, clock: int = 0, probe_after: int = 0) -> Candidate:
-    """The preferable of two candidates: fewer outstanding, then clearly faster, then less recently picked.
+    """The preferable of two candidates: fewer outstanding, then (both busy) clearly faster, then less
+    recently picked.
 
     `clock` is the number of picks so far; a slower pod last picked `probe_after` or more picks ago is
     not held back by its latency (0 turns probing off).
     """
     if a.inflight != b.inflight:
         return a if a.inflight < b.inflight else b
-    if a.ewma_latency_s > 0 and b.ewma_latency_s > 0:
+    if a.inflight > 0 and a.ewma_latency_s > 0 and b.ewma_latency_s > 0:
         slower, faster = (a, b) if a.ewma_latency_s > b.ewma_latency_s else (b, a)
         if slower.ewma_latency_s > SLOWER_FACTOR * faster.ewma_latency_s:
             due_for_probe = probe_after > 0 and clock - slower.last_pick >= probe_after

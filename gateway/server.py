@@ -120,6 +120,9 @@ def run(config: GatewayConfig) -> int:
 
 
 def _run_loop(coroutine) -> None:
+    if os.environ.get("TRITONFLEET_GATEWAY_LOOP") == "asyncio":
+        asyncio.run(coroutine)
+        return
     import uvloop
 
     uvloop.run(coroutine)

@@ -1,6 +1,7 @@
-"""The proxies the gateway is compared with, run as real processes on loopback from the project's own
-configuration files: HAProxy `mode tcp` (deploy/haproxy/haproxy.cfg) and Envoy (deploy/envoy/envoy.yaml,
-with its endpoints and ports swapped for local ones)."""
+"""The gateway and the proxies it is compared with, as real processes on loopback, from the project's
+own configuration files: HAProxy `mode tcp` (deploy/haproxy/haproxy.cfg) and Envoy
+(deploy/envoy/envoy.yaml, with its endpoints and ports swapped for local ones). Shared by the gateway
+tests and the benchmark."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
+import tritonclient.grpc as grpcclient
 import yaml
 
 from tritonfleet.triton_server import free_port
@@ -129,3 +132,66 @@ def wait_envoy_healthy(proxy: ProxyProcess, count: int, timeout: float = 20.0) -
                 return
         time.sleep(0.1)
     raise TimeoutError(f"Envoy did not see {count} healthy pods in {timeout} s; log: {proxy.log_path}")
+
+
+def wait_ready(url: str, timeout: float = 30.0, process: subprocess.Popen | None = None) -> None:
+    client = grpcclient.InferenceServerClient(url)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if process is not None and process.poll() is not None:
+                raise RuntimeError(f"process exited with {process.returncode} before it was ready")
+            with contextlib.suppress(Exception):
+                if client.is_server_ready():
+                    return
+            time.sleep(0.1)
+    finally:
+        client.close()
+    raise TimeoutError(f"{url} not ready after {timeout} s")
+
+
+class GatewayProcess:
+    """`tritonfleet gateway` (through gateway.cli) as a child process on a free loopback port."""
+
+    def __init__(self, backends: list[str], log_path: Path, *extra: str, workers: int = 1,
+                 env: dict[str, str] | None = None):
+        self.port = free_port()
+        self.metrics_port = free_port()
+        self.url = f"127.0.0.1:{self.port}"
+        self.log_path = log_path
+        args = [sys.executable, "-m", "gateway.cli", "gateway", "--listen", self.url,
+                "--metrics-port", str(self.metrics_port), "--workers", str(workers), *extra]
+        for backend in backends:
+            args += ["--backend", backend]
+        env = {**os.environ, "TRITONFLEET_GATEWAY_HEALTH_INTERVAL_S": "0.2", **(env or {})}
+        with log_path.open("ab") as log:
+            self.process = subprocess.Popen(args, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                            env=env, start_new_session=True)
+        try:
+            wait_ready(self.url, process=self.process)
+        except BaseException:
+            self.stop()
+            raise
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+    def terminate(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGTERM)
+
+    def stop(self) -> None:
+        self.terminate()
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=5)
+
+    def __enter__(self) -> "GatewayProcess":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -33,16 +33,22 @@ def test_fewer_outstanding_wins_over_latency_and_recency():
     assert policy.better(idle, busy) is idle
 
 
-def test_clearly_slower_pod_loses_a_tie():
-    fast = Pod("fast", ewma_latency_s=0.010, last_pick=10)
-    slow = Pod("slow", ewma_latency_s=0.030, last_pick=5)
+def test_clearly_slower_pod_loses_a_tie_between_busy_pods():
+    fast = Pod("fast", inflight=2, ewma_latency_s=0.010, last_pick=10)
+    slow = Pod("slow", inflight=2, ewma_latency_s=0.030, last_pick=5)
     assert policy.better(slow, fast, clock=11, probe_after=8) is fast
     assert policy.better(fast, slow, clock=11, probe_after=8) is fast
 
 
+def test_between_idle_pods_latency_does_not_decide():
+    fast = Pod("fast", ewma_latency_s=0.010, last_pick=10)
+    slow = Pod("slow", ewma_latency_s=0.030, last_pick=5)
+    assert policy.better(fast, slow, clock=11, probe_after=8) is slow
+
+
 def test_slow_pod_is_probed_after_enough_picks_without_one():
-    fast = Pod("fast", ewma_latency_s=0.010, last_pick=30)
-    slow = Pod("slow", ewma_latency_s=0.030, last_pick=10)
+    fast = Pod("fast", inflight=1, ewma_latency_s=0.010, last_pick=30)
+    slow = Pod("slow", inflight=1, ewma_latency_s=0.030, last_pick=10)
     assert policy.better(fast, slow, clock=30, probe_after=12) is slow
 
 

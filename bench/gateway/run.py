@@ -1,0 +1,267 @@
+"""Gateway benchmark: direct, gateway, Envoy and HAProxy `mode tcp` side by side, in one run.
+
+Run from the repository root:  .venv/bin/python bench/gateway/run.py [--rounds 3] [--json out.json]
+
+1. Two Triton servers, ONE client channel, concurrency 1, `add_one` with a tiny (12 B) and a 150 KB
+   request: split over the servers, p50 latency added over going direct, and the proxy's CPU time per
+   1000 requests (from /proc: user + system of the proxy process). Rounds are interleaved over the
+   paths and each figure is the median over rounds.
+2. Three servers, one of them 3x slower (`slow` with delay_ms 2, 2, 6 from per-server repository
+   copies), closed loop of 8 concurrent requests on one channel: p50/p99 through the gateway and Envoy.
+3. One ModelStreamInfer stream at 30 FPS (150 KB frames) for 5 s: split over the three servers.
+Prints a Markdown table (and writes JSON with --json). Timings depend on the machine: compare ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import queue
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+import tritonclient.grpc.aio as aioclient
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from bench.gateway.proxies import GatewayProcess, start_envoy, start_haproxy  # noqa: E402
+from tritonfleet.triton_server import start_fleet, stop_all  # noqa: E402
+
+REPOSITORY = ROOT / "tests" / "gateway" / "model_repository"
+TICKS = os.sysconf("SC_CLK_TCK")
+BIG_ELEMENTS = 150 * 1024 // 4
+# The gateway as deployed: health checks every second (the tests check faster).
+GATEWAY_ENV = {"TRITONFLEET_GATEWAY_HEALTH_INTERVAL_S": "1"}
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
+
+
+def inputs(elements: int, name: str = "INPUT0"):
+    tensor = grpcclient.InferInput(name, [elements], "FP32")
+    tensor.set_data_from_numpy(np.ones(elements, dtype=np.float32))
+    return [tensor]
+
+
+def served(url: str, model: str) -> int:
+    client = grpcclient.InferenceServerClient(url)
+    stats = client.get_inference_statistics(model, as_json=True)
+    client.close()
+    return sum(int(s["inference_stats"]["success"].get("count", 0)) for s in stats["model_stats"])
+
+
+def sequential_latencies(url: str, request, count: int) -> list[float]:
+    client = grpcclient.InferenceServerClient(url)  # one channel
+    for _ in range(20):
+        client.infer("add_one", request)
+    latencies = []
+    for _ in range(count):
+        started = time.perf_counter()
+        client.infer("add_one", request)
+        latencies.append(time.perf_counter() - started)
+    client.close()
+    return latencies
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q))
+
+
+def part_one(workdir: Path, rounds: int, tiny_count: int, big_count: int) -> list[dict]:
+    servers = start_fleet(2, REPOSITORY, workdir / "two")
+    urls = [s.grpc_url for s in servers]
+    try:
+        gateway = GatewayProcess(urls, workdir / "gateway.log", env=GATEWAY_ENV)
+        (workdir / "envoy-two").mkdir()
+        envoy = start_envoy(urls, workdir / "envoy-two")
+        haproxy = start_haproxy(urls, workdir)
+        paths = {"direct": (urls[0], None), "gateway": (gateway.url, gateway.process.pid),
+                 "Envoy 1.40 LEAST_REQUEST": (envoy.url, envoy.process.pid),
+                 "HAProxy mode tcp (L4)": (haproxy.url, haproxy.process.pid)}
+        figures = {name: {"p50_tiny": [], "p50_big": [], "cpu_tiny": [], "cpu_big": [], "split": []} for name in paths}
+        for _ in range(rounds):
+            for name, (url, pid) in paths.items():
+                before = [served(u, "add_one") for u in urls]
+                cpu = cpu_seconds(pid) if pid else 0.0
+                tiny = sequential_latencies(url, inputs(3), tiny_count)
+                cpu_tiny = cpu_seconds(pid) - cpu if pid else 0.0
+                after_tiny = [served(u, "add_one") for u in urls]
+                cpu = cpu_seconds(pid) if pid else 0.0
+                big = sequential_latencies(url, inputs(BIG_ELEMENTS), big_count)
+                cpu_big = cpu_seconds(pid) - cpu if pid else 0.0
+                deltas = [a - b for a, b in zip(after_tiny, before)]
+                figures[name]["split"].append([round(100 * d / sum(deltas)) for d in deltas])
+                figures[name]["p50_tiny"].append(percentile(tiny, 50))
+                figures[name]["p50_big"].append(percentile(big, 50))
+                # Warm-up requests are part of what the proxy handled: count them.
+                figures[name]["cpu_tiny"].append(1000 * cpu_tiny / (tiny_count + 20))
+                figures[name]["cpu_big"].append(1000 * cpu_big / (big_count + 20))
+        for proxy in (gateway, envoy, haproxy):
+            proxy.stop()
+    finally:
+        stop_all(servers)
+    direct_tiny = statistics.median(figures["direct"]["p50_tiny"])
+    direct_big = statistics.median(figures["direct"]["p50_big"])
+    rows = []
+    for name, f in figures.items():
+        rows.append({
+            "path": name,
+            "split": " – ".join(sorted({"/".join(map(str, s)) for s in f["split"]})),
+            "p50_tiny_ms": 1000 * statistics.median(f["p50_tiny"]),
+            "p50_big_ms": 1000 * statistics.median(f["p50_big"]),
+            "added_tiny_ms": 1000 * (statistics.median(f["p50_tiny"]) - direct_tiny),
+            "added_big_ms": 1000 * (statistics.median(f["p50_big"]) - direct_big),
+            "cpu_tiny_ms": statistics.median(f["cpu_tiny"]) * 1000,
+            "cpu_big_ms": statistics.median(f["cpu_big"]) * 1000,
+        })
+    return rows
+
+
+def slow_fleet(workdir: Path, delays: list[int]):
+    """Three servers, each on its own copy of the repository with its own `slow` delay."""
+    servers = []
+    for index, delay in enumerate(delays):
+        repo = workdir / f"repo-{index}"
+        shutil.copytree(REPOSITORY, repo)
+        config = repo / "slow" / "config.pbtxt"
+        config.write_text(config.read_text().replace('string_value: "0"', f'string_value: "{delay}"'))
+        servers += start_fleet(1, repo, workdir / f"slow-{index}")
+    return servers
+
+
+async def closed_loop(url: str, concurrency: int, total: int) -> list[float]:
+    latencies: list[float] = []
+    async with aioclient.InferenceServerClient(url) as client:  # one channel
+        tensor = aioclient.InferInput("INPUT0", [3], "FP32")
+        tensor.set_data_from_numpy(np.ones(3, dtype=np.float32))
+
+        async def worker():
+            while len(latencies) < total:
+                started = time.perf_counter()
+                await client.infer("slow", [tensor])
+                latencies.append(time.perf_counter() - started)
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return latencies
+
+
+def video_stream(url: str, frames: int, fps: float) -> None:
+    client = grpcclient.InferenceServerClient(url)
+    answers: queue.Queue = queue.Queue()
+    client.start_stream(callback=lambda result, error: answers.put(error))
+    frame = inputs(BIG_ELEMENTS)
+    started = time.perf_counter()
+    for index in range(frames):
+        time.sleep(max(0.0, started + index / fps - time.perf_counter()))
+        client.async_stream_infer("add_one", frame, request_id=str(index))
+    client.stop_stream()
+    client.close()
+    errors = [e for e in iter(answers.get_nowait, None) if e] if not answers.empty() else []
+    if errors:
+        raise RuntimeError(f"stream errors: {errors[:3]}")
+
+
+def parts_two_and_three(workdir: Path, rounds: int, total: int, frames: int) -> dict:
+    servers = slow_fleet(workdir, [2, 2, 6])
+    urls = [s.grpc_url for s in servers]
+    result: dict = {}
+    try:
+        # Warm every model instance on every server first (a Python-backend instance's first call is
+        # slow); otherwise whichever path runs first pays for it in its p99.
+        for url in urls:
+            asyncio.run(closed_loop(url, 8, 80))
+        gateway = GatewayProcess(urls, workdir / "gateway3.log", env=GATEWAY_ENV)
+        (workdir / "envoy3").mkdir()
+        envoy = start_envoy(urls, workdir / "envoy3")
+        paths = {"gateway": gateway.url, "Envoy 1.40 LEAST_REQUEST": envoy.url}
+        p99 = {name: [] for name in paths}
+        p50 = {name: [] for name in paths}
+        for _ in range(rounds):
+            for name, url in paths.items():
+                latencies = asyncio.run(closed_loop(url, 8, total))
+                p99[name].append(percentile(latencies, 99))
+                p50[name].append(percentile(latencies, 50))
+        result["slow_pod"] = {name: {"p50_ms": 1000 * statistics.median(p50[name]),
+                                     "p99_ms": 1000 * statistics.median(p99[name])} for name in paths}
+        result["video"] = {}
+        for name, url in paths.items():
+            before = [served(u, "add_one") for u in urls]
+            video_stream(url, frames, 30.0)
+            deltas = [served(u, "add_one") - b for u, b in zip(urls, before)]
+            result["video"][name] = [round(100 * d / sum(deltas)) for d in deltas]
+        gateway.stop()
+        envoy.stop()
+    finally:
+        stop_all(servers)
+    return result
+
+
+def markdown(rows: list[dict], rest: dict, command: str) -> str:
+    lines = [
+        f"- Command: `{command}`; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
+        f"{os.cpu_count()} cores ({platform.processor() or platform.machine()}), loopback, Triton 2.51 on CPU.",
+        "",
+        "Two servers, one client channel, concurrency 1 (`add_one`; tiny = 12 B, big = 150 KB request):",
+        "",
+        "| path | split over the 2 servers (%) | p50 tiny / big (ms) | p50 added tiny / big (ms) | proxy CPU per 1000 requests tiny / big (ms) |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        cpu = "-" if r["path"] == "direct" else f"{r['cpu_tiny_ms']:.0f} / {r['cpu_big_ms']:.0f}"
+        added = "-" if r["path"] == "direct" else f"+{r['added_tiny_ms']:.2f} / +{r['added_big_ms']:.2f}"
+        lines.append(f"| {r['path']} | {r['split']} | {r['p50_tiny_ms']:.2f} / {r['p50_big_ms']:.2f} | {added} | {cpu} |")
+    gw = next(r for r in rows if r["path"] == "gateway")
+    envoy = next(r for r in rows if r["path"].startswith("Envoy"))
+    lines += [
+        "",
+        f"Ratios gateway / Envoy: p50 added {gw['added_tiny_ms'] / envoy['added_tiny_ms']:.2f}x tiny, "
+        f"{gw['added_big_ms'] / envoy['added_big_ms']:.2f}x big; CPU {gw['cpu_tiny_ms'] / envoy['cpu_tiny_ms']:.2f}x tiny, "
+        f"{gw['cpu_big_ms'] / envoy['cpu_big_ms']:.2f}x big.",
+        "",
+        "Three servers, one 3x slower (`slow`: 2, 2, 6 ms), 8 concurrent requests on one channel; and one "
+        "ModelStreamInfer stream at 30 FPS of 150 KB frames over the three (homogeneous `add_one`):",
+        "",
+        "| path | p50 (ms) | p99 (ms) | p99 vs Envoy | 30-FPS stream split (%) |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    envoy_p99 = rest["slow_pod"]["Envoy 1.40 LEAST_REQUEST"]["p99_ms"]
+    for name, f in rest["slow_pod"].items():
+        split = "/".join(map(str, rest["video"][name]))
+        lines.append(f"| {name} | {f['p50_ms']:.1f} | {f['p99_ms']:.1f} | {f['p99_ms'] / envoy_p99:.2f}x | {split} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--tiny", type=int, default=500, help="requests per round, tiny")
+    parser.add_argument("--big", type=int, default=200, help="requests per round, 150 KB")
+    parser.add_argument("--slow-requests", type=int, default=600)
+    parser.add_argument("--frames", type=int, default=150)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    command = "python bench/gateway/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    with tempfile.TemporaryDirectory(prefix="bench-gateway-") as tmp:
+        workdir = Path(tmp)
+        rows = part_one(workdir, args.rounds, args.tiny, args.big)
+        rest = parts_two_and_three(workdir, args.rounds, args.slow_requests, args.frames)
+    print(markdown(rows, rest, command.strip()))
+    if args.json:
+        args.json.write_text(json.dumps({"two_servers": rows, **rest}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
