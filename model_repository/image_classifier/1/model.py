@@ -5,6 +5,7 @@ for), then split back; float16 and channels_last on a GPU instance.
 """
 
 import torch
+import triton_python_backend_utils as pb_utils
 
 from models import triton_io
 from models.classifier import Classifier, ClassifierSettings
@@ -26,6 +27,9 @@ class TritonPythonModel:
         weights = triton_io.model_file(args, params["WEIGHTS"]) if params.get("WEIGHTS") else None
         self.classifier = Classifier(
             ClassifierSettings(weights=weights, seed=int(params.get("SEED", "0")), device=self.device)
+        )
+        pb_utils.Logger.log_info(
+            f"image_classifier on {self.device}: weights from {self.classifier.weights_source}, {self.classifier.dtype}"
         )
         if self.device.type == "cuda":
             preferred = config.get("dynamic_batching", {}).get("preferred_batch_size", [])

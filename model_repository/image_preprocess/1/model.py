@@ -26,6 +26,8 @@ class TritonPythonModel:
     def initialize(self, args):
         self.device = triton_io.instance_device(args)
         self.decoder = Decoder(self.device)
+        decoder = "nvJPEG" if self.decoder.uses_gpu_jpeg else "Pillow"
+        pb_utils.Logger.log_info(f"image_preprocess on {self.device}: JPEGs decoded with {decoder}")
 
     def execute(self, requests):
         return triton_io.responses_for(requests, self._run_batch, self.device)
