@@ -133,7 +133,7 @@ def main(argv=None) -> int:
         url = servers[0].http_url
         sanity(url, rec)
         image_sweep(url, rec, "image 1080p JPEG, nvJPEG", [1, 8, 32], [1, 8, 32], args.seconds, args.repeat)
-        video_sweep(url, rec, [1, 8, 24], args.seconds, args.repeat)
+        video_sweep(url, rec, [1, 4, 12], args.seconds, args.repeat)
     finally:
         stop_all(servers)
         _keep_log(servers[0].log_path, args.out / "triton-nvjpeg.log")
