@@ -15,7 +15,7 @@ def register(subparsers) -> None:
         description="Request-level KServe v2 gRPC gateway. Settings come from --config (YAML), then "
                     f"{config_module.ENV_PREFIX}<KEY> environment variables, then these flags.",
     )
-    parser.add_argument("--config", help="YAML file of gateway settings (see deploy/gateway.example.yaml)")
+    parser.add_argument("--config", help="YAML file of gateway settings (every key: gateway/gateway.example.yaml)")
     parser.add_argument("--listen", help="host:port for clients (default 127.0.0.1:8001)")
     parser.add_argument("--backend", dest="backends", action="append",
                         help="a Triton pod host:port for static discovery (repeat the flag)")

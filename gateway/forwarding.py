@@ -8,6 +8,7 @@ draw from a budget, so a sick fleet is not hit with a multiple of its load.
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import grpc
@@ -114,6 +115,13 @@ class Forwarder:
                 self._count(model, backend.address, metric_method, exc.code(), started,
                             time.perf_counter() - sent)
                 raise UpstreamError(exc.code(), exc.details() or "", exc.trailing_metadata()) from None
+            except asyncio.CancelledError:
+                # The client went away or its deadline passed: the upstream call is cancelled with us.
+                elapsed = time.perf_counter() - started
+                code = (grpc.StatusCode.DEADLINE_EXCEEDED if timeout is not None and elapsed >= timeout
+                        else grpc.StatusCode.CANCELLED)
+                self._count(model, backend.address, metric_method, code, started, time.perf_counter() - sent)
+                raise
             finally:
                 self.pool.release(backend, latency)
             self.metrics.bytes_out.inc(len(reply))

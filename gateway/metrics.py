@@ -93,6 +93,8 @@ class GatewayMetrics:
             except KeyError:
                 pass
         for key in [k for k in self._children if backend in k[1:]]:
+            if key[0] == id(self.model_ready):
+                self.model_ready.remove(*key[1:])
             del self._children[key]
 
 

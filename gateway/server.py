@@ -17,6 +17,7 @@ import ctypes
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import tempfile
 
@@ -120,6 +121,7 @@ def run(config: GatewayConfig) -> int:
 
 
 def _run_loop(coroutine) -> None:
+    # uvloop by default; TRITONFLEET_GATEWAY_LOOP=asyncio runs the standard loop (for comparisons).
     if os.environ.get("TRITONFLEET_GATEWAY_LOOP") == "asyncio":
         asyncio.run(coroutine)
         return
@@ -155,6 +157,10 @@ def _run_workers(config: GatewayConfig) -> int:
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    from prometheus_client import multiprocess
+
     for worker in workers:
         worker.join()
+        multiprocess.mark_process_dead(worker.pid)  # its live gauges leave the merged view
+    shutil.rmtree(metrics_dir, ignore_errors=True)
     return max((w.exitcode or 0) for w in workers)

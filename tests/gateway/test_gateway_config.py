@@ -42,3 +42,14 @@ def test_yaml_that_is_not_a_mapping(tmp_path):
     path.write_text("- a\n- b\n")
     with pytest.raises(ValueError, match="must hold a mapping"):
         config.load(path, environ={})
+
+
+def test_the_example_file_holds_every_key_and_loads():
+    from pathlib import Path
+
+    import yaml
+
+    example = Path(config.__file__).with_name("gateway.example.yaml")
+    assert set(yaml.safe_load(example.read_text())) == set(config._FIELDS)  # noqa: SLF001
+    loaded = config.load(example, environ={})
+    assert (loaded.discovery, loaded.kubernetes_service, loaded.workers) == ("kubernetes", "triton", 2)

@@ -153,3 +153,20 @@ def test_gateway_readiness_for_a_raw_v2_client(gateway3):
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
         assert stub.ServerReady(service_pb2.ServerReadyRequest(), timeout=5).ready
         assert stub.ModelReady(service_pb2.ModelReadyRequest(name="countdown"), timeout=5).ready
+
+
+def test_several_workers_share_one_port_and_merge_their_metrics(fleet3, tmp_path):
+    from tests.gateway.helpers import GatewayProcess
+
+    with GatewayProcess([s.grpc_url for s in fleet3], tmp_path / "gateway.log", workers=2) as gateway:
+        clients = [grpcclient.InferenceServerClient(gateway.url) for _ in range(4)]  # 4 connections
+        for client in clients:
+            for _ in range(5):
+                client.infer("add_one", add_one_inputs())
+            client.close()
+        text = urllib.request.urlopen(gateway.metrics_url, timeout=5).read().decode()
+    served_ok = sum(
+        float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+        if line.startswith("tritonfleet_gateway_requests_total{") and 'code="OK"' in line
+    )
+    assert served_ok == 20, text[:2000]

@@ -9,6 +9,7 @@ import re
 import signal
 import threading
 import time
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -100,6 +101,18 @@ def test_the_in_flight_limit_answers_resource_exhausted_after_a_bounded_wait(exp
             outcomes = sorted(pool.map(one, range(6)))
     # Three pods, one request each at a time: three served, the others refused after the wait.
     assert outcomes.count("OK") == 3 and outcomes.count("StatusCode.RESOURCE_EXHAUSTED") == 3, outcomes
+
+
+def test_the_client_deadline_reaches_the_pod(explicit_fleet, tmp_path):
+    with GatewayProcess([s.grpc_url for s in explicit_fleet], tmp_path / "gateway.log") as gateway:
+        client = grpcclient.InferenceServerClient(gateway.url)
+        with pytest.raises(InferenceServerException) as late:
+            client.infer("slow", slow_inputs(3000), client_timeout=0.3)
+        assert late.value.status() == "StatusCode.DEADLINE_EXCEEDED"
+        # The gateway counted it as the pod's answer (the deadline went upstream with the request).
+        text = urllib.request.urlopen(gateway.metrics_url, timeout=5).read().decode()
+        client.close()
+    assert 'code="DEADLINE_EXCEEDED"' in text and 'model="slow"' in text
 
 
 def test_sigterm_drains_in_flight_requests_and_ends_streams_politely(explicit_fleet, tmp_path):
