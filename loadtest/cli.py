@@ -9,6 +9,7 @@ from pathlib import Path
 from rich.console import Console
 
 from loadtest import report, runs
+from loadtest.engine import LoadRunError
 from loadtest.payloads import TensorSpec
 from loadtest.results import RunResult, merge_results
 from loadtest.shape import Shape
@@ -135,6 +136,9 @@ def _guarded(run):
         except ValueError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
+        except LoadRunError as exc:
+            print(f"load run failed: {exc}", file=sys.stderr)
+            return 1
     return wrapper
 
 

@@ -71,7 +71,7 @@ def _wait_ready(reports, processes: list) -> None:
                 raise LoadRunError(f"only {ready} of {workers} workers connected within {READY_TIMEOUT_S:.0f} s") from None
             continue
         if kind == "error":
-            raise LoadRunError(f"worker {index} failed to start:\n{payload}")
+            raise LoadRunError(f"worker {index}: {payload}")
         ready += kind == "ready"
 
 

@@ -82,25 +82,27 @@ def measured_seconds(recorder: Recorder) -> int:
 
 
 def stability(recorder: Recorder, window_s: int = 1, windows: int = 3, tolerance: float = 0.1) -> dict:
-    """perf_analyzer's rule: the last `windows` windows agree within ±tolerance on throughput and p99."""
+    """perf_analyzer's rule: the last `windows` windows agree within ±tolerance on throughput and on
+    mean latency (its default measure; a p99 of one short window is too few samples to compare)."""
     seconds = measured_seconds(recorder)
     count = seconds // window_s
     if count < windows:
         return {"stable": False, "reason": f"only {count} windows of {window_s} s measured", "windows": []}
     rows = []
     for w in range(count - windows, count):
-        ok, p99 = 0, []
+        ok, latency_sum_ms = 0, 0.0
         for index in range(w * window_s, (w + 1) * window_s):
             second = recorder.timeline.get(index)
-            if second:
+            if second and second.ok:
                 ok += second.ok
-                p99.append(second.latency.get_value_at_percentile(99) / 1000)
-        rows.append({"throughput": ok / window_s, "p99_ms": max(p99) if p99 else 0.0})
+                latency_sum_ms += second.latency.get_mean_value() / 1000 * second.ok
+        rows.append({"throughput": ok / window_s, "mean_ms": latency_sum_ms / ok if ok else 0.0})
     unstable = []
-    for key in ("throughput", "p99_ms"):
+    # Latency swings under a millisecond are scheduling noise, not a trend, however large in relative terms.
+    for key, floor in (("throughput", 0.0), ("mean_ms", 1.0)):
         values = [row[key] for row in rows]
         mean = statistics.fmean(values)
-        if mean and any(abs(value - mean) > tolerance * mean for value in values):
+        if mean and any(abs(value - mean) > max(tolerance * mean, floor) for value in values):
             unstable.append(key)
     return {"stable": not unstable, "reason": f"{', '.join(unstable)} varied over ±{tolerance:.0%}" if unstable
             else "", "windows": rows}

@@ -20,6 +20,7 @@ from loadtest.records import Recorder, RequestResult
 from loadtest.shape import Shape, arrival_offsets_ns
 
 TICK_S = 0.5
+CONNECT_TIMEOUT_S = 15.0
 
 
 @dataclass
@@ -63,7 +64,11 @@ def worker_main(start_queue, report_queue) -> None:
 
 async def _run(spec: WorkerSpec, start_queue, report_queue) -> None:
     channel = open_channel(spec.url)
-    await asyncio.wait_for(channel.channel_ready(), timeout=30)
+    try:
+        await asyncio.wait_for(channel.channel_ready(), timeout=CONNECT_TIMEOUT_S)
+    except asyncio.TimeoutError:
+        report_queue.put(("error", spec.index, f"cannot connect to {spec.url} within {CONNECT_TIMEOUT_S:.0f} s"))
+        return
     report_queue.put(("ready", spec.index, None))
     t0_ns = await asyncio.get_running_loop().run_in_executor(None, start_queue.get)
     recorder = Recorder(measure_from_ns=t0_ns + int(spec.warmup_s * 1e9))

@@ -160,3 +160,20 @@ def test_images_from_a_folder_and_batched_requests(tmp_path):
     assert list(raw.inputs[0].shape) == [2, 30, 40, 3] and len(raw.raw_input_contents[0]) == 2 * 30 * 40 * 3
     jpeg = service_pb2.ModelInferRequest.FromString(image_requests(TensorSpec("m", batch_size=2), images)[0])
     assert list(jpeg.inputs[0].shape) == [2, 1] and jpeg.raw_input_contents[0][4:6] == b"\xff\xd8"
+
+
+def test_stability_needs_the_last_windows_to_agree():
+    from loadtest.results import stability
+
+    def run(latency_ms_by_second):
+        results = []
+        for second, latency_ms in enumerate(latency_ms_by_second):
+            for i in range(100):
+                scheduled = T0 + second * 1000 * MS + i * 10 * MS
+                results.append(RequestResult(scheduled, scheduled, scheduled + latency_ms * MS, OK))
+        return stability(recorded(results))
+
+    assert run([50, 20, 20, 21, 20])["stable"]
+    rising = run([20, 20, 30, 45, 70])
+    assert not rising["stable"] and "mean_ms" in rising["reason"]
+    assert not run([20, 20])["stable"]  # too short to have three windows
