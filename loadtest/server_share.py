@@ -18,7 +18,11 @@ TRITON_METRIC = "nv_inference_request_success"
 def scrape(url: str, model: str | None = None, timeout: float = 5.0) -> dict[str, float]:
     """{server: requests so far} from one metrics URL."""
     with urllib.request.urlopen(url, timeout=timeout) as reply:
-        text = reply.read().decode()
+        return parse(reply.read().decode(), url, model)
+
+
+def parse(text: str, url: str, model: str | None = None) -> dict[str, float]:
+    """Gateway text gives {backend: requests}; Triton text gives {url: successful requests}."""
     by_backend: dict[str, float] = {}
     triton_total = 0.0
     for family in text_string_to_metric_families(text):

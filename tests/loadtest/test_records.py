@@ -177,3 +177,22 @@ def test_stability_needs_the_last_windows_to_agree():
     rising = run([20, 20, 30, 45, 70])
     assert not rising["stable"] and "mean_ms" in rising["reason"]
     assert not run([20, 20])["stable"]  # too short to have three windows
+
+
+def test_server_shares_from_gateway_and_triton_metrics_text():
+    from loadtest.server_share import parse, share
+
+    gateway = """# TYPE tritonfleet_gateway_requests_total counter
+tritonfleet_gateway_requests_total{model="m",backend="10.0.0.1:8001",method="ModelInfer",code="OK"} 30
+tritonfleet_gateway_requests_total{model="m",backend="10.0.0.1:8001",method="ModelInfer",code="UNAVAILABLE"} 2
+tritonfleet_gateway_requests_total{model="m",backend="10.0.0.2:8001",method="ModelInfer",code="OK"} 12
+tritonfleet_gateway_requests_total{model="other",backend="10.0.0.2:8001",method="ModelInfer",code="OK"} 99
+"""
+    assert parse(gateway, "http://gw/metrics", "m") == {"10.0.0.1:8001": 32, "10.0.0.2:8001": 12}
+    triton = """# TYPE nv_inference_request_success counter
+nv_inference_request_success{model="m",version="1"} 7
+nv_inference_request_success{model="other",version="1"} 5
+"""
+    assert parse(triton, "http://t0/metrics", "m") == {"http://t0/metrics": 7}
+    servers = share({"a": 10, "b": 0}, {"a": 15, "b": 20}, ["http://gw/metrics"])
+    assert servers == {"source": "gateway", "requests": {"a": 5, "b": 20}}
