@@ -132,7 +132,8 @@ class Camera:
         plan = self.plan
         last = plan.frames - 1
         for slot in range(plan.frames):
-            scheduled = plan.start_ns + slot * plan.period_ns
+            # From the slot number, not a sum of rounded periods, so slot k lands exactly k/FPS in.
+            scheduled = plan.start_ns + round(slot * 1e9 / plan.fps)
             await sleep_until(scheduled)
             if not self.idle.is_set():
                 self.emit(RequestResult(scheduled, 0, now_ns(), DROPPED, plan.stream, plan.period_ns))

@@ -6,6 +6,7 @@ A `Shape` is a list of stages; each stage holds a rate (requests/s, open loop) o
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 
@@ -78,23 +79,31 @@ class Shape:
 def arrival_offsets_ns(shape: Shape, poisson: bool = False, seed: int = 0) -> list[int]:
     """Scheduled send times (ns from the start) for an open-loop run of this shape.
 
-    Constant arrivals are evenly spaced at 1/rate; Poisson arrivals have exponential gaps of the same
-    mean. The rate is re-read at every arrival, so ramps and steps follow the shape.
+    Constant arrivals are evenly spaced at 1/rate (computed from the arrival's number within its
+    stage, so they land exactly on second boundaries); Poisson arrivals have exponential gaps of the
+    same mean. In a ramp the rate is re-read at every arrival.
     """
     rng = random.Random(seed)
     offsets: list[int] = []
-    t_s, end_s = 0.0, shape.duration_s
-    while t_s < end_s - 1e-9:  # the tolerance keeps float sums from adding one extra arrival
-        rate = shape.level_at(t_s)
-        if rate <= 0:
-            t_s += 0.001  # an idle stretch: look again a millisecond later
-            continue
-        if poisson:
-            t_s += rng.expovariate(rate)
-            if t_s >= end_s:
-                break
-            offsets.append(int(t_s * 1e9))
+    stage_start = 0.0
+    for stage in shape.stages:
+        stage_end = stage_start + stage.duration_s
+        if not poisson and not stage.ramp:
+            if stage.level > 0:
+                count = math.ceil(stage.duration_s * stage.level - 1e-9)
+                offsets.extend(int(round((stage_start + k / stage.level) * 1e9)) for k in range(count))
         else:
-            offsets.append(int(t_s * 1e9))
-            t_s += 1.0 / rate
+            t_s = stage_start
+            while True:
+                rate = shape.level_at(t_s)
+                if rate <= 0:
+                    t_s += 0.001  # an idle stretch: look again a millisecond later
+                    if t_s >= stage_end:
+                        break
+                    continue
+                t_s += rng.expovariate(rate) if poisson else 1.0 / rate
+                if t_s >= stage_end:
+                    break
+                offsets.append(int(t_s * 1e9))
+        stage_start = stage_end
     return offsets
