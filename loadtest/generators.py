@@ -127,6 +127,8 @@ class Camera:
         self.sequence_open = False
         self.call = None
         self.reader: asyncio.Task | None = None
+        self.infer = channel.unary_unary(INFER)
+        self.unary_tasks: set[asyncio.Task] = set()  # held so the loop cannot garbage-collect them
 
     async def run(self) -> None:
         plan = self.plan
@@ -150,7 +152,9 @@ class Camera:
         self.idle.clear()
         self.sequence_open = not end
         if self.mode == "unary":
-            asyncio.create_task(self._unary(body, scheduled))
+            task = asyncio.create_task(self._unary(body, scheduled))
+            self.unary_tasks.add(task)
+            task.add_done_callback(self.unary_tasks.discard)
             return
         if self.call is None:
             self.call = self.channel.stream_stream(STREAM_INFER)(timeout=self.timeout_s)
@@ -164,7 +168,7 @@ class Camera:
     async def _unary(self, body: bytes, scheduled: int) -> None:
         sent = now_ns()
         try:
-            await self.channel.unary_unary(INFER)(body, timeout=self.timeout_s)
+            await self.infer(body, timeout=self.timeout_s)
             status = OK
         except grpc.aio.AioRpcError as exc:
             status = exc.code().name
