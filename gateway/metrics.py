@@ -77,6 +77,10 @@ class GatewayMetrics:
         if backend_s > 0:
             self._child(self.overhead, model).observe(max(total_s - backend_s, 0.0))
 
+    def count(self, model: str, backend: str, method: str, code: str) -> None:
+        """A finished stream message whose own duration is not known (one of many on an upstream stream)."""
+        self._child(self.requests, model, backend, method, code).inc()
+
     def inflight_gauge(self, backend: str):
         return self._child(self.inflight, backend)
 

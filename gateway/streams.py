@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 
 import grpc
 
@@ -95,7 +94,7 @@ class StreamSession:
         try:
             route = wire.parse_infer_request(data)
         except wire.MalformedMessage as exc:
-            self.pool.metrics.observe("", "none", METHOD, "INVALID_ARGUMENT", 0.0, 0.0)
+            self.pool.metrics.count("", "none", METHOD, "INVALID_ARGUMENT")
             self.out.put_nowait(wire.stream_error(f"INVALID_ARGUMENT: malformed ModelInferRequest: {exc}"))
             return
         if route.in_sequence or self.catalog.get(route.model).decoupled:
@@ -125,7 +124,7 @@ class StreamSession:
         try:
             backend = await self._backend_for(route, key)
         except (NoBackendError, UpstreamError) as exc:
-            self.pool.metrics.observe(route.model, "none", METHOD, exc.code.name, 0.0, 0.0)
+            self.pool.metrics.count(route.model, "none", METHOD, exc.code.name)
             self.out.put_nowait(wire.stream_error(_describe(route, exc.code, str(exc))))
             return
         upstream = self.upstreams.get(backend) or self._open(backend)
@@ -165,7 +164,6 @@ class StreamSession:
 
     async def _relay(self, upstream: _Upstream) -> None:
         """Pass one pod's responses to the client; when the pod is lost, end its sequences clearly."""
-        started = time.perf_counter()
         try:
             async for response in upstream.call:
                 model = wire.stream_response_model(response)
@@ -173,8 +171,7 @@ class StreamSession:
                     upstream.counted -= 1
                     self.pool.release(upstream.backend, None)
                 self.pool.metrics.bytes_out.inc(len(response))
-                self.pool.metrics.observe(model, upstream.backend.address, METHOD, "OK",
-                                          time.perf_counter() - started, 0.0)
+                self.pool.metrics.count(model, upstream.backend.address, METHOD, "OK")
                 self.out.put_nowait(response)
         except grpc.aio.AioRpcError as exc:
             if exc.code() != grpc.StatusCode.CANCELLED:
@@ -194,7 +191,7 @@ class StreamSession:
         for key in [k for k, b in self.sequences.items() if b is backend]:
             del self.sequences[key]
             self.lost[key] = reason
-            self.pool.metrics.observe(key[0], backend.address, METHOD, exc.code().name, 0.0, 0.0)
+            self.pool.metrics.count(key[0], backend.address, METHOD, exc.code().name)
             self.out.put_nowait(wire.stream_error(
                 f"UNAVAILABLE: sequence {key[1]} of model '{key[0]}' ended: {reason}"))
         if upstream.counted:

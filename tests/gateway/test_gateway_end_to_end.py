@@ -170,3 +170,21 @@ def test_several_workers_share_one_port_and_merge_their_metrics(fleet3, tmp_path
         if line.startswith("tritonfleet_gateway_requests_total{") and 'code="OK"' in line
     )
     assert served_ok == 20, text[:2000]
+
+
+def test_a_unary_sequence_stays_on_its_pod(gateway3):
+    client = grpcclient.InferenceServerClient(gateway3.url)
+
+    def step(sequence_id, start=False, end=False):
+        value = grpcclient.InferInput("INPUT0", [1, 1], "FP32")
+        value.set_data_from_numpy(np.array([[2.0]], dtype=np.float32))
+        result = client.infer("running_sum", [value], sequence_id=sequence_id, sequence_start=start,
+                              sequence_end=end)
+        return float(result.as_numpy("SUM").reshape(-1)[0])
+
+    sums = [step(77, start=True)] + [step(77) for _ in range(4)] + [step(77, end=True)]
+    assert sums == [2.0, 4.0, 6.0, 8.0, 10.0, 12.0]
+    with pytest.raises(InferenceServerException) as orphan:
+        step(78)
+    assert orphan.value.status() == "StatusCode.FAILED_PRECONDITION" and "sequence 78" in orphan.value.message()
+    client.close()
