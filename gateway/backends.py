@@ -95,7 +95,6 @@ class BackendPool:
         self.seen_models: set[str] = set()
         self._candidates: dict[str, list[Backend]] = {}
         self._room = asyncio.Event()
-        self.changed = asyncio.Event()
 
     # ---- membership (discovery) -------------------------------------------------------------
 
@@ -118,8 +117,6 @@ class BackendPool:
     def invalidate(self) -> None:
         """Health or membership changed: recompute candidate lists on next use."""
         self._candidates.clear()
-        self.changed.set()
-        self.changed = asyncio.Event()
         self._room.set()
 
     # ---- picking ------------------------------------------------------------------------------
