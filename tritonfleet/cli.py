@@ -14,7 +14,7 @@ import sys
 import threading
 from pathlib import Path
 
-from tritonfleet.paths import DEFAULT_STACK, MODEL_REPOSITORY, RUN_DIR
+from tritonfleet.paths import DEFAULT_STACK, MODEL_REPOSITORY, REPO_ROOT, RUN_DIR
 from tritonfleet.stack import Stack, StackError
 from tritonfleet.stack_config import StackConfigError, load_stack_config
 from tritonfleet.triton_server import TritonServerError, start_fleet, stop_all
@@ -72,6 +72,8 @@ def _register_stack_commands(subparsers) -> None:
         sub.add_argument("--stack", type=Path, default=DEFAULT_STACK, help="stack file (default: %(default)s)")
         sub.add_argument("--workdir", type=Path, default=RUN_DIR / name, help="logs and data")
         sub.set_defaults(func=func)
+        if name == "demo":
+            sub.add_argument("--reports", type=Path, default=REPO_ROOT / "reports", help="where the HTML reports go")
 
 
 def wait_for_signal() -> threading.Event:
@@ -116,7 +118,7 @@ def cmd_up(args) -> int:
 def cmd_demo(args) -> int:
     from tritonfleet.demo import run_demo
 
-    return run_demo(load_stack_config(args.stack), args.workdir)
+    return run_demo(load_stack_config(args.stack), args.workdir, args.reports)
 
 
 if __name__ == "__main__":
