@@ -12,6 +12,7 @@ import ctypes
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 _PR_SET_PDEATHSIG = 1
@@ -50,6 +51,10 @@ def terminate(process: subprocess.Popen | None, grace: float = 15.0) -> None:
         os.killpg(pgid, signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):
         process.wait(timeout=5)
+    # Orphaned children are reaped by init a moment later; until then the group still exists.
+    deadline = time.monotonic() + 5.0
+    while group_alive(process) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def group_alive(process: subprocess.Popen | None) -> bool:
