@@ -44,14 +44,3 @@ def run(args: argparse.Namespace) -> int:
     from gateway.server import run as run_gateway
 
     return run_gateway(config)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="tritonfleet")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -186,15 +186,3 @@ def _report(args) -> int:
 def _compare(args) -> int:
     report.render_compare([(path.stem, RunResult.load(path)) for path in args.results])
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run the loadtest commands on their own (`python -m loadtest.cli ...`)."""
-    parser = argparse.ArgumentParser(prog="tritonfleet")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

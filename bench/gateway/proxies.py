@@ -151,7 +151,7 @@ def wait_ready(url: str, timeout: float = 30.0, process: subprocess.Popen | None
 
 
 class GatewayProcess:
-    """`tritonfleet gateway` (through gateway.cli) as a child process on a free loopback port."""
+    """`tritonfleet gateway` (through tritonfleet.cli) as a child process on a free loopback port."""
 
     def __init__(self, backends: list[str], log_path: Path, *extra: str, workers: int = 1,
                  env: dict[str, str] | None = None):
@@ -159,7 +159,7 @@ class GatewayProcess:
         self.metrics_port = free_port()
         self.url = f"127.0.0.1:{self.port}"
         self.log_path = log_path
-        args = [sys.executable, "-m", "gateway.cli", "gateway", "--listen", self.url,
+        args = [sys.executable, "-m", "tritonfleet.cli", "gateway", "--listen", self.url,
                 "--metrics-port", str(self.metrics_port), "--workers", str(workers), *extra]
         for backend in backends:
             args += ["--backend", backend]

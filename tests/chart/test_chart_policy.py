@@ -122,7 +122,9 @@ def test_gateway_backend_is_the_rendered_headless_service(objects):
     else:
         envoy = yaml.safe_load(config_map["data"]["envoy.yaml"])
         cluster = next(c for c in envoy["static_resources"]["clusters"] if c["name"] == "triton")
-        assert cluster["type"] == "STRICT_DNS" and cluster["lb_policy"] == "LEAST_REQUEST"
+        # STRICT_DNS: the classic `type`, or Envoy 1.40's DNS cluster extension that replaces it.
+        dns_cluster = cluster.get("type") == "STRICT_DNS" or cluster.get("cluster_type", {}).get("name") == "envoy.clusters.dns"
+        assert dns_cluster and cluster["lb_policy"] == "LEAST_REQUEST"
         address = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
         assert (address["address"], address["port_value"]) == (host, grpc_port)
 

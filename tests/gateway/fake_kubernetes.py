@@ -31,6 +31,9 @@ class FakeKubernetesApiServer:
         self.slices: dict[str, dict] = {}
         self.version = 1
         self.watchers: list[queue.Queue] = []
+        # Every event with the version it made, so a watch from resourceVersion N first replays what
+        # came after N, as the real API server does (a change between list and watch is not lost).
+        self.history: list[tuple[int, dict]] = []
         self.lock = threading.Lock()
         self.requests: list[str] = []
         fake = self
@@ -50,7 +53,7 @@ class FakeKubernetesApiServer:
                 query = parse_qs(url.query)
                 selector = query.get("labelSelector", [""])[0]
                 if query.get("watch", ["false"])[0] in ("true", "1"):
-                    self._watch(selector)
+                    self._watch(selector, int(query.get("resourceVersion", ["0"])[0] or 0))
                 else:
                     self._list(selector)
 
@@ -65,9 +68,12 @@ class FakeKubernetesApiServer:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def _watch(self, selector: str):
+            def _watch(self, selector: str, since: int):
                 events: queue.Queue = queue.Queue()
                 with fake.lock:
+                    for version, event in fake.history:
+                        if version > since:
+                            events.put(event)
                     fake.watchers.append(events)
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
@@ -103,15 +109,19 @@ class FakeKubernetesApiServer:
             kind = "MODIFIED" if item["metadata"]["name"] in self.slices else "ADDED"
             item["metadata"]["resourceVersion"] = str(self.version)
             self.slices[item["metadata"]["name"]] = item
-            for watcher in self.watchers:
-                watcher.put({"type": kind, "object": item})
+            self._publish({"type": kind, "object": item})
 
     def delete(self, name: str) -> None:
         with self.lock:
             self.version += 1
             item = self.slices.pop(name)
-            for watcher in self.watchers:
-                watcher.put({"type": "DELETED", "object": item})
+            self._publish({"type": "DELETED", "object": item})
+
+    def _publish(self, event: dict) -> None:
+        """Record an event and hand it to every open watch (the caller holds the lock)."""
+        self.history.append((self.version, event))
+        for watcher in self.watchers:
+            watcher.put(event)
 
     def kubeconfig(self, path) -> None:
         path.write_text(json.dumps({

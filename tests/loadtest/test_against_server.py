@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from loadtest.cli import main as cli_main
+from tritonfleet.cli import main as cli_main
 from loadtest.payloads import TensorSpec
 from loadtest.results import RunResult, summarize
 from loadtest.runs import ImageOptions, VideoOptions, run_image, run_video

@@ -20,7 +20,7 @@ MODEL = "image_preprocess"
 def start_gateway(backends: list[str], workdir: Path) -> tuple[subprocess.Popen, str, str]:
     """The real gateway (static discovery over the servers); returns (process, grpc address, metrics address)."""
     grpc_port, metrics_port = free_port(), free_port()
-    args = [sys.executable, "-m", "gateway.cli", "gateway", "--discovery", "static",
+    args = [sys.executable, "-m", "tritonfleet.cli", "gateway", "--discovery", "static",
             "--listen", f"127.0.0.1:{grpc_port}", "--metrics-port", str(metrics_port)]
     for backend in backends:
         args += ["--backend", backend]
