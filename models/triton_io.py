@@ -55,8 +55,8 @@ def input_tensor(request, name: str, device: torch.device) -> torch.Tensor | Non
     tensor = pb_utils.get_input_tensor_by_name(request, name)
     if tensor is None:
         return None
-    if tensor.is_cpu():
-        return torch.from_numpy(tensor.as_numpy()).to(device)
+    # DLPack on CPU too: no numpy between Triton's buffer and torch (the 2.51 stub's numpy views
+    # of inputs came back wrong on the H100 machine).
     return torch.utils.dlpack.from_dlpack(tensor.to_dlpack()).to(device)
 
 
