@@ -25,7 +25,7 @@ from pathlib import Path
 import yaml
 
 from tritonfleet.paths import REPO_ROOT
-from tritonfleet.processes import group_alive, spawn, terminate
+from tritonfleet.processes import spawn, terminate
 from tritonfleet.stack_config import ServiceSpec, StackConfig
 from tritonfleet.triton_server import LOOPBACK, TritonServer, free_port, start_fleet, stop_all
 
@@ -111,9 +111,6 @@ class RunningService:
         stop_all(self.servers)
         for process in self.processes:
             process.stop()
-
-    def all_stopped(self) -> bool:
-        return not any(group_alive(m.process) for m in self.members())
 
 
 class Stack:
