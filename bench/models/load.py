@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import statistics
 import sys
 import threading
 import time
@@ -28,6 +27,17 @@ from bench.models.kserve_http import KServeClient
 
 IMAGE_OUTPUTS = ["LABELS", "CLASS_IDS", "SCORES"]
 VIDEO_OUTPUTS = ["MOTION", "CLASSIFIED", "LABELS"]
+
+
+def run_threads(target, args) -> float:
+    """Run `target(arg)` for every arg on its own thread; the seconds until the last one ends."""
+    began = time.perf_counter()
+    threads = [threading.Thread(target=target, args=(arg,)) for arg in args]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return time.perf_counter() - began
 
 
 def camera_picture(height: int, width: int, seed: int) -> np.ndarray:
@@ -91,13 +101,7 @@ def run_images(url, model, images, batch, concurrency, max_requests, seconds) ->
         finally:
             client.close()
 
-    began = time.perf_counter()
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(concurrency)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    elapsed = time.perf_counter() - began
+    elapsed = run_threads(worker, range(concurrency))
     ms = [x * 1000 for x in latencies]
     return ImageRun(batch, concurrency, len(latencies), errors[0], len(latencies) * batch / elapsed, percentile(ms, 50), percentile(ms, 99))
 
@@ -141,13 +145,7 @@ def run_video(url, model, frames, streams, fps, seconds) -> VideoRun:
         finally:
             client.close()
 
-    began = time.perf_counter()
-    threads = [threading.Thread(target=stream, args=(1000 + i,)) for i in range(streams)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    elapsed = time.perf_counter() - began
+    elapsed = run_threads(stream, [1000 + i for i in range(streams)])
     ms = [x * 1000 for x in latencies]
     return VideoRun(streams, fps, len(latencies), errors[0], len(latencies) / elapsed, classified[0], percentile(ms, 50), percentile(ms, 99))
 
