@@ -79,7 +79,7 @@ class Process:
         # Nothing to probe: a process that stays up for a moment counts as started.
         return time.monotonic() - self._started_at >= SETTLE_SECONDS
 
-    def alive(self) -> bool:
+    def is_running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
     def restart(self) -> None:
@@ -105,7 +105,7 @@ class RunningService:
         return [*self.servers, *self.processes]
 
     def dead_members(self) -> list[TritonServer | Process]:
-        return [m for m in self.members() if not (m.is_running() if isinstance(m, TritonServer) else m.alive())]
+        return [m for m in self.members() if not m.is_running()]
 
     def stop(self) -> None:
         stop_all(self.servers)

@@ -84,7 +84,7 @@ def test_a_dead_process_is_restarted_on_the_same_port(stack):
     watcher = threading.Thread(target=stack.watch, args=(stop, 0.2))
     watcher.start()
     try:
-        assert wait_for(web.alive, timeout=30)
+        assert wait_for(web.is_running, timeout=30)
         with urllib.request.urlopen(f"http://{address}/", timeout=5) as reply:
             assert reply.status == 200
     finally:
