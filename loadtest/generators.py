@@ -43,6 +43,16 @@ async def sleep_until(deadline_ns: int) -> None:
         await asyncio.sleep(delay / 1e9)
 
 
+async def timed_call(call, body: bytes, timeout_s: float) -> tuple[int, str]:
+    """Send one unary call: when it left, and how it ended (OK or the gRPC status code's name)."""
+    sent = now_ns()
+    try:
+        await call(body, timeout=timeout_s)
+    except grpc.aio.AioRpcError as exc:
+        return sent, exc.code().name
+    return sent, OK
+
+
 class Unary:
     """One ModelInfer call with bytes in and bytes out."""
 
@@ -51,12 +61,7 @@ class Unary:
         self.timeout_s = timeout_s
 
     async def __call__(self, body: bytes, scheduled_ns: int, emit: Emit, stream: int = -1, deadline_ns: int = 0):
-        sent = now_ns()
-        try:
-            await self.call(body, timeout=self.timeout_s)
-            status = OK
-        except grpc.aio.AioRpcError as exc:
-            status = exc.code().name
+        sent, status = await timed_call(self.call, body, self.timeout_s)
         emit(RequestResult(scheduled_ns, sent, now_ns(), status, stream, deadline_ns))
 
 
@@ -166,12 +171,7 @@ class Camera:
             pass  # the reader sees the same failure and settles the frame
 
     async def _unary(self, body: bytes, scheduled: int) -> None:
-        sent = now_ns()
-        try:
-            await self.infer(body, timeout=self.timeout_s)
-            status = OK
-        except grpc.aio.AioRpcError as exc:
-            status = exc.code().name
+        sent, status = await timed_call(self.infer, body, self.timeout_s)
         self._settle(scheduled, sent, status)
 
     async def _read(self, call) -> None:
