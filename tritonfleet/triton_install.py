@@ -85,20 +85,22 @@ class TritonInstall:
     def environment(self, base: dict[str, str] | None = None) -> dict[str, str]:
         """The environment the server and its stubs need.
 
-        The stub embeds the system libpython, not the virtual environment's interpreter, so the
-        environment's site-packages (torch, numpy<2, the project's own `kernels`) are put on
-        PYTHONPATH explicitly.
+        The stub embeds the system libpython and takes its `sys.path` from the `python3` first on
+        PATH, so the running interpreter's folder goes first there: the stubs then see this
+        environment's packages (torch, numpy<2, the project's `kernels` and `models`). The 2.51
+        stub ignores PYTHONPATH (seen on the GPU machine), but Python helpers it starts read it, so
+        it is set too, in the interpreter's own order: the repository, the caller's PYTHONPATH,
+        then the interpreter's site-packages.
         """
         env = dict(os.environ if base is None else base)
         libs = [str(self.library_dir)]
         if env.get("LD_LIBRARY_PATH"):
             libs.append(env["LD_LIBRARY_PATH"])
         env["LD_LIBRARY_PATH"] = os.pathsep.join(libs)
-        paths = [p for p in sys.path if p and Path(p).is_dir() and "site-packages" in p]
-        paths.insert(0, str(REPO_ROOT))
+        paths = [str(REPO_ROOT)]
         if env.get("PYTHONPATH"):
-            paths.append(env["PYTHONPATH"])
+            paths.extend(env["PYTHONPATH"].split(os.pathsep))
+        paths += [p for p in sys.path if p and Path(p).is_dir() and ("site-packages" in p or "dist-packages" in p)]
         env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
-        # The stub runs the `python3` found first on PATH for helper processes: make it ours.
         env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
         return env

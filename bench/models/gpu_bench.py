@@ -6,7 +6,9 @@ Starts a real tritonserver on the repository (KIND_GPU instances), checks one an
 image and video model, then runs `bench.models.load` sweeps: 1080p JPEGs through image_pipeline
 at several batch sizes and concurrencies, and 1080p camera streams at 30 FPS through
 video_pipeline; then restarts with nvJPEG off (TRITONFLEET_GPU_JPEG=0, Pillow decoding on the CPU)
-for the same image runs side by side. Each step is skipped when the time budget would run out;
+for the same image runs side by side. `--video-instances 1 3` runs only the video sweep, once per
+video_pipeline instance count. Triton's own statistics (queue and compute time per frame) are
+recorded after each video sweep. Each step is skipped when the time budget would run out;
 results go to DIR/models-gpu.json as they come.
 """
 
@@ -22,17 +24,15 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 
 from bench.models.kserve_http import KServeClient
 from bench.models.load import camera_picture, jpeg, median_run, panning_frames, run_images, run_video
+from tritonfleet.triton_install import TritonInstall
 from tritonfleet.triton_server import TritonServerError, start_fleet, stop_all
 
 # GPU tensors cross between the server and the Python stubs through this pool; the default 64 MB
-# is less than a few batches of 1080p frames in flight. No pinned-memory pool: with one, the
-# first H100 run's GPU image_preprocess instances read BYTES inputs before they were filled
-# ("unpack_from requires a buffer of at least 757935409 bytes"), which plain host copies avoid.
-SERVER_ARGS = ["--cuda-memory-pool-byte-size=0:2147483648", "--pinned-memory-pool-byte-size=0"]
+# is less than a few batches of 1080p frames in flight.
+SERVER_ARGS = ["--cuda-memory-pool-byte-size=0:2147483648"]
 
 
 def gpu_name() -> str:
@@ -65,6 +65,14 @@ class Recorder:
         self.path.write_text(json.dumps(self.data, indent=1))
 
 
+def stub_numpy() -> str:
+    """The numpy the Python-backend stubs will import (the 2.51 stub reads BYTES tensors only with numpy<2)."""
+    env = TritonInstall.locate().environment()
+    probe = "import numpy; print(numpy.__version__, numpy.__file__)"
+    done = subprocess.run(["python3", "-c", probe], env=env, capture_output=True, text=True, timeout=60)
+    return (done.stdout or done.stderr).strip()
+
+
 def sanity(url: str, rec: Recorder, model: str) -> bool:
     """One answer from `model`, recorded; False (and the error recorded) when it fails."""
     client = KServeClient(url)
@@ -86,12 +94,28 @@ def sanity(url: str, rec: Recorder, model: str) -> bool:
         client.close()
 
 
-def with_cpu_preprocess(repo: Path, dest: Path) -> Path:
-    """A copy of the repository whose image_preprocess instances run on the CPU."""
+def with_video_instances(repo: Path, dest: Path, count: int) -> Path:
+    """A copy of the repository whose video_pipeline has `count` GPU instances."""
     shutil.copytree(repo, dest, dirs_exist_ok=True)
-    config = dest / "image_preprocess" / "config.pbtxt"
-    config.write_text(config.read_text().replace("KIND_GPU", "KIND_CPU"))
+    config = dest / "video_pipeline" / "config.pbtxt"
+    text = config.read_text()
+    head, sep, rest = text.partition("instance_group {\n  count: ")
+    config.write_text(head + sep + str(count) + rest[rest.index("\n"):])
     return dest
+
+
+def server_side(url: str, model: str) -> dict:
+    """Triton's own averages for `model`: ms per request in queue and in each compute phase, and batch size."""
+    client = KServeClient(url)
+    try:
+        stats = client.statistics(model)
+    finally:
+        client.close()
+    infer = stats["inference_stats"]
+    count = max(1, infer["success"]["count"])
+    out = {f"{phase}_ms": round(infer[phase]["ns"] / count / 1e6, 3) for phase in ("queue", "compute_input", "compute_infer", "compute_output")}
+    out["frames_per_execution"] = round(stats["inference_count"] / max(1, stats["execution_count"]), 2)
+    return out
 
 
 def image_sweep(url, rec, label, batches, concurrencies, seconds, repeat):
@@ -108,7 +132,7 @@ def image_sweep(url, rec, label, batches, concurrencies, seconds, repeat):
             rec.add(label, **asdict(median_run(runs)))
 
 
-def video_sweep(url, rec, streams_list, seconds, repeat):
+def video_sweep(url, rec, streams_list, seconds, repeat, label="video 1080p@30"):
     frames = panning_frames(1080, 1920, 30, step=0)
     # A still camera with a moving object: motion mostly under the threshold, as in most CCTV.
     for index, frame in enumerate(frames):
@@ -119,7 +143,8 @@ def video_sweep(url, rec, streams_list, seconds, repeat):
             rec.note(f"video: skipped {streams} streams (time budget)")
             continue
         runs = [run_video(url, "video_pipeline", frames, streams, 30.0, seconds) for _ in range(repeat)]
-        rec.add("video 1080p@30", **asdict(median_run(runs)))
+        rec.add(label, **asdict(median_run(runs)))
+    rec.note(f"{label}: Triton's statistics over the sweep: {server_side(url, 'video_pipeline')}")
 
 
 def serve(repo: Path, workdir: Path, rec: Recorder, env: dict[str, str]):
@@ -142,31 +167,32 @@ def main(argv=None) -> int:
     parser.add_argument("--budget-s", type=float, default=420)
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--streams", type=int, nargs="+", default=[1, 4, 12], help="camera streams per video run")
+    parser.add_argument("--video-instances", type=int, nargs="*", default=[], help="only video runs, once per video_pipeline instance count")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     rec = Recorder(args.out, args.budget_s)
+    rec.note(f"stub numpy: {stub_numpy()}")
     workdir = Path("/tmp/gpu-bench")
+    if args.video_instances:
+        for count in args.video_instances:
+            repo = with_video_instances(args.repo, workdir / f"repo-video-{count}", count)
+            servers = serve(repo, workdir / f"video-{count}", rec, {})
+            try:
+                video_sweep(servers[0].http_url, rec, args.streams, args.seconds, args.repeat, f"video 1080p@30, {count} instances")
+            finally:
+                stop_all(servers)
+        return 0
     servers = serve(args.repo, workdir / "nvjpeg", rec, {})
     try:
         url = servers[0].http_url
-        image_ok = sanity(url, rec, "image_pipeline")
         if sanity(url, rec, "video_pipeline"):
-            video_sweep(url, rec, [1, 4, 12], args.seconds, args.repeat)
-        if image_ok:
+            video_sweep(url, rec, args.streams, args.seconds, args.repeat)
+        if sanity(url, rec, "image_pipeline"):
             image_sweep(url, rec, "image 1080p JPEG, nvJPEG", [1, 8, 32], [1, 8, 32], args.seconds, args.repeat)
     finally:
         stop_all(servers)
         _keep_log(servers[0].log_path, args.out / "triton-nvjpeg.log")
-    if not image_ok:
-        repo = with_cpu_preprocess(args.repo, workdir / "repo-cpu-preprocess")
-        servers = serve(repo, workdir / "cpu-preprocess", rec, {})
-        try:
-            if sanity(servers[0].http_url, rec, "image_pipeline"):
-                image_sweep(servers[0].http_url, rec, "image 1080p JPEG, Pillow on CPU instances", [1, 8, 32], [1, 8, 32], args.seconds, args.repeat)
-        finally:
-            stop_all(servers)
-            _keep_log(servers[0].log_path, args.out / "triton-cpu-preprocess.log")
-        return 0
     if rec.left() > 90:
         servers = serve(args.repo, workdir / "pillow", rec, {"TRITONFLEET_GPU_JPEG": "0"})
         try:
