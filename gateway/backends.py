@@ -146,11 +146,16 @@ class BackendPool:
             found = [b for b in found if b.inflight < self.max_inflight]
         return policy.pick(found, clock=self._picks)
 
+    def try_acquire(self, model: str, exclude: frozenset[Backend] = frozenset()) -> Backend | None:
+        """`acquire` without waiting: a pod counted as outstanding now, or None when none has room."""
+        backend = self._pick_now(model, exclude)
+        return None if backend is None else self._take(backend)
+
     async def acquire(self, model: str, exclude: frozenset[Backend] = frozenset()) -> Backend:
         """Pick a pod for one request and count it as outstanding there; pair with `release`."""
-        backend = self._pick_now(model, exclude)
-        if backend is None:
-            backend = await self._wait_for_room(model, exclude)
+        return self.try_acquire(model, exclude) or self._take(await self._wait_for_room(model, exclude))
+
+    def _take(self, backend: Backend) -> Backend:
         self._picks += 1
         backend.last_pick = self._picks
         self.hold(backend)

@@ -17,6 +17,7 @@ import yaml
 
 ENV_PREFIX = "TRITONFLEET_GATEWAY_"
 DISCOVERY_KINDS = ("static", "dns", "kubernetes")
+DATA_PLANES = ("frames", "grpc")
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,9 @@ class GatewayConfig:
     listen: str = "127.0.0.1:8001"
     metrics_address: str = "127.0.0.1"
     metrics_port: int = 8002
+    # "frames": the front door forwards calls as HTTP/2 frames and balances ModelInfer itself, relaying
+    # the rest to the gRPC service; "grpc": the gRPC service (grpcio) takes every call directly.
+    data_plane: str = "frames"
     # Worker processes sharing the listen port through SO_REUSEPORT; one per core is the usual choice.
     workers: int = 1
     # How pods are found: a static list, the A records of a headless Service, or its EndpointSlices.
@@ -77,6 +81,7 @@ def _validate(config: GatewayConfig) -> None:
 
     host, _, port = config.listen.rpartition(":")
     need(bool(host) and port.isdigit() and 0 <= int(port) < 65536, "listen", "must be host:port (port 0: any free port)")
+    need(config.data_plane in DATA_PLANES, "data_plane", f"must be one of {', '.join(DATA_PLANES)}")
     need(config.workers == 1 or not config.listen.endswith(":0"), "listen", "needs a fixed port with several workers")
     need(0 <= config.metrics_port < 65536, "metrics_port", "must be a port number or 0")
     need(1 <= config.workers <= 64, "workers", "must be between 1 and 64")

@@ -20,7 +20,7 @@ from gateway.metrics import GatewayMetrics
 _HOP_HEADERS = frozenset({"user-agent", "te", "content-type", "host", "connection"})
 
 # Triton's words when a pod does not have the model (as opposed to a failure inside the model).
-_MODEL_MISSING = ("Request for unknown model", "is not found", "is not ready", "unavailable model")
+MODEL_MISSING_WORDS = ("Request for unknown model", "is not found", "is not ready", "unavailable model")
 
 
 class UpstreamError(Exception):
@@ -62,7 +62,7 @@ def upstream_metadata(context: grpc.aio.ServicerContext) -> tuple[tuple[str, str
 def model_missing(exc: grpc.aio.AioRpcError) -> bool:
     details = exc.details() or ""
     return exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.NOT_FOUND) and any(
-        words in details for words in _MODEL_MISSING
+        words in details for words in MODEL_MISSING_WORDS
     )
 
 

@@ -28,6 +28,7 @@ from gateway.backends import BackendPool
 from gateway.config import GatewayConfig
 from gateway.discovery import DnsDiscovery, StaticDiscovery
 from gateway.forwarding import Forwarder, RetryBudget
+from gateway.frontdoor import FrontDoor
 from gateway.health import HealthChecker, ModelCatalog
 from gateway.metrics import GatewayMetrics
 from gateway.service import InferenceService
@@ -50,6 +51,7 @@ class Gateway:
         self.service = InferenceService(self.pool, self.forwarder, self.catalog, config.allow_admin,
                                         on_model_change=self.health.check_all)
         self.server: grpc.aio.Server | None = None
+        self.frontdoor: FrontDoor | None = None
         self.port = 0
         self._tasks: list[asyncio.Task] = []
 
@@ -74,8 +76,16 @@ class Gateway:
             ("grpc.max_receive_message_length", limit),
         ])
         self.server.add_generic_rpc_handlers((self.service.generic_handler(),))
-        self.port = self.server.add_insecure_port(self.config.listen)
-        await self.server.start()
+        if self.config.data_plane == "frames":
+            # The gRPC service listens privately; the front door takes the clients.
+            internal = self.server.add_insecure_port("127.0.0.1:0")
+            await self.server.start()
+            self.frontdoor = FrontDoor(self.pool, self.metrics, self.forwarder.budget, self.config.retry_attempts,
+                                       ("127.0.0.1", internal), limit)
+            self.port = await self.frontdoor.start(self.config.listen_host.strip("[]"), self.config.listen_port)
+        else:
+            self.port = self.server.add_insecure_port(self.config.listen)
+            await self.server.start()
         log.info("gateway listening", extra={"listen": f"{self.config.listen_host}:{self.port}"})
         return self.port
 
@@ -88,8 +98,10 @@ class Gateway:
         self.service.draining = True
         for session in list(self.service.streams):
             session.drain()
-        if self.server is not None:
-            await self.server.stop(grace)
+        stopping = [self.server.stop(grace)] if self.server is not None else []
+        if self.frontdoor is not None:
+            stopping.append(self.frontdoor.drain(grace))
+        await asyncio.gather(*stopping)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

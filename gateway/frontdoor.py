@@ -1,0 +1,477 @@
+"""The gateway's front door: every call forwarded as HTTP/2 frames, `ModelInfer` balanced per request.
+
+Clients connect here. A `ModelInfer` call is held until its request message is complete (unary calls
+are one message), parsed for its model, given a pod by the picker, and sent on that pod's shared
+HTTP/2 connection; the answer comes back frame by frame, headers and trailers re-encoded, bytes
+untouched. No gRPC library runs on this path: that is what makes it cheap.
+
+Everything else — `ModelStreamInfer` (per-message balancing), requests in a sequence (their pod holds
+the state), compressed messages, metadata, admin — is relayed unchanged to the gateway's gRPC service
+(`gateway.service`) on a private loopback port, which does the rest.
+
+A call is retried on another pod, within the retry budget, while no answer has started: its pod's
+connection failed or went away before taking it, or the pod said it does not have the model. The
+client's deadline (grpc-timeout) and cancellation (RST_STREAM) reach the pod.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from urllib.parse import quote, unquote
+
+import grpc
+
+from gateway import http2, wire
+from gateway.backends import Backend, BackendPool, NoBackendError
+from gateway.forwarding import MODEL_MISSING_WORDS, RetryBudget
+from gateway.metrics import GatewayMetrics
+
+log = logging.getLogger("tritonfleet.gateway")
+
+INFER_PATH = "/inference.GRPCInferenceService/ModelInfer"
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
+_TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
+
+
+def parse_timeout(value: str) -> float | None:
+    """A grpc-timeout header ("100m", "5S") in seconds; None when malformed."""
+    unit = _TIMEOUT_UNITS.get(value[-1:])
+    if unit is None or not value[:-1].isdigit():
+        return None
+    return int(value[:-1]) * unit
+
+
+def format_timeout(seconds: float) -> str:
+    return f"{max(int(seconds * 1e6), 1)}u"
+
+
+def error_headers(code: grpc.StatusCode, message: str) -> list[tuple[str, str]]:
+    """A trailers-only gRPC answer."""
+    return [(":status", "200"), ("content-type", "application/grpc"),
+            ("grpc-status", str(code.value[0])), ("grpc-message", quote(message, safe=" "))]
+
+
+class Call:
+    """One client stream: a ModelInfer being balanced, or any call relayed to the gateway's service."""
+
+    __slots__ = ("client", "stream_id", "headers", "body", "relay", "model", "started", "sent", "backend",
+                 "upstream", "upstream_id", "tried", "answered", "finished", "reply_bytes", "timeout")
+
+    def __init__(self, client: "ClientConnection", stream_id: int, headers, relay: bool):
+        self.client = client
+        self.stream_id = stream_id
+        self.headers = headers
+        self.body = bytearray()
+        self.relay = relay
+        self.model = ""
+        self.started = time.perf_counter()
+        self.sent = 0.0
+        self.backend: Backend | None = None
+        self.upstream: UpstreamConnection | None = None
+        self.upstream_id = 0
+        self.tried: frozenset[Backend] = frozenset()
+        self.answered = False  # response headers went to the client: no retry from here on
+        self.finished = False
+        self.reply_bytes = 0
+        self.timeout: float | None = None
+
+
+class UpstreamConnection(http2.Connection):
+    """The gateway as the client of one pod (or of its own service): calls multiplexed as streams."""
+
+    def __init__(self, door: "FrontDoor", backend: Backend | None):
+        super().__init__(client=True)
+        self.door = door
+        self.backend = backend
+        self.calls: dict[int, Call] = {}
+        self.next_id = 1
+        self.connected = False
+        self.going_away = False
+        self._queued: list[tuple[Call, list, bytes | None, bool]] = []
+
+    @property
+    def usable(self) -> bool:
+        return not (self.closed or self.going_away) and self.next_id < http2.MAX_STREAM_ID - 2
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self.connected = True
+        queued, self._queued = self._queued, []
+        for call, headers, body, end in queued:
+            self.start(call, headers, body, end)
+        http2.flush()
+
+    def start(self, call: Call, headers, body: bytes | None, end: bool) -> None:
+        """Open a stream for `call` with `headers`, then `body` (None: more DATA follows as it comes)."""
+        call.upstream, call.upstream_id = self, 0
+        if not self.connected:
+            self._queued.append((call, headers, body, end))
+            return
+        stream_id, self.next_id = self.next_id, self.next_id + 2
+        self.calls[stream_id] = call
+        call.upstream, call.upstream_id = self, stream_id
+        self.open_stream(stream_id)
+        self.send_headers(stream_id, headers, end and body is None)
+        if body is not None:
+            self.send_data(stream_id, body, end)
+
+    def relay_data(self, call: Call, data: bytes, end: bool) -> None:
+        if call.upstream_id:
+            self.send_data(call.upstream_id, data, end)
+        else:  # still waiting for the connection
+            for index, (queued, headers, body, _) in enumerate(self._queued):
+                if queued is call:
+                    self._queued[index] = (call, headers, (body or b"") + data, end)
+
+    def cancel(self, call: Call) -> None:
+        self._queued = [q for q in self._queued if q[0] is not call]
+        if call.upstream_id and self.calls.get(call.upstream_id) is call:
+            del self.calls[call.upstream_id]
+            self.reset(call.upstream_id, http2.CANCEL)
+
+    # ---- answers from upstream -----------------------------------------------------------------
+
+    def on_headers(self, stream_id: int, headers, end_stream: bool) -> None:
+        call = self.calls.get(stream_id)
+        if call is None:
+            return
+        if end_stream:
+            del self.calls[stream_id]
+        self.door.answer_headers(call, headers, end_stream)
+
+    def on_data(self, stream_id: int, data: bytes, end_stream: bool) -> None:
+        call = self.calls.get(stream_id)
+        if call is None:
+            return
+        if end_stream:
+            del self.calls[stream_id]
+        call.reply_bytes += len(data)
+        call.client.send_data(call.stream_id, data, end_stream)
+        if end_stream:
+            self.door.finish(call, grpc.StatusCode.OK)
+
+    def on_reset(self, stream_id: int, code: int) -> None:
+        call = self.calls.pop(stream_id, None)
+        if call is not None:
+            self.door.upstream_failed(call, f"the pod reset the stream (HTTP/2 error {code})",
+                                      retryable=code == http2.REFUSED_STREAM)
+
+    def on_goaway(self, last_stream_id: int, code: int) -> None:
+        self.going_away = True
+        # Streams above last_stream_id were never processed: safe to send elsewhere.
+        for stream_id in [s for s in self.calls if s > last_stream_id]:
+            self.door.upstream_failed(self.calls.pop(stream_id), "the pod is going away", retryable=True)
+        if not self.calls:
+            self.close()
+
+    def on_lost(self, exc) -> None:
+        self.going_away = True
+        reason = f"connection to the pod lost: {exc}" if exc else "connection to the pod closed"
+        calls = [q[0] for q in self._queued] + list(self.calls.values())
+        self._queued, self.calls = [], {}
+        for call in calls:
+            self.door.upstream_failed(call, reason, retryable=True)
+
+
+class ClientConnection(http2.Connection):
+    """One client's connection to the gateway: its streams become `Call`s."""
+
+    def __init__(self, door: "FrontDoor"):
+        super().__init__(client=False)
+        self.door = door
+        self.calls: dict[int, Call] = {}
+        self.last_stream_id = 0
+
+    def connection_made(self, transport) -> None:
+        self.door.clients.add(self)
+        super().connection_made(transport)
+
+    def on_headers(self, stream_id: int, headers, end_stream: bool) -> None:
+        call = self.calls.get(stream_id)
+        if call is not None:  # trailers from the client end its request stream
+            if end_stream:
+                self.on_data(stream_id, b"", True)
+            return
+        if self.door.closing:
+            self.reset(stream_id, http2.REFUSED_STREAM)
+            return
+        self.last_stream_id = max(self.last_stream_id, stream_id)
+        path = next((value for name, value in headers if name == ":path"), "")
+        call = self.calls[stream_id] = Call(self, stream_id, headers, relay=path != INFER_PATH)
+        if call.relay:
+            self.door.internal().start(call, headers, None, end_stream)
+        elif end_stream:
+            self.door.route(call)
+
+    def on_data(self, stream_id: int, data: bytes, end_stream: bool) -> None:
+        call = self.calls.get(stream_id)
+        if call is None or call.finished:
+            return
+        if call.relay:
+            call.upstream.relay_data(call, data, end_stream)
+            return
+        call.body += data
+        if len(call.body) > self.door.max_message_bytes + 5:
+            self.door.fail(call, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                           f"request larger than {self.door.max_message_bytes} bytes")
+            self.reset(stream_id, http2.CANCEL)
+        elif end_stream:
+            self.door.route(call)
+
+    def on_reset(self, stream_id: int, code: int) -> None:
+        call = self.calls.pop(stream_id, None)
+        if call is not None:
+            self.door.cancelled(call)
+
+    def on_lost(self, exc) -> None:
+        self.door.clients.discard(self)
+        calls, self.calls = list(self.calls.values()), {}
+        for call in calls:
+            self.door.cancelled(call)
+
+    def done(self, call: Call) -> None:
+        self.calls.pop(call.stream_id, None)
+        if self.door.closing and not self.calls:
+            self.close()
+
+
+class FrontDoor:
+    """The listening socket, the client connections, and one upstream connection per pod."""
+
+    def __init__(self, pool: BackendPool, metrics: GatewayMetrics, budget: RetryBudget, retry_attempts: int,
+                 internal_address: tuple[str, int], max_message_bytes: int):
+        self.pool = pool
+        self.metrics = metrics
+        self.budget = budget
+        self.retry_attempts = retry_attempts
+        self.internal_address = internal_address
+        self.max_message_bytes = max_message_bytes
+        self.clients: set[ClientConnection] = set()
+        self.closing = False
+        self.server: asyncio.AbstractServer | None = None
+        self._internal: UpstreamConnection | None = None
+        self._upstreams: dict[Backend, UpstreamConnection] = {}
+
+    async def start(self, host: str, port: int) -> int:
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_server(lambda: ClientConnection(self), host, port, reuse_port=True)
+        return self.server.sockets[0].getsockname()[1]
+
+    async def drain(self, grace: float) -> None:
+        """Stop accepting, tell clients to go (GOAWAY), let calls in flight finish within `grace`."""
+        self.closing = True
+        if self.server is not None:
+            self.server.close()
+        for client in list(self.clients):
+            client.goaway(client.last_stream_id)
+            if not client.calls:
+                client.close()
+        http2.flush()
+        deadline = time.monotonic() + grace
+        while any(c.calls for c in self.clients) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for client in list(self.clients):
+            client.close()
+        for upstream in [*self._upstreams.values(), self._internal]:
+            if upstream is not None:
+                upstream.close()
+
+    # ---- connections upstream -------------------------------------------------------------------
+
+    def _connect(self, backend: Backend | None, host: str, port: int) -> UpstreamConnection:
+        connection = UpstreamConnection(self, backend)
+        loop = asyncio.get_running_loop()
+
+        async def connect():
+            try:
+                await loop.create_connection(lambda: connection, host, port)
+            except OSError as exc:
+                connection.on_lost(exc)
+                http2.flush()
+
+        loop.create_task(connect())
+        return connection
+
+    def internal(self) -> UpstreamConnection:
+        if self._internal is None or not self._internal.usable:
+            self._internal = self._connect(None, *self.internal_address)
+        return self._internal
+
+    def upstream_for(self, backend: Backend) -> UpstreamConnection:
+        connection = self._upstreams.get(backend)
+        if connection is None or not connection.usable:
+            host, _, port = backend.address.rpartition(":")
+            connection = self._upstreams[backend] = self._connect(backend, host.strip("[]"), int(port))
+        return connection
+
+    # ---- ModelInfer: route, answer, retry ----------------------------------------------------------
+
+    def route(self, call: Call) -> None:
+        body = bytes(call.body)
+        length = int.from_bytes(body[1:5], "big") if len(body) >= 5 else -1
+        if len(body) < 5 or body[0] != 0 or length != len(body) - 5:
+            # Compressed or not one message: the gRPC service decodes (or refuses) it.
+            self._relay_whole(call, body)
+            return
+        try:
+            route = wire.parse_infer_request(body[5:])
+        except wire.MalformedMessage as exc:
+            self.fail(call, grpc.StatusCode.INVALID_ARGUMENT, f"malformed ModelInferRequest: {exc}")
+            return
+        if route.in_sequence:  # the service pins the sequence to its pod
+            self._relay_whole(call, body)
+            return
+        call.model = route.model
+        timeout = next((parse_timeout(v) for k, v in call.headers if k == "grpc-timeout"), None)
+        call.timeout = timeout
+        self.budget.deposit()
+        self.metrics.bytes_in.inc(len(body))
+        self._dispatch(call)
+
+    def _relay_whole(self, call: Call, body: bytes) -> None:
+        call.relay = True
+        self.internal().start(call, call.headers, body, True)
+
+    def _dispatch(self, call: Call) -> None:
+        backend = self.pool.try_acquire(call.model, call.tried)
+        if backend is None:
+            asyncio.get_running_loop().create_task(self._dispatch_when_room(call))
+            return
+        self._send(call, backend)
+
+    async def _dispatch_when_room(self, call: Call) -> None:
+        try:
+            backend = await self.pool.acquire(call.model, call.tried)
+        except NoBackendError as exc:
+            self.fail(call, exc.code, str(exc))
+        else:
+            if call.finished:  # the client gave up while the call waited
+                self.pool.release(backend, None)
+            else:
+                self._send(call, backend)
+        http2.flush()
+
+    def _send(self, call: Call, backend: Backend) -> None:
+        call.backend = backend
+        call.sent = time.perf_counter()
+        headers = call.headers
+        if call.tried and call.timeout is not None:  # a retry: what is left of the client's deadline
+            left = call.timeout - (call.sent - call.started)
+            if left <= 0:
+                self.pool.release(backend, None)
+                self.fail(call, grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded before a retry")
+                return
+            headers = [(k, format_timeout(left) if k == "grpc-timeout" else v) for k, v in headers]
+        self.upstream_for(backend).start(call, headers, bytes(call.body), True)
+
+    def answer_headers(self, call: Call, headers, end_stream: bool) -> None:
+        if call.finished:
+            return
+        if not call.relay and end_stream and not call.answered:
+            status = _status(headers)
+            if status in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.NOT_FOUND):
+                message = unquote(next((v for k, v in headers if k == "grpc-message"), ""))
+                if any(words in message for words in MODEL_MISSING_WORDS):
+                    self.upstream_failed(call, message, retryable=True, model_missing=True, headers=headers)
+                    return
+        call.answered = True
+        call.client.send_headers(call.stream_id, headers, end_stream)
+        if end_stream:
+            self.finish(call, _status(headers))
+
+    def finish(self, call: Call, code: grpc.StatusCode) -> None:
+        """The call's answer is complete (trailers sent, or the last DATA of a relayed stream)."""
+        if call.finished:
+            return
+        call.finished = True
+        call.client.done(call)
+        if call.relay:
+            return
+        now = time.perf_counter()
+        latency = now - call.sent if code is grpc.StatusCode.OK else None
+        self.pool.release(call.backend, latency)
+        self.metrics.bytes_out.inc(call.reply_bytes)
+        self.metrics.observe(call.model, call.backend.address, "ModelInfer", code.name, now - call.started,
+                             now - call.sent)
+
+    def upstream_failed(self, call: Call, reason: str, retryable: bool, model_missing: bool = False,
+                        headers=None) -> None:
+        if call.finished:
+            return
+        if call.relay:
+            self._end_relay(call, reason)
+            return
+        backend = call.backend
+        self.pool.release(backend, None)
+        if model_missing:
+            backend.ready_models = backend.ready_models - {call.model}
+            self.pool.invalidate()
+        else:
+            self.pool.eject(backend, reason)
+        call.tried = call.tried | {backend}
+        if (retryable and not call.answered and len(call.tried) <= self.retry_attempts
+                and self.budget.withdraw()):
+            self.metrics.retries.labels(call.model).inc()
+            self._dispatch(call)
+            return
+        if headers is not None:  # the pod's own answer, when there is one
+            call.answered = True
+            call.client.send_headers(call.stream_id, headers, True)
+            self._finish_failed(call, backend, _status(headers))
+        else:
+            self._fail_after_send(call, grpc.StatusCode.UNAVAILABLE, reason)
+
+    def _end_relay(self, call: Call, reason: str) -> None:
+        call.finished = True
+        if call.answered:
+            call.client.send_headers(call.stream_id, [("grpc-status", "14"), ("grpc-message", quote(reason, safe=" "))], True)
+        else:
+            call.client.send_headers(call.stream_id, error_headers(grpc.StatusCode.UNAVAILABLE, reason), True)
+        call.client.done(call)
+
+    def _fail_after_send(self, call: Call, code: grpc.StatusCode, message: str) -> None:
+        backend = call.backend
+        if call.answered:
+            call.client.send_headers(call.stream_id, [("grpc-status", str(code.value[0])),
+                                                      ("grpc-message", quote(message, safe=" "))], True)
+        else:
+            call.client.send_headers(call.stream_id, error_headers(code, message), True)
+        self._finish_failed(call, backend, code)
+
+    def _finish_failed(self, call: Call, backend: Backend, code: grpc.StatusCode) -> None:
+        call.finished = True
+        call.client.done(call)
+        now = time.perf_counter()
+        self.metrics.observe(call.model, backend.address, "ModelInfer", code.name, now - call.started, 0.0)
+
+    def fail(self, call: Call, code: grpc.StatusCode, message: str) -> None:
+        """Answer a call the gateway itself refuses (bad request, no pod) with a trailers-only error."""
+        if call.finished:
+            return
+        call.finished = True
+        call.client.send_headers(call.stream_id, error_headers(code, message), True)
+        call.client.done(call)
+        self.metrics.observe(call.model or "unknown", "none", "ModelInfer", code.name,
+                             time.perf_counter() - call.started, 0.0)
+
+    def cancelled(self, call: Call) -> None:
+        """The client reset the stream or went away: cancel upstream, count it."""
+        if call.upstream is not None:
+            call.upstream.cancel(call)
+        if call.finished:
+            return
+        call.finished = True
+        if not call.relay and call.backend is not None:
+            self.pool.release(call.backend, None)
+            now = time.perf_counter()
+            self.metrics.observe(call.model, call.backend.address, "ModelInfer", "CANCELLED",
+                                 now - call.started, now - call.sent)
+
+
+def _status(headers) -> grpc.StatusCode:
+    for name, value in headers:
+        if name == "grpc-status":
+            return _CODES.get(int(value), grpc.StatusCode.UNKNOWN) if value.isdigit() else grpc.StatusCode.UNKNOWN
+    return grpc.StatusCode.UNKNOWN

@@ -1,0 +1,353 @@
+"""Just enough HTTP/2 (RFC 9113) to pass gRPC calls through frame by frame.
+
+`Connection` is one HTTP/2 connection, server or client side: it reads frames, answers SETTINGS and
+PING, keeps the HPACK state, and sends DATA within the peer's flow-control windows, queueing what does
+not fit until a WINDOW_UPDATE. What the streams carry is left to subclasses (`on_headers`, `on_data`,
+`on_reset`, `on_goaway`, `on_lost`).
+
+Receiving: the gateway holds whole messages (it buffers a request before picking its pod), so received
+bytes are granted back at once, in large steps, from a 16 MiB window. Writes of one event-loop turn are
+gathered per connection and written together by `flush()`, one system call per connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+
+import hpack
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = range(10)
+END_STREAM = 0x1
+ACK = 0x1
+END_HEADERS = 0x4
+PADDED = 0x8
+PRIORITY_FLAG = 0x20
+
+SETTINGS_HEADER_TABLE_SIZE = 0x1
+SETTINGS_ENABLE_PUSH = 0x2
+SETTINGS_INITIAL_WINDOW_SIZE = 0x4
+SETTINGS_MAX_FRAME_SIZE = 0x5
+
+NO_ERROR, PROTOCOL_ERROR, INTERNAL_ERROR, FLOW_CONTROL_ERROR = 0x0, 0x1, 0x2, 0x3
+REFUSED_STREAM, CANCEL = 0x7, 0x8
+
+DEFAULT_WINDOW = 65_535
+DEFAULT_MAX_FRAME = 16_384
+RECEIVE_WINDOW = 1 << 24
+RECEIVE_MAX_FRAME = 1 << 20
+# Received bytes are granted back once this many have arrived, so most calls send no WINDOW_UPDATE.
+GRANT_STEP = 1 << 20
+MAX_STREAM_ID = (1 << 31) - 1
+
+
+class ProtocolError(Exception):
+    """The peer broke HTTP/2; the connection ends with GOAWAY."""
+
+
+def frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
+    return len(payload).to_bytes(3, "big") + bytes((kind, flags)) + stream_id.to_bytes(4, "big") + payload
+
+
+def settings_payload(values: dict[int, int]) -> bytes:
+    return b"".join(key.to_bytes(2, "big") + value.to_bytes(4, "big") for key, value in values.items())
+
+
+def window_update(stream_id: int, increment: int) -> bytes:
+    return frame(WINDOW_UPDATE, 0, stream_id, increment.to_bytes(4, "big"))
+
+
+def rst_stream(stream_id: int, code: int) -> bytes:
+    return frame(RST_STREAM, 0, stream_id, code.to_bytes(4, "big"))
+
+
+def unpad(flags: int, payload: bytes) -> bytes:
+    if flags & PADDED:
+        if not payload or payload[0] >= len(payload):
+            raise ProtocolError("padding longer than the frame")
+        return payload[1 : len(payload) - payload[0]]
+    return payload
+
+
+_dirty: list["Connection"] = []
+
+
+def flush() -> None:
+    """Write what every connection gathered in this turn of the event loop."""
+    while _dirty:
+        _dirty.pop().write_out()
+
+
+class Connection(asyncio.Protocol):
+    """One HTTP/2 connection; `client` says which side of it the gateway is."""
+
+    def __init__(self, client: bool):
+        self.client = client
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.encoder = hpack.Encoder()
+        self.decoder = hpack.Decoder()
+        self.decoder.max_allowed_table_size = 1 << 16
+        self._in = bytearray()
+        self._out = bytearray()
+        self._await_preface = not client
+        self._continuation: tuple[int, int, bytearray] | None = None
+        # Sending: the peer's windows and frame size; DATA that does not fit waits per stream.
+        self.send_window = DEFAULT_WINDOW
+        self.peer_initial_window = DEFAULT_WINDOW
+        self.peer_max_frame = DEFAULT_MAX_FRAME
+        self.stream_windows: dict[int, int] = {}
+        self._waiting: dict[int, deque] = {}
+        # Receiving: bytes taken since the last grant, for the connection and per stream.
+        self._taken = 0
+        self._stream_taken: dict[int, int] = {}
+
+    # ---- asyncio.Protocol ---------------------------------------------------------------------
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        start = PREFACE if self.client else b""
+        settings = {SETTINGS_INITIAL_WINDOW_SIZE: RECEIVE_WINDOW, SETTINGS_MAX_FRAME_SIZE: RECEIVE_MAX_FRAME}
+        if self.client:
+            settings[SETTINGS_ENABLE_PUSH] = 0
+        self.send(start + frame(SETTINGS, 0, 0, settings_payload(settings))
+                  + window_update(0, RECEIVE_WINDOW - DEFAULT_WINDOW))
+        flush()
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self._in
+        buffer += data
+        try:
+            if self._await_preface:
+                if len(buffer) < len(PREFACE):
+                    return
+                if buffer[: len(PREFACE)] != PREFACE:
+                    raise ProtocolError("not an HTTP/2 connection preface")
+                del buffer[: len(PREFACE)]
+                self._await_preface = False
+            position, size = 0, len(buffer)
+            while size - position >= 9:
+                length = int.from_bytes(buffer[position : position + 3], "big")
+                end = position + 9 + length
+                if end > size:
+                    break
+                kind, flags = buffer[position + 3], buffer[position + 4]
+                stream_id = int.from_bytes(buffer[position + 5 : position + 9], "big") & MAX_STREAM_ID
+                payload = bytes(buffer[position + 9 : end])
+                position = end
+                self._frame(kind, flags, stream_id, payload)
+            del buffer[:position]
+        except (ProtocolError, hpack.HPACKError) as exc:
+            self.fail(str(exc))
+        finally:
+            flush()
+
+    def connection_lost(self, exc) -> None:
+        self.closed = True
+        self._waiting.clear()
+        self.on_lost(exc)
+        flush()
+
+    # ---- frames in ----------------------------------------------------------------------------
+
+    def _frame(self, kind: int, flags: int, stream_id: int, payload: bytes) -> None:
+        if self._continuation is not None and kind != CONTINUATION:
+            raise ProtocolError("a header block was interrupted")
+        if kind == DATA:
+            self._take(stream_id, len(payload), flags & END_STREAM)
+            self.on_data(stream_id, unpad(flags, payload), bool(flags & END_STREAM))
+        elif kind == HEADERS:
+            block = unpad(flags, payload)
+            if flags & PRIORITY_FLAG:
+                block = block[5:]
+            if flags & END_HEADERS:
+                self._headers(stream_id, flags, block)
+            else:
+                self._continuation = (stream_id, flags, bytearray(block))
+        elif kind == CONTINUATION:
+            if self._continuation is None or self._continuation[0] != stream_id:
+                raise ProtocolError("CONTINUATION without its HEADERS")
+            self._continuation[2].extend(payload)
+            if flags & END_HEADERS:
+                stream_id, first_flags, block = self._continuation
+                self._continuation = None
+                self._headers(stream_id, first_flags, bytes(block))
+        elif kind == SETTINGS:
+            if not flags & ACK:
+                self._settings(payload)
+        elif kind == WINDOW_UPDATE:
+            self._window_update(stream_id, int.from_bytes(payload[:4], "big") & MAX_STREAM_ID)
+        elif kind == PING:
+            if not flags & ACK:
+                self.send(frame(PING, ACK, 0, payload))
+        elif kind == RST_STREAM:
+            self._forget(stream_id)
+            self.on_reset(stream_id, int.from_bytes(payload[:4], "big"))
+        elif kind == GOAWAY:
+            self.on_goaway(int.from_bytes(payload[:4], "big") & MAX_STREAM_ID, int.from_bytes(payload[4:8], "big"))
+        elif kind == PUSH_PROMISE:
+            raise ProtocolError("server push is turned off")
+        # PRIORITY and unknown frame types carry nothing the gateway uses.
+
+    def _headers(self, stream_id: int, flags: int, block: bytes) -> None:
+        headers = self.decoder.decode(block, raw=False)
+        if not self.client and stream_id not in self.stream_windows:
+            # A stream the peer opens: the gateway will answer on it.
+            self.stream_windows[stream_id] = self.peer_initial_window
+        self.on_headers(stream_id, headers, bool(flags & END_STREAM))
+
+    def _settings(self, payload: bytes) -> None:
+        for offset in range(0, len(payload) - len(payload) % 6, 6):
+            key = int.from_bytes(payload[offset : offset + 2], "big")
+            value = int.from_bytes(payload[offset + 2 : offset + 6], "big")
+            if key == SETTINGS_INITIAL_WINDOW_SIZE:
+                delta = value - self.peer_initial_window
+                self.peer_initial_window = value
+                for stream_id in self.stream_windows:
+                    self.stream_windows[stream_id] += delta
+            elif key == SETTINGS_MAX_FRAME_SIZE:
+                self.peer_max_frame = value
+            elif key == SETTINGS_HEADER_TABLE_SIZE:
+                self.encoder.header_table_size = min(value, 4096)
+        self.send(frame(SETTINGS, ACK, 0))
+        self._resume()
+
+    def _window_update(self, stream_id: int, increment: int) -> None:
+        if stream_id == 0:
+            self.send_window += increment
+        elif stream_id in self.stream_windows:
+            self.stream_windows[stream_id] += increment
+        self._resume()
+
+    def _take(self, stream_id: int, size: int, ended: bool) -> None:
+        """Grant received bytes back to the peer in steps of GRANT_STEP."""
+        self._taken += size
+        if self._taken >= GRANT_STEP:
+            self.send(window_update(0, self._taken))
+            self._taken = 0
+        if ended:
+            self._stream_taken.pop(stream_id, None)
+            return
+        taken = self._stream_taken.get(stream_id, 0) + size
+        if taken >= GRANT_STEP:
+            self.send(window_update(stream_id, taken))
+            taken = 0
+        self._stream_taken[stream_id] = taken
+
+    # ---- frames out ---------------------------------------------------------------------------
+
+    def send(self, chunk: bytes) -> None:
+        if self.closed:
+            return
+        if not self._out:
+            _dirty.append(self)
+        self._out += chunk
+
+    def write_out(self) -> None:
+        if self._out and self.transport is not None and not self.closed:
+            self.transport.write(bytes(self._out))
+        self._out.clear()
+
+    def send_headers(self, stream_id: int, headers, end_stream: bool) -> None:
+        """A header block (one frame; gRPC's headers fit the default 16 KB frame) after any queued DATA."""
+        block = self.encoder.encode(headers)
+        flags = END_HEADERS | (END_STREAM if end_stream else 0)
+        waiting = self._waiting.get(stream_id)
+        if waiting:
+            waiting.append((None, block, flags))
+            return
+        self.send(frame(HEADERS, flags, stream_id, block))
+        if end_stream:
+            self._forget(stream_id)
+
+    def open_stream(self, stream_id: int) -> None:
+        self.stream_windows[stream_id] = self.peer_initial_window
+
+    def send_data(self, stream_id: int, data, end_stream: bool) -> None:
+        waiting = self._waiting.get(stream_id)
+        if waiting:
+            waiting.append((memoryview(data), None, end_stream))
+            return
+        rest = self._send_data(stream_id, memoryview(data), end_stream)
+        if rest is not None:
+            self._waiting[stream_id] = deque([(rest, None, end_stream)])
+
+    def _send_data(self, stream_id: int, view: memoryview, end_stream: bool) -> memoryview | None:
+        """Send as much of `view` as the windows allow; the rest, or None when all of it went."""
+        while True:
+            window = min(self.send_window, self.stream_windows.get(stream_id, 0), self.peer_max_frame)
+            size = min(len(view), window)
+            if size < len(view) and size <= 0:
+                return view
+            last = size == len(view)
+            flags = END_STREAM if end_stream and last else 0
+            self.send(frame(DATA, flags, stream_id, bytes(view[:size])))
+            self.send_window -= size
+            if stream_id in self.stream_windows:
+                self.stream_windows[stream_id] -= size
+            if last:
+                if end_stream:
+                    self._forget(stream_id)
+                return None
+            view = view[size:]
+
+    def _resume(self) -> None:
+        for stream_id in list(self._waiting):
+            waiting = self._waiting[stream_id]
+            while waiting:
+                view, block, flags = waiting[0]
+                if block is not None:
+                    waiting.popleft()
+                    self.send(frame(HEADERS, flags, stream_id, block))
+                    if flags & END_STREAM:
+                        self._forget(stream_id)
+                    continue
+                rest = self._send_data(stream_id, view, flags)
+                if rest is not None:
+                    waiting[0] = (rest, None, flags)
+                    break
+                waiting.popleft()
+            if not waiting:
+                self._waiting.pop(stream_id, None)
+
+    def reset(self, stream_id: int, code: int = CANCEL) -> None:
+        self._forget(stream_id)
+        self.send(rst_stream(stream_id, code))
+
+    def _forget(self, stream_id: int) -> None:
+        self.stream_windows.pop(stream_id, None)
+        self._waiting.pop(stream_id, None)
+        self._stream_taken.pop(stream_id, None)
+
+    def goaway(self, last_stream_id: int, code: int = NO_ERROR) -> None:
+        self.send(frame(GOAWAY, 0, 0, last_stream_id.to_bytes(4, "big") + code.to_bytes(4, "big")))
+
+    def fail(self, reason: str) -> None:
+        self.goaway(0, PROTOCOL_ERROR)
+        flush()
+        if self.transport is not None:
+            self.transport.close()
+
+    def close(self) -> None:
+        flush()
+        if self.transport is not None:
+            self.transport.close()
+
+    # ---- what the streams carry (subclasses) ---------------------------------------------------
+
+    def on_headers(self, stream_id: int, headers: list[tuple[str, str]], end_stream: bool) -> None:
+        raise NotImplementedError
+
+    def on_data(self, stream_id: int, data: bytes, end_stream: bool) -> None:
+        raise NotImplementedError
+
+    def on_reset(self, stream_id: int, code: int) -> None:
+        pass
+
+    def on_goaway(self, last_stream_id: int, code: int) -> None:
+        pass
+
+    def on_lost(self, exc) -> None:
+        pass

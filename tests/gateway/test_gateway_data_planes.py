@@ -1,0 +1,119 @@
+"""Both data planes behind one port: `frames` (ModelInfer forwarded as HTTP/2 frames, the default) and
+`grpc` (grpcio takes every call), against three real Triton servers."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.grpc.aio as aioclient
+from tritonclient.utils import InferenceServerException
+
+from gateway.frontdoor import format_timeout, parse_timeout
+from tests.gateway.helpers import GatewayProcess, add_one_inputs, served_counts
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module", params=["frames", "grpc"])
+def plane(request, fleet3, tmp_path_factory):
+    log = tmp_path_factory.mktemp(f"gateway-{request.param}") / "gateway.log"
+    with GatewayProcess([s.grpc_url for s in fleet3], log, "--data-plane", request.param) as gateway:
+        yield request.param, gateway
+
+
+def test_requests_spread_and_answer_correctly(plane, fleet3):
+    _, gateway = plane
+    before = served_counts(fleet3, "add_one")
+    client = grpcclient.InferenceServerClient(gateway.url)
+    for value in range(60):
+        result = client.infer("add_one", add_one_inputs([value, -value]))
+        assert result.as_numpy("OUTPUT0").tolist() == [value + 1, -value + 1]
+    client.close()
+    deltas = [a - b for a, b in zip(served_counts(fleet3, "add_one"), before)]
+    assert sum(deltas) == 60 and min(deltas) >= 10, deltas
+
+
+def test_tensors_larger_than_every_flow_control_window_cross_intact(plane):
+    # 24 MB each way: more than the gateway's 16 MiB receive window and the client's 64 KB one.
+    _, gateway = plane
+    data = np.arange(6 * 1024 * 1024, dtype=np.float32)
+    client = grpcclient.InferenceServerClient(gateway.url)
+    tensor = grpcclient.InferInput("INPUT0", list(data.shape), "FP32")
+    tensor.set_data_from_numpy(data)
+    result = client.infer("add_one", [tensor], client_timeout=60)
+    assert np.array_equal(result.as_numpy("OUTPUT0"), data + 1)
+    client.close()
+
+
+def test_hundreds_of_concurrent_calls_on_one_channel_each_get_their_own_answer(plane):
+    _, gateway = plane
+
+    async def run():
+        async with aioclient.InferenceServerClient(gateway.url) as client:
+            async def one(value: int):
+                tensor = aioclient.InferInput("INPUT0", [2], "FP32")
+                tensor.set_data_from_numpy(np.array([value, 2 * value], dtype=np.float32))
+                result = await client.infer("add_one", [tensor], request_id=str(value))
+                return value, result.get_response().id, result.as_numpy("OUTPUT0").tolist()
+
+            return await asyncio.gather(*(one(v) for v in range(300)))
+
+    for value, request_id, output in asyncio.run(run()):
+        assert request_id == str(value) and output == [value + 1, 2 * value + 1]
+
+
+def test_a_deadline_or_a_cancel_ends_only_that_call(plane):
+    _, gateway = plane
+    client = grpcclient.InferenceServerClient(gateway.url)
+    tensor = grpcclient.InferInput("INPUT0", [3], "FP32")
+    tensor.set_data_from_numpy(np.ones(3, dtype=np.float32))
+    with pytest.raises(InferenceServerException) as late:
+        client.infer("slow", [tensor], client_timeout=0.001)
+    assert late.value.status() == "StatusCode.DEADLINE_EXCEEDED"
+    with grpc.insecure_channel(gateway.url) as channel:
+        from tritonclient.grpc import service_pb2
+
+        request = service_pb2.ModelInferRequest(model_name="slow")
+        request.inputs.add(name="INPUT0", datatype="FP32", shape=[3])
+        request.raw_input_contents.append(np.ones(3, dtype=np.float32).tobytes())
+        call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer").future(request.SerializeToString())
+        call.cancel()
+        assert call.cancelled()
+    result = client.infer("add_one", add_one_inputs())
+    assert result.as_numpy("OUTPUT0").tolist() == [2.0, 3.0, 4.0]
+    client.close()
+
+
+def test_compressed_requests_are_served(plane):
+    # The front door cannot read a compressed message's model: it relays it to the gRPC service.
+    _, gateway = plane
+    client = grpcclient.InferenceServerClient(gateway.url)
+    result = client.infer("add_one", add_one_inputs([5.0]), compression_algorithm="gzip")
+    assert result.as_numpy("OUTPUT0").tolist() == [6.0]
+    client.close()
+
+
+def test_streams_and_metadata_calls_pass_through(plane):
+    _, gateway = plane
+    client = grpcclient.InferenceServerClient(gateway.url)
+    assert client.is_server_ready() and client.is_model_ready("add_one")
+    assert client.get_model_metadata("add_one").name == "add_one"
+    answers = []
+    client.start_stream(callback=lambda result, error: answers.append(error or result.as_numpy("OUTPUT0").tolist()))
+    for value in range(5):
+        client.async_stream_infer("add_one", add_one_inputs([value]), request_id=str(value))
+    client.stop_stream()
+    client.close()
+    assert sorted(answers) == [[v + 1.0] for v in range(5)]
+
+
+def test_grpc_timeout_headers_round_trip():
+    assert parse_timeout("100m") == pytest.approx(0.1)
+    assert parse_timeout("5S") == 5.0 and parse_timeout("2H") == 7200.0
+    assert parse_timeout("12") is None and parse_timeout("m") is None and parse_timeout("") is None
+    assert parse_timeout(format_timeout(1.5)) == pytest.approx(1.5)
+    assert format_timeout(0) == "1u"
