@@ -190,7 +190,12 @@ class BackendPool:
         backend.inflight += 1
         self.metrics.inflight_gauge(backend.address).inc()
 
-    def release(self, backend: Backend, latency_s: float | None) -> None:
+    def release(self, backend: Backend, latency_s: float | None, ahead: int = 0) -> None:
+        """The end of a request on `backend`; `latency_s` when it succeeded, sent behind `ahead` others.
+
+        The latency average is kept per place in line (latency / (ahead + 1)): a pod's own speed,
+        not how deep its queue happened to be, which the outstanding count already says.
+        """
         backend.inflight -= 1
         self.metrics.inflight_gauge(backend.address).dec()
         if latency_s is not None:
@@ -199,7 +204,7 @@ class BackendPool:
             # A pod's first answers include its cold start (a Python-backend stub's first call is
             # slow); counting them would keep a healthy pod out of ties for a long while.
             if backend.latency_samples > WARMUP_SAMPLES:
-                backend.ewma_latency_s = policy.ewma(backend.ewma_latency_s, latency_s)
+                backend.ewma_latency_s = policy.ewma(backend.ewma_latency_s, latency_s / (ahead + 1))
         if self.max_inflight:
             self._room.set()
 

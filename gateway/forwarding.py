@@ -101,6 +101,7 @@ class Forwarder:
                 self._count(model, "none", metric_method, exc.code, started, 0.0)
                 raise UpstreamError(exc.code, str(exc)) from None
             sent = time.perf_counter()
+            ahead = backend.inflight - 1
             latency = None
             try:
                 remaining = None if timeout is None else timeout - (sent - started)
@@ -123,7 +124,7 @@ class Forwarder:
                 self._count(model, backend.address, metric_method, code, started, time.perf_counter() - sent)
                 raise
             finally:
-                self.pool.release(backend, latency)
+                self.pool.release(backend, latency, ahead)
             self.metrics.bytes_out.inc(len(reply))
             self._count(model, backend.address, metric_method, grpc.StatusCode.OK, started, latency)
             return reply

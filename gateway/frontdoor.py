@@ -57,7 +57,7 @@ class Call:
     """One client stream: a ModelInfer being balanced, or any call relayed to the gateway's service."""
 
     __slots__ = ("client", "stream_id", "headers", "body", "relay", "model", "started", "sent", "backend",
-                 "upstream", "upstream_id", "tried", "answered", "finished", "reply_bytes", "timeout")
+                 "upstream", "upstream_id", "tried", "answered", "finished", "reply_bytes", "timeout", "ahead")
 
     def __init__(self, client: "ClientConnection", stream_id: int, headers, relay: bool):
         self.client = client
@@ -76,6 +76,7 @@ class Call:
         self.finished = False
         self.reply_bytes = 0
         self.timeout: float | None = None
+        self.ahead = 0  # requests already outstanding on its pod when it was sent
 
 
 class UpstreamConnection(http2.Connection):
@@ -355,6 +356,7 @@ class FrontDoor:
 
     def _send(self, call: Call, backend: Backend) -> None:
         call.backend = backend
+        call.ahead = backend.inflight - 1
         call.sent = time.perf_counter()
         headers = call.headers
         if call.tried and call.timeout is not None:  # a retry: what is left of the client's deadline
@@ -391,7 +393,7 @@ class FrontDoor:
             return
         now = time.perf_counter()
         latency = now - call.sent if code is grpc.StatusCode.OK else None
-        self.pool.release(call.backend, latency)
+        self.pool.release(call.backend, latency, call.ahead)
         self.metrics.bytes_out.inc(call.reply_bytes)
         self.metrics.observe(call.model, call.backend.address, "ModelInfer", code.name, now - call.started,
                              now - call.sent)

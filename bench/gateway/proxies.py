@@ -92,6 +92,16 @@ def start_haproxy(backends: list[str], workdir: Path) -> ProxyProcess:
     return proxy
 
 
+def start_naive_proxy(backends: list[str], workdir: Path) -> ProxyProcess:
+    """bench/gateway/naive_proxy.py: grpc.aio forwarding with nothing else, the benchmark's baseline."""
+    port = free_port()
+    script = Path(__file__).with_name("naive_proxy.py")
+    proxy = ProxyProcess([sys.executable, str(script), f"127.0.0.1:{port}", *backends],
+                         f"127.0.0.1:{port}", workdir / "naive-proxy.log")
+    proxy.wait_listening()
+    return proxy
+
+
 def local_envoy_config(backends: list[str], port: int, admin_port: int) -> dict:
     """deploy/envoy/envoy.yaml with loopback listener, admin and endpoints in place of the cluster's."""
     config = yaml.safe_load(ENVOY_CONFIG.read_text())

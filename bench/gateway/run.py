@@ -2,7 +2,10 @@
 
 Run from the repository root:  .venv/bin/python bench/gateway/run.py [--rounds 3] [--json out.json]
 
-1. Two Triton servers, ONE client channel, concurrency 1, `add_one` with a tiny (12 B) and a 150 KB
+The gateway runs twice: with its default data plane (`frames`: ModelInfer forwarded as HTTP/2 frames)
+and with `--data-plane grpc` (grpcio for every call).
+1. Two Triton servers, ONE client channel, concurrency 1 (also through bench/gateway/naive_proxy.py,
+   the baseline), `add_one` with a tiny (12 B) and a 150 KB
    request: split over the servers, p50 latency added over going direct, and the proxy's CPU time per
    1000 requests (from /proc: user + system of the proxy process). Rounds are interleaved over the
    paths and each figure is the median over rounds.
@@ -34,7 +37,7 @@ import tritonclient.grpc.aio as aioclient
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from bench.gateway.proxies import GatewayProcess, start_envoy, start_haproxy  # noqa: E402
+from bench.gateway.proxies import GatewayProcess, start_envoy, start_haproxy, start_naive_proxy  # noqa: E402
 from tritonfleet.triton_server import start_fleet, stop_all  # noqa: E402
 
 REPOSITORY = ROOT / "tests" / "gateway" / "model_repository"
@@ -42,6 +45,10 @@ TICKS = os.sysconf("SC_CLK_TCK")
 BIG_ELEMENTS = 150 * 1024 // 4
 # The gateway as deployed: health checks every second (the tests check faster).
 GATEWAY_ENV = {"TRITONFLEET_GATEWAY_HEALTH_INTERVAL_S": "1"}
+# The gateway's other data plane, grpcio for every call, side by side with the default (frames).
+GRPC_PLANE = ("--data-plane", "grpc")
+GRPC_PLANE_NAME = "gateway, grpc data plane"
+NAIVE_NAME = "naive grpc.aio proxy (baseline)"
 
 
 def cpu_seconds(pid: int) -> float:
@@ -84,12 +91,16 @@ def part_one(workdir: Path, rounds: int, tiny_count: int, big_count: int) -> lis
     urls = [s.grpc_url for s in servers]
     try:
         gateway = GatewayProcess(urls, workdir / "gateway.log", env=GATEWAY_ENV)
+        gateway_grpc = GatewayProcess(urls, workdir / "gateway-grpc.log", *GRPC_PLANE, env=GATEWAY_ENV)
         (workdir / "envoy-two").mkdir()
         envoy = start_envoy(urls, workdir / "envoy-two")
         haproxy = start_haproxy(urls, workdir)
+        naive = start_naive_proxy(urls, workdir)
         paths = {"direct": (urls[0], None), "gateway": (gateway.url, gateway.process.pid),
+                 GRPC_PLANE_NAME: (gateway_grpc.url, gateway_grpc.process.pid),
                  "Envoy 1.40 LEAST_REQUEST": (envoy.url, envoy.process.pid),
-                 "HAProxy mode tcp (L4)": (haproxy.url, haproxy.process.pid)}
+                 "HAProxy mode tcp (L4)": (haproxy.url, haproxy.process.pid),
+                 NAIVE_NAME: (naive.url, naive.process.pid)}
         figures = {name: {"p50_tiny": [], "p50_big": [], "cpu_tiny": [], "cpu_big": [], "split": []} for name in paths}
         for _ in range(rounds):
             for name, (url, pid) in paths.items():
@@ -108,7 +119,7 @@ def part_one(workdir: Path, rounds: int, tiny_count: int, big_count: int) -> lis
                 # Warm-up requests are part of what the proxy handled: count them.
                 figures[name]["cpu_tiny"].append(1000 * cpu_tiny / (tiny_count + 20))
                 figures[name]["cpu_big"].append(1000 * cpu_big / (big_count + 20))
-        for proxy in (gateway, envoy, haproxy):
+        for proxy in (gateway, gateway_grpc, envoy, haproxy, naive):
             proxy.stop()
     finally:
         stop_all(servers)
@@ -183,9 +194,10 @@ def parts_two_and_three(workdir: Path, rounds: int, total: int, frames: int) -> 
         for url in urls:
             asyncio.run(closed_loop(url, 8, 80))
         gateway = GatewayProcess(urls, workdir / "gateway3.log", env=GATEWAY_ENV)
+        gateway_grpc = GatewayProcess(urls, workdir / "gateway3-grpc.log", *GRPC_PLANE, env=GATEWAY_ENV)
         (workdir / "envoy3").mkdir()
         envoy = start_envoy(urls, workdir / "envoy3")
-        paths = {"gateway": gateway.url, "Envoy 1.40 LEAST_REQUEST": envoy.url}
+        paths = {"gateway": gateway.url, GRPC_PLANE_NAME: gateway_grpc.url, "Envoy 1.40 LEAST_REQUEST": envoy.url}
         p99 = {name: [] for name in paths}
         p50 = {name: [] for name in paths}
         for _ in range(rounds):
@@ -201,8 +213,8 @@ def parts_two_and_three(workdir: Path, rounds: int, total: int, frames: int) -> 
             video_stream(url, frames, 30.0)
             deltas = [served(u, "add_one") - b for u, b in zip(urls, before)]
             result["video"][name] = [round(100 * d / sum(deltas)) for d in deltas]
-        gateway.stop()
-        envoy.stop()
+        for proxy in (gateway, gateway_grpc, envoy):
+            proxy.stop()
     finally:
         stop_all(servers)
     return result
@@ -224,11 +236,13 @@ def markdown(rows: list[dict], rest: dict, command: str) -> str:
         lines.append(f"| {r['path']} | {r['split']} | {r['p50_tiny_ms']:.2f} / {r['p50_big_ms']:.2f} | {added} | {cpu} |")
     gw = next(r for r in rows if r["path"] == "gateway")
     envoy = next(r for r in rows if r["path"].startswith("Envoy"))
+    naive = next(r for r in rows if r["path"] == NAIVE_NAME)
     lines += [
         "",
         f"Ratios gateway / Envoy: p50 added {gw['added_tiny_ms'] / envoy['added_tiny_ms']:.2f}x tiny, "
         f"{gw['added_big_ms'] / envoy['added_big_ms']:.2f}x big; CPU {gw['cpu_tiny_ms'] / envoy['cpu_tiny_ms']:.2f}x tiny, "
-        f"{gw['cpu_big_ms'] / envoy['cpu_big_ms']:.2f}x big.",
+        f"{gw['cpu_big_ms'] / envoy['cpu_big_ms']:.2f}x big. Gateway / naive proxy CPU: "
+        f"{gw['cpu_tiny_ms'] / naive['cpu_tiny_ms']:.2f}x tiny, {gw['cpu_big_ms'] / naive['cpu_big_ms']:.2f}x big.",
         "",
         "Three servers, one 3x slower (`slow`: 2, 2, 6 ms), 8 concurrent requests on one channel; and one "
         "ModelStreamInfer stream at 30 FPS of 150 KB frames over the three (homogeneous `add_one`):",
