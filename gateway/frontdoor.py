@@ -32,6 +32,7 @@ log = logging.getLogger("tritonfleet.gateway")
 
 INFER_PATH = "/inference.GRPCInferenceService/ModelInfer"
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
+DEADLINE_MARGIN_S = 0.010
 _TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 
 
@@ -468,8 +469,11 @@ class FrontDoor:
         if not call.relay and call.backend is not None:
             self.pool.release(call.backend, None)
             now = time.perf_counter()
-            self.metrics.observe(call.model, call.backend.address, "ModelInfer", "CANCELLED",
-                                 now - call.started, now - call.sent)
+            # A client resets its stream when its deadline passes; the gateway saw the call start a
+            # little after the client did, hence the margin.
+            late = call.timeout is not None and now - call.started + DEADLINE_MARGIN_S >= call.timeout
+            self.metrics.observe(call.model, call.backend.address, "ModelInfer",
+                                 "DEADLINE_EXCEEDED" if late else "CANCELLED", now - call.started, now - call.sent)
 
 
 def _status(headers) -> grpc.StatusCode:

@@ -5,6 +5,10 @@ PING, keeps the HPACK state, and sends DATA within the peer's flow-control windo
 not fit until a WINDOW_UPDATE. What the streams carry is left to subclasses (`on_headers`, `on_data`,
 `on_reset`, `on_goaway`, `on_lost`).
 
+Headers: blocks the gateway sends use literals without indexing, so they never touch the peer's
+dynamic table and the same headers are always the same bytes (cached); blocks it receives are decoded
+by hpack, and a block that left the table unchanged is cached until the table changes.
+
 Receiving: the gateway holds whole messages (it buffers a request before picking its pod), so received
 bytes are granted back at once, in large steps, from a 16 MiB window. Writes of one event-loop turn are
 gathered per connection and written together by `flush()`, one system call per connection.
@@ -16,6 +20,7 @@ import asyncio
 from collections import deque
 
 import hpack
+import hpack.table
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
@@ -71,6 +76,99 @@ def unpad(flags: int, payload: bytes) -> bytes:
     return payload
 
 
+# ---- HPACK -----------------------------------------------------------------------------------------
+
+_STATIC_NAMES: dict[str, int] = {}
+for _index, (_name, _value) in enumerate(hpack.table.HeaderTable.STATIC_TABLE, 1):
+    _STATIC_NAMES.setdefault(_name.decode(), _index)
+
+
+def _integer(value: int, prefix_bits: int, first: int = 0) -> bytes:
+    """An HPACK integer (RFC 7541 5.1) in a `prefix_bits` prefix, OR-ed into `first`."""
+    limit = (1 << prefix_bits) - 1
+    if value < limit:
+        return bytes((first | value,))
+    out = bytearray((first | limit,))
+    value -= limit
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _string(text: str) -> bytes:
+    data = text.encode()
+    return _integer(len(data), 7) + data
+
+
+def _field(name: str, value: str) -> bytes:
+    """A literal header field without indexing (RFC 7541 6.2.2), the name from the static table if there."""
+    index = _STATIC_NAMES.get(name)
+    if index is not None:
+        return _integer(index, 4) + _string(value)
+    return b"\x00" + _string(name) + _string(value)
+
+
+_encoded: dict[tuple, bytes] = {}
+
+
+def encode_headers(headers) -> bytes:
+    """A header block that leaves the peer's dynamic table alone, so the same headers always give the
+    same bytes: gRPC answers repeat theirs, and the blocks are cached (a bounded cache)."""
+    key = tuple(headers)
+    block = _encoded.get(key)
+    if block is None:
+        block = b"".join([_field(name, value) for name, value in key])
+        if len(_encoded) >= 1024:
+            _encoded.clear()
+        _encoded[key] = block
+    return block
+
+
+class _TrackedTable(hpack.table.HeaderTable):
+    """hpack's dynamic table, counting its changes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.changes = 0
+
+    def add(self, name, value) -> None:
+        self.changes += 1
+        super().add(name, value)
+
+    def _set_maxsize(self, newmax: int) -> None:
+        self.changes += 1
+        hpack.table.HeaderTable.maxsize.fset(self, newmax)
+
+    maxsize = property(hpack.table.HeaderTable.maxsize.fget, _set_maxsize)
+
+
+class HeaderDecoder:
+    """hpack's decoder with a cache: a block that left the dynamic table as it was decodes to the same
+    headers for as long as the table stays unchanged, which in steady gRPC traffic is every block."""
+
+    def __init__(self) -> None:
+        self._decoder = hpack.Decoder()
+        self._decoder.max_allowed_table_size = 1 << 16
+        self._table = self._decoder.header_table = _TrackedTable()
+        self._cache: dict[bytes, tuple[int, list]] = {}
+
+    def decode(self, block: bytes) -> list[tuple[str, str]]:
+        changes = self._table.changes
+        hit = self._cache.get(block)
+        if hit is not None and hit[0] == changes:
+            return hit[1]
+        headers = self._decoder.decode(block, raw=False)
+        if self._table.changes == changes:
+            if len(self._cache) >= 64:
+                self._cache.clear()
+            self._cache[block] = (changes, headers)
+        return headers
+
+
+# ---- connections ------------------------------------------------------------------------------------
+
 _dirty: list["Connection"] = []
 
 
@@ -87,9 +185,9 @@ class Connection(asyncio.Protocol):
         self.client = client
         self.transport: asyncio.Transport | None = None
         self.closed = False
-        self.encoder = hpack.Encoder()
-        self.decoder = hpack.Decoder()
-        self.decoder.max_allowed_table_size = 1 << 16
+        self.decoder = HeaderDecoder()
+        # A smaller dynamic table the peer asked for, announced at the start of the next header block.
+        self._table_size_update: int | None = None
         self._in = bytearray()
         self._out = bytearray()
         self._await_preface = not client
@@ -192,7 +290,7 @@ class Connection(asyncio.Protocol):
         # PRIORITY and unknown frame types carry nothing the gateway uses.
 
     def _headers(self, stream_id: int, flags: int, block: bytes) -> None:
-        headers = self.decoder.decode(block, raw=False)
+        headers = self.decoder.decode(block)
         if not self.client and stream_id not in self.stream_windows:
             # A stream the peer opens: the gateway will answer on it.
             self.stream_windows[stream_id] = self.peer_initial_window
@@ -209,8 +307,8 @@ class Connection(asyncio.Protocol):
                     self.stream_windows[stream_id] += delta
             elif key == SETTINGS_MAX_FRAME_SIZE:
                 self.peer_max_frame = value
-            elif key == SETTINGS_HEADER_TABLE_SIZE:
-                self.encoder.header_table_size = min(value, 4096)
+            elif key == SETTINGS_HEADER_TABLE_SIZE and value < 4096:
+                self._table_size_update = value
         self.send(frame(SETTINGS, ACK, 0))
         self._resume()
 
@@ -252,7 +350,10 @@ class Connection(asyncio.Protocol):
 
     def send_headers(self, stream_id: int, headers, end_stream: bool) -> None:
         """A header block (one frame; gRPC's headers fit the default 16 KB frame) after any queued DATA."""
-        block = self.encoder.encode(headers)
+        block = encode_headers(headers)
+        if self._table_size_update is not None:
+            block = _integer(self._table_size_update, 5, 0x20) + block
+            self._table_size_update = None
         flags = END_HEADERS | (END_STREAM if end_stream else 0)
         waiting = self._waiting.get(stream_id)
         if waiting:
