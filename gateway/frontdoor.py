@@ -58,13 +58,14 @@ class Call:
     """One client stream: a ModelInfer being balanced, or any call relayed to the gateway's service."""
 
     __slots__ = ("client", "stream_id", "headers", "body", "relay", "model", "started", "sent", "backend",
-                 "upstream", "upstream_id", "tried", "answered", "finished", "reply_bytes", "timeout", "ahead")
+                 "upstream", "upstream_id", "tried", "answered", "finished", "reply_bytes", "timeout", "ahead", "size")
 
     def __init__(self, client: "ClientConnection", stream_id: int, headers, relay: bool):
         self.client = client
         self.stream_id = stream_id
         self.headers = headers
-        self.body = bytearray()
+        self.body: list[bytes] = []  # the request's DATA payloads, joined once it is complete
+        self.size = 0
         self.relay = relay
         self.model = ""
         self.started = time.perf_counter()
@@ -214,8 +215,9 @@ class ClientConnection(http2.Connection):
         if call.relay:
             call.upstream.relay_data(call, data, end_stream)
             return
-        call.body += data
-        if len(call.body) > self.door.max_message_bytes + 5:
+        call.body.append(data)
+        call.size += len(data)
+        if call.size > self.door.max_message_bytes + 5:
             self.door.fail(call, grpc.StatusCode.RESOURCE_EXHAUSTED,
                            f"request larger than {self.door.max_message_bytes} bytes")
             self.reset(stream_id, http2.CANCEL)
@@ -311,7 +313,8 @@ class FrontDoor:
     # ---- ModelInfer: route, answer, retry ----------------------------------------------------------
 
     def route(self, call: Call) -> None:
-        body = bytes(call.body)
+        body = call.body[0] if len(call.body) == 1 else b"".join(call.body)
+        call.body = [body]
         length = int.from_bytes(body[1:5], "big") if len(body) >= 5 else -1
         if len(body) < 5 or body[0] != 0 or length != len(body) - 5:
             # Compressed or not one message: the gRPC service decodes (or refuses) it.
@@ -367,7 +370,7 @@ class FrontDoor:
                 self.fail(call, grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded before a retry")
                 return
             headers = [(k, format_timeout(left) if k == "grpc-timeout" else v) for k, v in headers]
-        self.upstream_for(backend).start(call, headers, bytes(call.body), True)
+        self.upstream_for(backend).start(call, headers, call.body[0], True)
 
     def answer_headers(self, call: Call, headers, end_stream: bool) -> None:
         if call.finished:

@@ -384,7 +384,8 @@ class Connection(asyncio.Protocol):
                 return view
             last = size == len(view)
             flags = END_STREAM if end_stream and last else 0
-            self.send(frame(DATA, flags, stream_id, bytes(view[:size])))
+            self.send(size.to_bytes(3, "big") + bytes((DATA, flags)) + stream_id.to_bytes(4, "big"))
+            self.send(view[:size])
             self.send_window -= size
             if stream_id in self.stream_windows:
                 self.stream_windows[stream_id] -= size

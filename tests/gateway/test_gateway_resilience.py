@@ -109,8 +109,14 @@ def test_the_client_deadline_reaches_the_pod(explicit_fleet, tmp_path):
         with pytest.raises(InferenceServerException) as late:
             client.infer("slow", slow_inputs(3000), client_timeout=0.3)
         assert late.value.status() == "StatusCode.DEADLINE_EXCEEDED"
-        # The gateway counted it as the pod's answer (the deadline went upstream with the request).
-        text = urllib.request.urlopen(gateway.metrics_url, timeout=5).read().decode()
+        # The gateway counts it as DEADLINE_EXCEEDED (the deadline went upstream with the request),
+        # once the client's reset or the pod's answer has reached it: a moment after the client gave up.
+        deadline = time.monotonic() + 5
+        while True:
+            text = urllib.request.urlopen(gateway.metrics_url, timeout=5).read().decode()
+            if 'code="DEADLINE_EXCEEDED"' in text or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
         client.close()
     assert 'code="DEADLINE_EXCEEDED"' in text and 'model="slow"' in text
 
