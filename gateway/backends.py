@@ -210,6 +210,11 @@ class BackendPool:
 
     # ---- passive health -----------------------------------------------------------------------
 
+    def drop_model(self, backend: Backend, model: str) -> None:
+        """The pod said it lost `model` since the last health check: send it none of its requests."""
+        backend.ready_models = backend.ready_models - {model}
+        self.invalidate()
+
     def eject(self, backend: Backend, reason: str) -> None:
         """Take a pod out after a connection failure; it returns after a backoff and a passing check."""
         if time.monotonic() < backend.ejected_until:

@@ -20,7 +20,7 @@ from gateway.metrics import GatewayMetrics
 _HOP_HEADERS = frozenset({"user-agent", "te", "content-type", "host", "connection"})
 
 # Triton's words when a pod does not have the model (as opposed to a failure inside the model).
-MODEL_MISSING_WORDS = ("Request for unknown model", "is not found", "is not ready", "unavailable model")
+_MODEL_MISSING = ("Request for unknown model", "is not found", "is not ready", "unavailable model")
 
 
 class UpstreamError(Exception):
@@ -59,11 +59,15 @@ def upstream_metadata(context: grpc.aio.ServicerContext) -> tuple[tuple[str, str
     )
 
 
-def model_missing(exc: grpc.aio.AioRpcError) -> bool:
-    details = exc.details() or ""
-    return exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.NOT_FOUND) and any(
-        words in details for words in MODEL_MISSING_WORDS
+def says_model_missing(code: grpc.StatusCode, details: str) -> bool:
+    """Whether a pod's error status means it does not have the model (worth another pod)."""
+    return code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.NOT_FOUND) and any(
+        words in details for words in _MODEL_MISSING
     )
+
+
+def model_missing(exc: grpc.aio.AioRpcError) -> bool:
+    return says_model_missing(exc.code(), exc.details() or "")
 
 
 def unreachable(exc: grpc.aio.AioRpcError) -> bool:
@@ -131,9 +135,7 @@ class Forwarder:
 
     def _note_failure(self, backend: Backend, exc: grpc.aio.AioRpcError, model: str) -> None:
         if model_missing(exc):
-            # The pod lost the model since the last health check: stop sending it this model's requests.
-            backend.ready_models = backend.ready_models - {model}
-            self.pool.invalidate()
+            self.pool.drop_model(backend, model)
         elif unreachable(exc):
             self.pool.eject(backend, exc.details() or exc.code().name)
 

@@ -17,7 +17,6 @@ client's deadline (grpc-timeout) and cancellation (RST_STREAM) reach the pod.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from urllib.parse import quote, unquote
 
@@ -25,10 +24,8 @@ import grpc
 
 from gateway import http2, wire
 from gateway.backends import Backend, BackendPool, NoBackendError
-from gateway.forwarding import MODEL_MISSING_WORDS, RetryBudget
+from gateway.forwarding import RetryBudget, says_model_missing
 from gateway.metrics import GatewayMetrics
-
-log = logging.getLogger("tritonfleet.gateway")
 
 INFER_PATH = "/inference.GRPCInferenceService/ModelInfer"
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
@@ -48,10 +45,10 @@ def format_timeout(seconds: float) -> str:
     return f"{max(int(seconds * 1e6), 1)}u"
 
 
-def error_headers(code: grpc.StatusCode, message: str) -> list[tuple[str, str]]:
-    """A trailers-only gRPC answer."""
-    return [(":status", "200"), ("content-type", "application/grpc"),
-            ("grpc-status", str(code.value[0])), ("grpc-message", quote(message, safe=" "))]
+def error_headers(code: grpc.StatusCode, message: str, trailers_only: bool = True) -> list[tuple[str, str]]:
+    """A gRPC status as trailers; with the response headers in front for a trailers-only answer."""
+    status = [("grpc-status", str(code.value[0])), ("grpc-message", quote(message, safe=" "))]
+    return [(":status", "200"), ("content-type", "application/grpc"), *status] if trailers_only else status
 
 
 class Call:
@@ -84,10 +81,9 @@ class Call:
 class UpstreamConnection(http2.Connection):
     """The gateway as the client of one pod (or of its own service): calls multiplexed as streams."""
 
-    def __init__(self, door: "FrontDoor", backend: Backend | None):
+    def __init__(self, door: "FrontDoor"):
         super().__init__(client=True)
         self.door = door
-        self.backend = backend
         self.calls: dict[int, Call] = {}
         self.next_id = 1
         self.connected = False
@@ -114,7 +110,7 @@ class UpstreamConnection(http2.Connection):
             return
         stream_id, self.next_id = self.next_id, self.next_id + 2
         self.calls[stream_id] = call
-        call.upstream, call.upstream_id = self, stream_id
+        call.upstream_id = stream_id
         self.open_stream(stream_id)
         self.send_headers(stream_id, headers, end and body is None)
         if body is not None:
@@ -284,8 +280,8 @@ class FrontDoor:
 
     # ---- connections upstream -------------------------------------------------------------------
 
-    def _connect(self, backend: Backend | None, host: str, port: int) -> UpstreamConnection:
-        connection = UpstreamConnection(self, backend)
+    def _connect(self, host: str, port: int) -> UpstreamConnection:
+        connection = UpstreamConnection(self)
         loop = asyncio.get_running_loop()
 
         async def connect():
@@ -300,14 +296,14 @@ class FrontDoor:
 
     def internal(self) -> UpstreamConnection:
         if self._internal is None or not self._internal.usable:
-            self._internal = self._connect(None, *self.internal_address)
+            self._internal = self._connect(*self.internal_address)
         return self._internal
 
     def upstream_for(self, backend: Backend) -> UpstreamConnection:
         connection = self._upstreams.get(backend)
         if connection is None or not connection.usable:
             host, _, port = backend.address.rpartition(":")
-            connection = self._upstreams[backend] = self._connect(backend, host.strip("[]"), int(port))
+            connection = self._upstreams[backend] = self._connect(host.strip("[]"), int(port))
         return connection
 
     # ---- ModelInfer: route, answer, retry ----------------------------------------------------------
@@ -329,8 +325,7 @@ class FrontDoor:
             self._relay_whole(call, body)
             return
         call.model = route.model
-        timeout = next((parse_timeout(v) for k, v in call.headers if k == "grpc-timeout"), None)
-        call.timeout = timeout
+        call.timeout = next((parse_timeout(v) for k, v in call.headers if k == "grpc-timeout"), None)
         self.budget.deposit()
         self.metrics.bytes_in.inc(len(body))
         self._dispatch(call)
@@ -375,17 +370,16 @@ class FrontDoor:
     def answer_headers(self, call: Call, headers, end_stream: bool) -> None:
         if call.finished:
             return
+        status = _status(headers) if end_stream else grpc.StatusCode.OK
         if not call.relay and end_stream and not call.answered:
-            status = _status(headers)
-            if status in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.NOT_FOUND):
-                message = unquote(next((v for k, v in headers if k == "grpc-message"), ""))
-                if any(words in message for words in MODEL_MISSING_WORDS):
-                    self.upstream_failed(call, message, retryable=True, model_missing=True, headers=headers)
-                    return
+            message = unquote(next((v for k, v in headers if k == "grpc-message"), ""))
+            if says_model_missing(status, message):
+                self.upstream_failed(call, message, retryable=True, model_missing=True, headers=headers)
+                return
         call.answered = True
         call.client.send_headers(call.stream_id, headers, end_stream)
         if end_stream:
-            self.finish(call, _status(headers))
+            self.finish(call, status)
 
     def finish(self, call: Call, code: grpc.StatusCode) -> None:
         """The call's answer is complete (trailers sent, or the last DATA of a relayed stream)."""
@@ -412,8 +406,7 @@ class FrontDoor:
         backend = call.backend
         self.pool.release(backend, None)
         if model_missing:
-            backend.ready_models = backend.ready_models - {call.model}
-            self.pool.invalidate()
+            self.pool.drop_model(backend, call.model)
         else:
             self.pool.eject(backend, reason)
         call.tried = call.tried | {backend}
@@ -425,42 +418,33 @@ class FrontDoor:
         if headers is not None:  # the pod's own answer, when there is one
             call.answered = True
             call.client.send_headers(call.stream_id, headers, True)
-            self._finish_failed(call, backend, _status(headers))
+            self._finish_failed(call, backend.address, _status(headers))
         else:
-            self._fail_after_send(call, grpc.StatusCode.UNAVAILABLE, reason)
+            self._end_with_status(call, grpc.StatusCode.UNAVAILABLE, reason)
+            self._finish_failed(call, backend.address, grpc.StatusCode.UNAVAILABLE)
 
     def _end_relay(self, call: Call, reason: str) -> None:
         call.finished = True
-        if call.answered:
-            call.client.send_headers(call.stream_id, [("grpc-status", "14"), ("grpc-message", quote(reason, safe=" "))], True)
-        else:
-            call.client.send_headers(call.stream_id, error_headers(grpc.StatusCode.UNAVAILABLE, reason), True)
+        self._end_with_status(call, grpc.StatusCode.UNAVAILABLE, reason)
         call.client.done(call)
 
-    def _fail_after_send(self, call: Call, code: grpc.StatusCode, message: str) -> None:
-        backend = call.backend
-        if call.answered:
-            call.client.send_headers(call.stream_id, [("grpc-status", str(code.value[0])),
-                                                      ("grpc-message", quote(message, safe=" "))], True)
-        else:
-            call.client.send_headers(call.stream_id, error_headers(code, message), True)
-        self._finish_failed(call, backend, code)
+    @staticmethod
+    def _end_with_status(call: Call, code: grpc.StatusCode, message: str) -> None:
+        """End the client's stream with `code`: as trailers after an answer began, else trailers-only."""
+        call.client.send_headers(call.stream_id, error_headers(code, message, not call.answered), True)
 
-    def _finish_failed(self, call: Call, backend: Backend, code: grpc.StatusCode) -> None:
+    def _finish_failed(self, call: Call, address: str, code: grpc.StatusCode) -> None:
         call.finished = True
         call.client.done(call)
-        now = time.perf_counter()
-        self.metrics.observe(call.model, backend.address, "ModelInfer", code.name, now - call.started, 0.0)
+        self.metrics.observe(call.model or "unknown", address, "ModelInfer", code.name,
+                             time.perf_counter() - call.started, 0.0)
 
     def fail(self, call: Call, code: grpc.StatusCode, message: str) -> None:
         """Answer a call the gateway itself refuses (bad request, no pod) with a trailers-only error."""
         if call.finished:
             return
-        call.finished = True
-        call.client.send_headers(call.stream_id, error_headers(code, message), True)
-        call.client.done(call)
-        self.metrics.observe(call.model or "unknown", "none", "ModelInfer", code.name,
-                             time.perf_counter() - call.started, 0.0)
+        self._end_with_status(call, code, message)
+        self._finish_failed(call, "none", code)
 
     def cancelled(self, call: Call) -> None:
         """The client reset the stream or went away: cancel upstream, count it."""

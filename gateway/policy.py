@@ -38,8 +38,9 @@ def better(a: Candidate, b: Candidate, clock: int = 0, probe_after: int = 0) -> 
 
     When either has work outstanding and one is clearly slower (latency average SLOWER_FACTOR times
     the other's or more), the one expected to finish a new request sooner wins: (outstanding + 1) x
-    latency. Otherwise fewer outstanding wins, then the less recently picked. `clock` is the number of picks so far; a slower
-    pod last picked `probe_after` or more picks ago is not held back by its latency (0: no probing).
+    latency. Otherwise fewer outstanding wins, then the less recently picked. `clock` is the number of
+    picks so far; a slower pod last picked `probe_after` or more picks ago is not held back by its
+    latency (0: no probing).
     """
     if (a.inflight or b.inflight) and a.ewma_latency_s > 0 and b.ewma_latency_s > 0:
         slower, faster = (a, b) if a.ewma_latency_s > b.ewma_latency_s else (b, a)

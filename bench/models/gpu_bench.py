@@ -66,8 +66,12 @@ class Recorder:
 
 
 def stub_numpy() -> str:
-    """The numpy the Python-backend stubs will import (the 2.51 stub reads BYTES tensors only with numpy<2)."""
+    """The numpy the Python-backend stubs will import (the 2.51 stub reads BYTES tensors only with numpy<2).
+
+    Asked of the `python3` first on the servers' PATH, without PYTHONPATH, which the stub ignores.
+    """
     env = TritonInstall.locate().environment()
+    env.pop("PYTHONPATH", None)
     probe = "import numpy; print(numpy.__version__, numpy.__file__)"
     done = subprocess.run(["python3", "-c", probe], env=env, capture_output=True, text=True, timeout=60)
     return (done.stdout or done.stderr).strip()
