@@ -61,7 +61,7 @@ class Call:
         self.client = client
         self.stream_id = stream_id
         self.headers = headers
-        self.body: list[bytes] = []  # the request's DATA payloads, joined once it is complete
+        self.body: list = []  # the request's DATA payloads (views of what was read), joined once complete
         self.size = 0
         self.relay = relay
         self.model = ""
@@ -309,7 +309,7 @@ class FrontDoor:
     # ---- ModelInfer: route, answer, retry ----------------------------------------------------------
 
     def route(self, call: Call) -> None:
-        body = call.body[0] if len(call.body) == 1 else b"".join(call.body)
+        body = bytes(call.body[0]) if len(call.body) == 1 else b"".join(call.body)
         call.body = [body]
         length = int.from_bytes(body[1:5], "big") if len(body) >= 5 else -1
         if len(body) < 5 or body[0] != 0 or length != len(body) - 5:

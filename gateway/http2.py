@@ -11,12 +11,15 @@ by hpack, and a block that left the table unchanged is cached until the table ch
 
 Receiving: the gateway holds whole messages (it buffers a request before picking its pod), so received
 bytes are granted back at once, in large steps, from a 16 MiB window. Writes of one event-loop turn are
-gathered per connection and written together by `flush()`, one system call per connection.
+gathered per connection and written together by `flush()`, one system call per connection. DATA
+payloads are never copied on the way through: received ones are views of the read, and large
+outputs go to the socket as a list of chunks.
 """
 
 from __future__ import annotations
 
 import asyncio
+import struct
 from collections import deque
 
 import hpack
@@ -52,8 +55,15 @@ class ProtocolError(Exception):
     """The peer broke HTTP/2; the connection ends with GOAWAY."""
 
 
+# A frame header: 24-bit length (as 16 + 8 bits), type, flags, stream id (RFC 9113 4.1).
+_FRAME_HEADER = struct.Struct(">HBBBI")
+# A turn's output larger than this goes to the socket as a list of chunks; smaller, as one joined copy.
+WRITELINES_FROM = 1 << 14
+
+
 def frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
-    return len(payload).to_bytes(3, "big") + bytes((kind, flags)) + stream_id.to_bytes(4, "big") + payload
+    size = len(payload)
+    return _FRAME_HEADER.pack(size >> 8, size & 0xFF, kind, flags, stream_id) + payload
 
 
 def settings_payload(values: dict[int, int]) -> bytes:
@@ -188,8 +198,13 @@ class Connection(asyncio.Protocol):
         self.decoder = HeaderDecoder()
         # A smaller dynamic table the peer asked for, announced at the start of the next header block.
         self._table_size_update: int | None = None
-        self._in = bytearray()
-        self._out = bytearray()
+        # Received: the start of a frame that is not complete yet, and how many bytes it needs.
+        self._pending: list[bytes] = []
+        self._pending_size = 0
+        self._pending_need = 0
+        # To send: chunks gathered in this turn of the event loop.
+        self._out: list = []
+        self._out_size = 0
         self._await_preface = not client
         self._continuation: tuple[int, int, bytearray] | None = None
         # Sending: the peer's windows and frame size; DATA that does not fit waits per stream.
@@ -215,32 +230,49 @@ class Connection(asyncio.Protocol):
         flush()
 
     def data_received(self, data: bytes) -> None:
-        buffer = self._in
-        buffer += data
+        if self._pending:  # the rest of a frame that began in an earlier read
+            self._pending.append(data)
+            self._pending_size += len(data)
+            if self._pending_size < self._pending_need:
+                return
+            data = b"".join(self._pending)  # the one copy of a frame that spanned reads
+            self._pending.clear()
         try:
             if self._await_preface:
-                if len(buffer) < len(PREFACE):
+                if len(data) < len(PREFACE):
+                    self._keep(data, len(PREFACE))
                     return
-                if buffer[: len(PREFACE)] != PREFACE:
+                if data[: len(PREFACE)] != PREFACE:
                     raise ProtocolError("not an HTTP/2 connection preface")
-                del buffer[: len(PREFACE)]
+                data = data[len(PREFACE) :]
                 self._await_preface = False
-            position, size = 0, len(buffer)
+            view = memoryview(data)
+            position, size = 0, len(data)
+            unpack = _FRAME_HEADER.unpack_from
             while size - position >= 9:
-                length = int.from_bytes(buffer[position : position + 3], "big")
-                end = position + 9 + length
+                high, low, kind, flags, stream_id = unpack(data, position)
+                start = position + 9
+                end = start + (high << 8 | low)
                 if end > size:
                     break
-                kind, flags = buffer[position + 3], buffer[position + 4]
-                stream_id = int.from_bytes(buffer[position + 5 : position + 9], "big") & MAX_STREAM_ID
-                payload = bytes(buffer[position + 9 : end])
                 position = end
-                self._frame(kind, flags, stream_id, payload)
-            del buffer[:position]
+                # DATA payloads stay views of the read (no copy); the rest are small, and bytes.
+                self._frame(kind, flags, stream_id & MAX_STREAM_ID,
+                            view[start:end] if kind == DATA else data[start:end])
+            if position < size:
+                rest = data[position:]
+                need = 9 if size - position < 9 else 9 + (rest[0] << 16 | rest[1] << 8 | rest[2])
+                self._keep(rest, need)
         except (ProtocolError, hpack.HPACKError) as exc:
             self.fail(str(exc))
         finally:
             flush()
+
+    def _keep(self, rest: bytes, need: int) -> None:
+        """Hold the start of an incomplete frame (or preface) until `need` bytes of it have arrived."""
+        self._pending.append(rest)
+        self._pending_size = len(rest)
+        self._pending_need = need
 
     def connection_lost(self, exc) -> None:
         self.closed = True
@@ -336,17 +368,22 @@ class Connection(asyncio.Protocol):
 
     # ---- frames out ---------------------------------------------------------------------------
 
-    def send(self, chunk: bytes) -> None:
+    def send(self, chunk) -> None:
         if self.closed:
             return
         if not self._out:
             _dirty.append(self)
-        self._out += chunk
+        self._out.append(chunk)
+        self._out_size += len(chunk)
 
     def write_out(self) -> None:
-        if self._out and self.transport is not None and not self.closed:
-            self.transport.write(bytes(self._out))
-        self._out.clear()
+        out, self._out = self._out, []
+        size, self._out_size = self._out_size, 0
+        if out and self.transport is not None and not self.closed:
+            if size > WRITELINES_FROM:
+                self.transport.writelines(out)  # large payloads go to the socket without a copy
+            else:
+                self.transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     def send_headers(self, stream_id: int, headers, end_stream: bool) -> None:
         """A header block (one frame; gRPC's headers fit the default 16 KB frame) after any queued DATA."""
@@ -384,8 +421,8 @@ class Connection(asyncio.Protocol):
                 return view
             last = size == len(view)
             flags = END_STREAM if end_stream and last else 0
-            self.send(size.to_bytes(3, "big") + bytes((DATA, flags)) + stream_id.to_bytes(4, "big"))
-            self.send(view[:size])
+            self.send(_FRAME_HEADER.pack(size >> 8, size & 0xFF, DATA, flags, stream_id))
+            self.send(view[:size] if size < len(view) else view)
             self.send_window -= size
             if stream_id in self.stream_windows:
                 self.stream_windows[stream_id] -= size

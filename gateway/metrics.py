@@ -62,6 +62,8 @@ class GatewayMetrics:
         self.bytes_in = self.bytes.labels("in")
         self.bytes_out = self.bytes.labels("out")
         self._children: dict[tuple, object] = {}
+        # (model, backend, method, code) -> its request counter, duration and overhead histograms.
+        self._finished: dict[tuple, tuple] = {}
 
     def _child(self, family, *labels):
         key = (id(family), *labels)
@@ -72,10 +74,15 @@ class GatewayMetrics:
 
     def observe(self, model: str, backend: str, method: str, code: str, total_s: float, backend_s: float):
         """One finished request or stream message."""
-        self._child(self.requests, model, backend, method, code).inc()
-        self._child(self.duration, model, method).observe(total_s)
+        key = (model, backend, method, code)
+        children = self._finished.get(key)
+        if children is None:
+            children = self._finished[key] = (self._child(self.requests, *key), self._child(self.duration, model, method),
+                                              self._child(self.overhead, model))
+        children[0].inc()
+        children[1].observe(total_s)
         if backend_s > 0:
-            self._child(self.overhead, model).observe(max(total_s - backend_s, 0.0))
+            children[2].observe(max(total_s - backend_s, 0.0))
 
     def count(self, model: str, backend: str, method: str, code: str) -> None:
         """A finished stream message whose own duration is not known (one of many on an upstream stream)."""
@@ -96,6 +103,7 @@ class GatewayMetrics:
                 family.remove(backend)
             except KeyError:
                 pass
+        self._finished = {k: v for k, v in self._finished.items() if k[1] != backend}
         for key in [k for k in self._children if backend in k[1:]]:
             if key[0] == id(self.model_ready):
                 self.model_ready.remove(*key[1:])

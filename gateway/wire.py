@@ -9,7 +9,7 @@ which the gateway answers with INVALID_ARGUMENT before they reach any pod.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 _VARINT, _FIXED64, _LENGTH, _FIXED32 = 0, 1, 2, 5
 
@@ -22,9 +22,8 @@ class MalformedMessage(ValueError):
     """The bytes are not a valid protobuf message of the expected shape."""
 
 
-@dataclass(frozen=True, slots=True)
-class RequestRoute:
-    """What routing needs from a `ModelInferRequest`."""
+class RequestRoute(NamedTuple):
+    """What routing needs from a `ModelInferRequest` (a tuple: it is built for every request)."""
 
     model: str
     version: str = ""
@@ -58,18 +57,26 @@ def iter_fields(data: bytes, start: int = 0, end: int | None = None):
     end = len(data) if end is None else end
     pos = start
     while pos < end:
-        key, pos = _varint(data, pos, end)
+        key = data[pos]
+        if key < 0x80:  # keys and lengths under 128 are one byte: most of them
+            pos += 1
+        else:
+            key, pos = _varint(data, pos, end)
         field, wire_type = key >> 3, key & 7
         if field == 0:
             raise MalformedMessage("field number 0")
-        if wire_type == _VARINT:
-            value, pos = _varint(data, pos, end)
-        elif wire_type == _LENGTH:
-            length, pos = _varint(data, pos, end)
+        if wire_type == _LENGTH:
+            length = data[pos] if pos < end else 0x80
+            if length < 0x80:
+                pos += 1
+            else:
+                length, pos = _varint(data, pos, end)
             if pos + length > end:
                 raise MalformedMessage("length-delimited field runs past the end of the message")
             value = (pos, pos + length)
             pos += length
+        elif wire_type == _VARINT:
+            value, pos = _varint(data, pos, end)
         elif wire_type == _FIXED64:
             value, pos = data[pos : pos + 8], pos + 8
         elif wire_type == _FIXED32:

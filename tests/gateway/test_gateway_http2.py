@@ -1,4 +1,5 @@
-"""The front door's HPACK pieces against the hpack package's own encoder and decoder."""
+"""The front door's HTTP/2 pieces: HPACK against the hpack package's own encoder and decoder, and
+frames reassembled from reads cut anywhere."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import random
 import hpack
 import pytest
 
-from gateway.http2 import HeaderDecoder, _integer, encode_headers
+from gateway.http2 import (DATA, END_HEADERS, END_STREAM, HEADERS, PREFACE, RST_STREAM, SETTINGS, Connection,
+                           HeaderDecoder, _integer, encode_headers, frame)
 
 GRPC_REQUEST = [(":method", "POST"), (":scheme", "http"), (":path", "/inference.GRPCInferenceService/ModelInfer"),
                 (":authority", "127.0.0.1:8001"), ("content-type", "application/grpc"), ("te", "trailers"),
@@ -52,3 +54,69 @@ def test_the_decode_cache_agrees_with_a_plain_decoder_while_the_table_churns(tab
         hits += cached
         assert decoded == plain.decode(block, raw=False) == headers
     assert hits > 100
+
+
+class RecordingConnection(Connection):
+    """A server-side Connection that records the streams' events instead of answering them."""
+
+    def __init__(self):
+        super().__init__(client=False)
+        self.events: list = []
+
+    def on_headers(self, stream_id, headers, end_stream):
+        self.events.append(("headers", stream_id, headers, end_stream))
+
+    def on_data(self, stream_id, data, end_stream):
+        self.events.append(("data", stream_id, bytes(data), end_stream))
+
+    def on_reset(self, stream_id, code):
+        self.events.append(("reset", stream_id, code))
+
+
+class DiscardingTransport:
+    def write(self, data):
+        pass
+
+    def writelines(self, chunks):
+        pass
+
+    def close(self):
+        pass
+
+
+def _client_bytes(payload: bytes) -> bytes:
+    headers = encode_headers(GRPC_REQUEST)
+    return (PREFACE + frame(SETTINGS, 0, 0)
+            + frame(HEADERS, END_HEADERS, 1, headers)
+            + frame(DATA, 0, 1, payload[:70_000]) + frame(DATA, END_STREAM, 1, payload[70_000:])
+            + frame(HEADERS, END_HEADERS | END_STREAM, 3, headers)
+            + frame(RST_STREAM, 0, 3, (8).to_bytes(4, "big")))
+
+
+def _events_after_reads(data: bytes, cuts: list[int]) -> list:
+    connection = RecordingConnection()
+    connection.connection_made(DiscardingTransport())
+    for start, end in zip([0, *cuts], [*cuts, len(data)]):
+        connection.data_received(data[start:end])
+    merged: list = []
+    for event in connection.events:  # DATA of one stream may arrive as several pieces: join them
+        if event[0] == "data" and merged and merged[-1][0] == "data" and merged[-1][1] == event[1]:
+            merged[-1] = ("data", event[1], merged[-1][2] + event[2], event[3])
+        else:
+            merged.append(event)
+    return merged
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_frames_cut_anywhere_across_reads_arrive_whole_and_in_order(seed):
+    rng = random.Random(seed)
+    payload = rng.randbytes(150_000)
+    data = _client_bytes(payload)
+    expected = _events_after_reads(data, [])
+    assert [e[0] for e in expected] == ["headers", "data", "headers", "reset"]
+    assert expected[1][2] == payload and expected[1][3] is True
+    # Reads that end inside the preface, a frame header, a header block and a DATA payload.
+    cuts = sorted(rng.sample(range(1, len(data)), 40) + [5, len(PREFACE) + 4, len(PREFACE) + 9 + 3])
+    assert _events_after_reads(data, cuts) == expected
+    one_byte_at_a_time = list(range(1, len(PREFACE) + 200))
+    assert _events_after_reads(data, one_byte_at_a_time) == expected
