@@ -309,7 +309,7 @@ class FrontDoor:
     # ---- ModelInfer: route, answer, retry ----------------------------------------------------------
 
     def route(self, call: Call) -> None:
-        body = bytes(call.body[0]) if len(call.body) == 1 else b"".join(call.body)
+        body = b"".join(call.body)  # bytes, whether one view or several pieces came
         call.body = [body]
         length = int.from_bytes(body[1:5], "big") if len(body) >= 5 else -1
         if len(body) < 5 or body[0] != 0 or length != len(body) - 5:
