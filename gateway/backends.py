@@ -50,9 +50,11 @@ class Backend:
     address: str
     channel: grpc.aio.Channel
     inflight: int = 0
-    ewma_latency_s: float = 0.0
+    # Per model, the latency average per load level: index k for requests sent with k others
+    # outstanding here (any model), and how many answers were seen.
+    latency_by_load: dict[str, list[float]] = field(default_factory=dict)
+    latency_samples: dict[str, int] = field(default_factory=dict)
     last_pick: int = 0
-    latency_samples: int = 0
     # Health: live from ServerReady; ready models from the per-model checks; ejection from failures.
     live: bool = False
     ready_models: frozenset[str] = frozenset()
@@ -144,7 +146,7 @@ class BackendPool:
             found = [b for b in found if b not in exclude]
         if self.max_inflight:
             found = [b for b in found if b.inflight < self.max_inflight]
-        return policy.pick(found, clock=self._picks)
+        return policy.pick(found, model, clock=self._picks)
 
     def try_acquire(self, model: str, exclude: frozenset[Backend] = frozenset()) -> Backend | None:
         """`acquire` without waiting: a pod counted as outstanding now, or None when none has room."""
@@ -190,21 +192,26 @@ class BackendPool:
         backend.inflight += 1
         self.metrics.inflight_gauge(backend.address).inc()
 
-    def release(self, backend: Backend, latency_s: float | None, ahead: int = 0) -> None:
-        """The end of a request on `backend`; `latency_s` when it succeeded, sent behind `ahead` others.
+    def release(self, backend: Backend, latency_s: float | None, ahead: int = 0, model: str = "") -> None:
+        """The end of a request on `backend`; when it succeeded, its `latency_s` for `model`, sent
+        behind `ahead` others.
 
-        The latency average is kept per place in line (latency / (ahead + 1)): a pod's own speed,
-        not how deep its queue happened to be, which the outstanding count already says.
+        The latency average is kept per load level (`ahead`): how a pod's latency grows with its queue
+        depends on how many requests it serves at once, which only measuring shows.
         """
         backend.inflight -= 1
         self.metrics.inflight_gauge(backend.address).dec()
         if latency_s is not None:
             backend.consecutive_failures = 0
-            backend.latency_samples += 1
-            # A pod's first answers include its cold start (a Python-backend stub's first call is
-            # slow); counting them would keep a healthy pod out of ties for a long while.
-            if backend.latency_samples > WARMUP_SAMPLES:
-                backend.ewma_latency_s = policy.ewma(backend.ewma_latency_s, latency_s / (ahead + 1))
+            samples = backend.latency_samples[model] = backend.latency_samples.get(model, 0) + 1
+            # A model's first answers on a pod include its cold start (a Python-backend stub's first
+            # call is slow); counting them would keep a healthy pod out of ties for a long while.
+            if samples > WARMUP_SAMPLES:
+                levels = backend.latency_by_load.get(model)
+                if levels is None:
+                    levels = backend.latency_by_load[model] = [0.0] * policy.LOAD_LEVELS
+                level = min(ahead, policy.LOAD_LEVELS - 1)
+                levels[level] = policy.ewma(levels[level], latency_s)
         if self.max_inflight:
             self._room.set()
 

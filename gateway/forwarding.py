@@ -128,7 +128,7 @@ class Forwarder:
                 self._count(model, backend.address, metric_method, code, started, time.perf_counter() - sent)
                 raise
             finally:
-                self.pool.release(backend, latency, ahead)
+                self.pool.release(backend, latency, ahead, model)
             self.metrics.bytes_out.inc(len(reply))
             self._count(model, backend.address, metric_method, grpc.StatusCode.OK, started, latency)
             return reply

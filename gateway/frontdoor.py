@@ -391,7 +391,7 @@ class FrontDoor:
             return
         now = time.perf_counter()
         latency = now - call.sent if code is grpc.StatusCode.OK else None
-        self.pool.release(call.backend, latency, call.ahead)
+        self.pool.release(call.backend, latency, call.ahead, call.model)
         self.metrics.bytes_out.inc(call.reply_bytes)
         self.metrics.observe(call.model, call.backend.address, "ModelInfer", code.name, now - call.started,
                              now - call.sent)

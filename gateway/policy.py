@@ -2,73 +2,113 @@
 
 Power of two choices (gRPC proposal A48, "least request"): sample two candidates, keep the one with
 fewer outstanding requests. Sampling two instead of scanning all avoids herding every gateway worker onto
-the same momentarily idle pod. When one of the two is clearly slower (its latency average at least
-twice the other's: a pod on a busy node, a slower GPU), the one expected to answer a new request sooner
-wins, (outstanding + 1) x latency, so a slow pod takes work only while the fast ones are queued deep
-enough to be slower still. Between pods of similar speed, and between two idle pods (where latency
-decides only this one request's service time, and a pod's average may come from another model), it
-is mostly noise: fewer outstanding wins, then whichever was picked less recently, which spreads even a
-one-request-at-a-time client or a 30-FPS camera stream evenly instead of leaving it to chance. A pod
-avoided for its latency is still tried once it has gone `probe_after` picks without one, so that a pod
-that was slow once (a cold start) gets the chance to show it is fast again.
+the same momentarily idle pod.
+
+When one of the two is clearly slower (its latency with nothing ahead at least SLOWER_FACTOR times the
+other's: a pod on a busy node, a slower GPU), the one expected to answer a new request sooner wins. The
+expectation comes from latencies measured per load level (how many requests were already outstanding
+on the pod when one was sent), because a Triton pod serves several requests at once (model instances,
+dynamic batching): its latency with three ahead may be no worse than with none, and only measuring it
+says so. Latency is kept per model: the same pod answers a 1 ms preprocessing model and a 30 ms
+detector. A slow pod then takes work only while the fast ones are loaded deep enough to be slower still.
+
+Between pods of similar speed, and between two idle pods (where latency decides only this one request's
+service time, and a pod's figures may come from another model), it is mostly noise: fewer outstanding
+wins, then whichever was picked less recently, which spreads even a one-request-at-a-time client or a
+30-FPS camera stream evenly instead of leaving it to chance. A pod avoided for its latency is still
+tried once it has gone `probe_after` picks without one, so that a pod that was slow once (a cold start,
+a noisy neighbour) gets the chance to show it is fast again; rarely, since each probe is a slow answer.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 
 class Candidate(Protocol):
     inflight: int
-    ewma_latency_s: float
+    # Per model: the latency average of requests sent with k others outstanding, at index k (the last
+    # index: k or more); 0.0 where none was measured yet.
+    latency_by_load: Mapping[str, Sequence[float]]
     last_pick: int
 
 
-# One pod counts as "clearly slower" when its latency average is twice the other's or more. Below
-# that, latency differences on a shared machine are noise and would skew an idle fleet.
-SLOWER_FACTOR = 2.0
-# A pod avoided for its latency is tried again after this many picks per pod in the fleet.
-PROBE_ROUNDS = 8
+# How many load levels a pod's latency is kept for; deeper queues share the last level.
+LOAD_LEVELS = 16
+# One pod counts as "clearly slower" when its latency with nothing ahead is this many times the
+# other's or more. Below that, latency differences on a shared machine are noise and would skew an
+# idle fleet.
+SLOWER_FACTOR = 1.5
+# A pod avoided for its latency is tried again after this many picks per pod in the fleet: for three
+# pods, about one request in 200.
+PROBE_ROUNDS = 64
+UNMEASURED: Sequence[float] = (0.0,)
 
 
-def better(a: Candidate, b: Candidate, clock: int = 0, probe_after: int = 0) -> Candidate:
-    """The preferable of two candidates.
+def expected_latency(latency_by_load: Sequence[float], outstanding: int) -> float:
+    """The latency a request sent now, behind `outstanding` others, is expected to have; 0.0: unknown.
 
-    When either has work outstanding and one is clearly slower (latency average SLOWER_FACTOR times
-    the other's or more), the one expected to finish a new request sooner wins: (outstanding + 1) x
-    latency. Otherwise fewer outstanding wins, then the less recently picked. `clock` is the number of
-    picks so far; a slower pod last picked `probe_after` or more picks ago is not held back by its
-    latency (0: no probing).
+    The measured level at or nearest below `outstanding` stands for it, scaled as if the extra
+    requests were served one after another (pessimistic until that level is measured itself). With
+    nothing measured below, the nearest level above it (more ahead is never faster).
     """
-    if (a.inflight or b.inflight) and a.ewma_latency_s > 0 and b.ewma_latency_s > 0:
-        slower, faster = (a, b) if a.ewma_latency_s > b.ewma_latency_s else (b, a)
-        if slower.ewma_latency_s > SLOWER_FACTOR * faster.ewma_latency_s:
+    level = min(outstanding, len(latency_by_load) - 1)
+    for k in range(level, -1, -1):
+        if latency_by_load[k] > 0:
+            return latency_by_load[k] * (outstanding + 1) / (k + 1)
+    for k in range(level + 1, len(latency_by_load)):
+        if latency_by_load[k] > 0:
+            return latency_by_load[k]
+    return 0.0
+
+
+def better(a: Candidate, b: Candidate, model: str, clock: int = 0, probe_after: int = 0) -> Candidate:
+    """The preferable of two candidates for a request for `model`.
+
+    When either has work outstanding and one is clearly slower (latency with nothing ahead
+    SLOWER_FACTOR times the other's or more), the one expected to answer a new request sooner wins.
+    Otherwise fewer outstanding wins, then the less recently picked. `clock` is the number of picks
+    so far; a slower pod last picked `probe_after` or more picks ago is not held back by its latency
+    (0: no probing).
+    """
+    if a.inflight or b.inflight:
+        levels_a = a.latency_by_load.get(model, UNMEASURED)
+        levels_b = b.latency_by_load.get(model, UNMEASURED)
+        base_a = expected_latency(levels_a, 0)
+        base_b = expected_latency(levels_b, 0)
+        if base_a > 0 and base_b > 0:
+            slower, slower_levels, slower_base, faster, faster_levels, faster_base = (
+                (a, levels_a, base_a, b, levels_b, base_b) if base_a >= base_b
+                else (b, levels_b, base_b, a, levels_a, base_a))
             due_for_probe = probe_after > 0 and clock - slower.last_pick >= probe_after
-            if not due_for_probe:
-                slower_cost = (slower.inflight + 1) * slower.ewma_latency_s
-                faster_cost = (faster.inflight + 1) * faster.ewma_latency_s
-                return faster if faster_cost <= slower_cost else slower
+            if slower_base >= SLOWER_FACTOR * faster_base and not due_for_probe:
+                faster_wait = expected_latency(faster_levels, faster.inflight)
+                slower_wait = expected_latency(slower_levels, slower.inflight)
+                return faster if faster_wait <= slower_wait else slower
     if a.inflight != b.inflight:
         return a if a.inflight < b.inflight else b
     return a if a.last_pick <= b.last_pick else b
 
 
-def pick(candidates: Sequence[Candidate], rng: random.Random | None = None, clock: int = 0) -> Candidate | None:
-    """Power of two choices over `candidates`; None when there are none. `clock`: picks so far."""
+def pick(candidates: Sequence[Candidate], model: str, rng: random.Random | None = None,
+         clock: int = 0) -> Candidate | None:
+    """Power of two choices over `candidates` for `model`; None when there are none. `clock`: picks so far."""
     count = len(candidates)
     if count == 0:
         return None
     if count == 1:
         return candidates[0]
     rng = rng or random
-    first = rng.randrange(count)
+    # The first of the two in turn, the second at random: between idle pods the one picked less
+    # recently wins, so taking turns visits an idle fleet evenly (a one-at-a-time client, a camera
+    # stream), where two random samples would leave a share to chance.
+    first = clock % count
     second = rng.randrange(count - 1)
     if second >= first:
         second += 1
-    # A slow pod is probed about once per several rounds over the fleet.
-    return better(candidates[first], candidates[second], clock, probe_after=PROBE_ROUNDS * count)
+    return better(candidates[first], candidates[second], model, clock, probe_after=PROBE_ROUNDS * count)
 
 
 def ewma(previous: float, sample: float, weight: float = 0.2) -> float:

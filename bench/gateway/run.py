@@ -1,16 +1,19 @@
 """Gateway benchmark: direct, gateway, Envoy and HAProxy `mode tcp` side by side, in one run.
 
 Run from the repository root:  .venv/bin/python bench/gateway/run.py [--rounds 3] [--json out.json]
+(`--parts slow` runs parts 2 and 3 only, `--parts two` part 1 only).
 
 The gateway runs twice: with its default data plane (`frames`: ModelInfer forwarded as HTTP/2 frames)
 and with `--data-plane grpc` (grpcio for every call).
 1. Two Triton servers, ONE client channel, concurrency 1 (also through bench/gateway/naive_proxy.py,
    the baseline), `add_one` with a tiny (12 B) and a 150 KB
    request: split over the servers, p50 latency added over going direct, and the proxy's CPU time per
-   1000 requests (from /proc: user + system of the proxy process). Rounds are interleaved over the
+   1000 requests (from /proc: user + system of the proxy process); then the proxy's CPU per 1000
+   requests again under load, 16 in flight on the one channel. Rounds are interleaved over the
    paths and each figure is the median over rounds.
 2. Three servers, one of them 3x slower (`slow` with delay_ms 2, 2, 6 from per-server repository
-   copies), closed loop of 8 concurrent requests on one channel: p50/p99 through the gateway and Envoy.
+   copies), closed loop of 8 concurrent requests on one channel: p50/p99 through the gateway and Envoy,
+   and the share of requests the slow server answered.
 3. One ModelStreamInfer stream at 30 FPS (150 KB frames) for 5 s: split over the three servers.
 Prints a Markdown table (and writes JSON with --json). Timings depend on the machine: compare ratios.
 """
@@ -48,6 +51,8 @@ GATEWAY_ENV = {"TRITONFLEET_GATEWAY_HEALTH_INTERVAL_S": "1"}
 # The gateway's other data plane, grpcio for every call, side by side with the default (frames).
 GRPC_PLANE = ("--data-plane", "grpc")
 GRPC_PLANE_NAME = "gateway, grpc data plane"
+# Part one also measures proxy CPU under load: this many requests in flight on the one channel.
+LOADED_CONCURRENCY = 16
 NAIVE_NAME = "naive grpc.aio proxy (baseline)"
 
 
@@ -86,7 +91,7 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q))
 
 
-def part_one(workdir: Path, rounds: int, tiny_count: int, big_count: int) -> list[dict]:
+def part_one(workdir: Path, rounds: int, tiny_count: int, big_count: int, loaded_count: int) -> list[dict]:
     servers = start_fleet(2, REPOSITORY, workdir / "two")
     urls = [s.grpc_url for s in servers]
     try:
@@ -101,7 +106,8 @@ def part_one(workdir: Path, rounds: int, tiny_count: int, big_count: int) -> lis
                  "Envoy 1.40 LEAST_REQUEST": (envoy.url, envoy.process.pid),
                  "HAProxy mode tcp (L4)": (haproxy.url, haproxy.process.pid),
                  NAIVE_NAME: (naive.url, naive.process.pid)}
-        figures = {name: {"p50_tiny": [], "p50_big": [], "cpu_tiny": [], "cpu_big": [], "split": []} for name in paths}
+        figures = {name: {"p50_tiny": [], "p50_big": [], "cpu_tiny": [], "cpu_big": [], "split": [],
+                          "cpu_loaded_tiny": [], "cpu_loaded_big": []} for name in paths}
         for _ in range(rounds):
             for name, (url, pid) in paths.items():
                 before = [served(u, "add_one") for u in urls]
@@ -112,6 +118,11 @@ def part_one(workdir: Path, rounds: int, tiny_count: int, big_count: int) -> lis
                 cpu = cpu_seconds(pid) if pid else 0.0
                 big = sequential_latencies(url, inputs(BIG_ELEMENTS), big_count)
                 cpu_big = cpu_seconds(pid) - cpu if pid else 0.0
+                if pid:
+                    for size, elements in (("tiny", 3), ("big", BIG_ELEMENTS)):
+                        cpu = cpu_seconds(pid)
+                        asyncio.run(closed_loop(url, LOADED_CONCURRENCY, loaded_count, "add_one", elements))
+                        figures[name][f"cpu_loaded_{size}"].append(1000 * (cpu_seconds(pid) - cpu) / loaded_count)
                 deltas = [a - b for a, b in zip(after_tiny, before)]
                 figures[name]["split"].append([round(100 * d / sum(deltas)) for d in deltas])
                 figures[name]["p50_tiny"].append(percentile(tiny, 50))
@@ -136,6 +147,8 @@ def part_one(workdir: Path, rounds: int, tiny_count: int, big_count: int) -> lis
             "added_big_ms": 1000 * (statistics.median(f["p50_big"]) - direct_big),
             "cpu_tiny_ms": statistics.median(f["cpu_tiny"]) * 1000,
             "cpu_big_ms": statistics.median(f["cpu_big"]) * 1000,
+            "cpu_loaded_tiny_ms": statistics.median(f["cpu_loaded_tiny"]) * 1000 if f["cpu_loaded_tiny"] else None,
+            "cpu_loaded_big_ms": statistics.median(f["cpu_loaded_big"]) * 1000 if f["cpu_loaded_big"] else None,
         })
     return rows
 
@@ -152,16 +165,20 @@ def slow_fleet(workdir: Path, delays: list[int]):
     return servers
 
 
-async def closed_loop(url: str, concurrency: int, total: int) -> list[float]:
+async def closed_loop(url: str, concurrency: int, total: int, model: str = "slow", elements: int = 3) -> list[float]:
+    """`total` requests, `concurrency` at a time, on one channel; their latencies."""
     latencies: list[float] = []
     async with aioclient.InferenceServerClient(url) as client:  # one channel
-        tensor = aioclient.InferInput("INPUT0", [3], "FP32")
-        tensor.set_data_from_numpy(np.ones(3, dtype=np.float32))
+        tensor = aioclient.InferInput("INPUT0", [elements], "FP32")
+        tensor.set_data_from_numpy(np.ones(elements, dtype=np.float32))
+        started_count = 0
 
         async def worker():
-            while len(latencies) < total:
+            nonlocal started_count
+            while started_count < total:
+                started_count += 1
                 started = time.perf_counter()
-                await client.infer("slow", [tensor])
+                await client.infer(model, [tensor])
                 latencies.append(time.perf_counter() - started)
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -200,13 +217,19 @@ def parts_two_and_three(workdir: Path, rounds: int, total: int, frames: int) -> 
         paths = {"gateway": gateway.url, GRPC_PLANE_NAME: gateway_grpc.url, "Envoy 1.40 LEAST_REQUEST": envoy.url}
         p99 = {name: [] for name in paths}
         p50 = {name: [] for name in paths}
+        slow_share = {name: [] for name in paths}
         for _ in range(rounds):
             for name, url in paths.items():
+                before = [served(u, "slow") for u in urls]
                 latencies = asyncio.run(closed_loop(url, 8, total))
+                deltas = [served(u, "slow") - b for u, b in zip(urls, before)]
+                slow_share[name].append(deltas[-1] / sum(deltas))
                 p99[name].append(percentile(latencies, 99))
                 p50[name].append(percentile(latencies, 50))
         result["slow_pod"] = {name: {"p50_ms": 1000 * statistics.median(p50[name]),
-                                     "p99_ms": 1000 * statistics.median(p99[name])} for name in paths}
+                                     "p99_ms": 1000 * statistics.median(p99[name]),
+                                     "p99_ms_rounds": [1000 * v for v in p99[name]],
+                                     "slow_share_rounds": slow_share[name]} for name in paths}
         result["video"] = {}
         for name, url in paths.items():
             before = [served(u, "add_one") for u in urls]
@@ -220,40 +243,64 @@ def parts_two_and_three(workdir: Path, rounds: int, total: int, frames: int) -> 
     return result
 
 
-def markdown(rows: list[dict], rest: dict, command: str) -> str:
+def markdown_part_one(rows: list[dict]) -> list[str]:
     lines = [
-        f"- Command: `{command}`; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
-        f"{os.cpu_count()} cores ({platform.processor() or platform.machine()}), loopback, Triton 2.51 on CPU.",
+        "Two servers, one client channel (`add_one`; tiny = 12 B, big = 150 KB request); latency at "
+        f"concurrency 1, proxy CPU at concurrency 1 and with {LOADED_CONCURRENCY} in flight:",
         "",
-        "Two servers, one client channel, concurrency 1 (`add_one`; tiny = 12 B, big = 150 KB request):",
-        "",
-        "| path | split over the 2 servers (%) | p50 tiny / big (ms) | p50 added tiny / big (ms) | proxy CPU per 1000 requests tiny / big (ms) |",
-        "| --- | --- | --- | --- | --- |",
+        "| path | split over the 2 servers (%) | p50 tiny / big (ms) | p50 added tiny / big (ms) "
+        f"| proxy CPU per 1000 requests tiny / big (ms) | same, {LOADED_CONCURRENCY} in flight (ms) |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
-        cpu = "-" if r["path"] == "direct" else f"{r['cpu_tiny_ms']:.0f} / {r['cpu_big_ms']:.0f}"
-        added = "-" if r["path"] == "direct" else f"+{r['added_tiny_ms']:.2f} / +{r['added_big_ms']:.2f}"
-        lines.append(f"| {r['path']} | {r['split']} | {r['p50_tiny_ms']:.2f} / {r['p50_big_ms']:.2f} | {added} | {cpu} |")
+        direct = r["path"] == "direct"
+        cpu = "-" if direct else f"{r['cpu_tiny_ms']:.0f} / {r['cpu_big_ms']:.0f}"
+        loaded = "-" if direct else f"{r['cpu_loaded_tiny_ms']:.0f} / {r['cpu_loaded_big_ms']:.0f}"
+        added = "-" if direct else f"+{r['added_tiny_ms']:.2f} / +{r['added_big_ms']:.2f}"
+        lines.append(f"| {r['path']} | {r['split']} | {r['p50_tiny_ms']:.2f} / {r['p50_big_ms']:.2f} | {added} "
+                     f"| {cpu} | {loaded} |")
     gw = next(r for r in rows if r["path"] == "gateway")
     envoy = next(r for r in rows if r["path"].startswith("Envoy"))
     naive = next(r for r in rows if r["path"] == NAIVE_NAME)
+
+    def ratio(key: str, other: dict) -> str:
+        return f"{gw[key + '_tiny_ms'] / other[key + '_tiny_ms']:.2f}x / {gw[key + '_big_ms'] / other[key + '_big_ms']:.2f}x"
+
     lines += [
         "",
-        f"Ratios gateway / Envoy: p50 added {gw['added_tiny_ms'] / envoy['added_tiny_ms']:.2f}x tiny, "
-        f"{gw['added_big_ms'] / envoy['added_big_ms']:.2f}x big; CPU {gw['cpu_tiny_ms'] / envoy['cpu_tiny_ms']:.2f}x tiny, "
-        f"{gw['cpu_big_ms'] / envoy['cpu_big_ms']:.2f}x big. Gateway / naive proxy CPU: "
-        f"{gw['cpu_tiny_ms'] / naive['cpu_tiny_ms']:.2f}x tiny, {gw['cpu_big_ms'] / naive['cpu_big_ms']:.2f}x big.",
-        "",
+        f"Ratios gateway / Envoy (tiny / big): p50 added {ratio('added', envoy)}; CPU {ratio('cpu', envoy)}, "
+        f"{LOADED_CONCURRENCY} in flight {ratio('cpu_loaded', envoy)}. Gateway / naive proxy CPU: "
+        f"{ratio('cpu', naive)}, {LOADED_CONCURRENCY} in flight {ratio('cpu_loaded', naive)}.",
+    ]
+    return lines
+
+
+def markdown_parts_two_and_three(rest: dict) -> list[str]:
+    lines = [
         "Three servers, one 3x slower (`slow`: 2, 2, 6 ms), 8 concurrent requests on one channel; and one "
         "ModelStreamInfer stream at 30 FPS of 150 KB frames over the three (homogeneous `add_one`):",
         "",
-        "| path | p50 (ms) | p99 (ms) | p99 vs Envoy | 30-FPS stream split (%) |",
-        "| --- | --- | --- | --- | --- |",
+        "| path | p50 (ms) | p99 (ms) | p99 vs Envoy | p99 per round (ms) | slow server's share (%) "
+        "| 30-FPS stream split (%) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     envoy_p99 = rest["slow_pod"]["Envoy 1.40 LEAST_REQUEST"]["p99_ms"]
     for name, f in rest["slow_pod"].items():
         split = "/".join(map(str, rest["video"][name]))
-        lines.append(f"| {name} | {f['p50_ms']:.1f} | {f['p99_ms']:.1f} | {f['p99_ms'] / envoy_p99:.2f}x | {split} |")
+        rounds = ", ".join(f"{v:.1f}" for v in f["p99_ms_rounds"])
+        shares = ", ".join(f"{100 * v:.1f}" for v in f["slow_share_rounds"])
+        lines.append(f"| {name} | {f['p50_ms']:.1f} | {f['p99_ms']:.1f} | {f['p99_ms'] / envoy_p99:.2f}x "
+                     f"| {rounds} | {shares} | {split} |")
+    return lines
+
+
+def markdown(rows: list[dict] | None, rest: dict | None, command: str) -> str:
+    lines = [
+        f"- Command: `{command}`; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
+        f"{os.cpu_count()} cores ({platform.processor() or platform.machine()}), loopback, Triton 2.51 on CPU.",
+    ]
+    for part in ([markdown_part_one(rows)] if rows else []) + ([markdown_parts_two_and_three(rest)] if rest else []):
+        lines += [""] + part
     return "\n".join(lines)
 
 
@@ -262,18 +309,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--tiny", type=int, default=500, help="requests per round, tiny")
     parser.add_argument("--big", type=int, default=200, help="requests per round, 150 KB")
-    parser.add_argument("--slow-requests", type=int, default=600)
+    parser.add_argument("--slow-requests", type=int, default=2000)
     parser.add_argument("--frames", type=int, default=150)
+    parser.add_argument("--loaded", type=int, default=2000,
+                        help=f"requests per round and size with {LOADED_CONCURRENCY} in flight")
+    parser.add_argument("--parts", choices=["all", "two", "slow"], default="all",
+                        help="two: part 1 only (two servers); slow: parts 2 and 3 only (three servers)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     command = "python bench/gateway/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    rows = rest = None
     with tempfile.TemporaryDirectory(prefix="bench-gateway-") as tmp:
         workdir = Path(tmp)
-        rows = part_one(workdir, args.rounds, args.tiny, args.big)
-        rest = parts_two_and_three(workdir, args.rounds, args.slow_requests, args.frames)
+        if args.parts in ("all", "two"):
+            rows = part_one(workdir, args.rounds, args.tiny, args.big, args.loaded)
+        if args.parts in ("all", "slow"):
+            rest = parts_two_and_three(workdir, args.rounds, args.slow_requests, args.frames)
     print(markdown(rows, rest, command.strip()))
     if args.json:
-        args.json.write_text(json.dumps({"two_servers": rows, **rest}, indent=2))
+        args.json.write_text(json.dumps({"two_servers": rows, **(rest or {})}, indent=2))
     return 0
 
 

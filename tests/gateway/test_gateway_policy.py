@@ -2,7 +2,7 @@
 
 import random
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pytest
 
@@ -15,78 +15,153 @@ from gateway.metrics import GatewayMetrics
 class Pod:
     name: str
     inflight: int = 0
-    ewma_latency_s: float = 0.0
+    latency_by_load: dict[str, list[float]] = field(default_factory=dict)
     last_pick: int = 0
 
 
+MODEL = "detector"
+
+
+def pod(name: str, inflight: int = 0, latency: float = 0.0, last_pick: int = 0, levels: int = 1) -> Pod:
+    """A pod measured at `latency` for MODEL at its first `levels` load levels (flat: parallel instances)."""
+    candidate = Pod(name, inflight=inflight, last_pick=last_pick)
+    if latency:
+        candidate.latency_by_load[MODEL] = [latency] * levels + [0.0] * (policy.LOAD_LEVELS - levels)
+    return candidate
+
+
 def test_no_candidates_gives_none():
-    assert policy.pick([]) is None
+    assert policy.pick([], MODEL) is None
 
 
 def test_single_candidate_is_picked_whatever_its_load():
-    pod = Pod("a", inflight=50)
-    assert policy.pick([pod]) is pod
+    busy = pod("a", inflight=50)
+    assert policy.pick([busy], MODEL) is busy
 
 
 def test_fewer_outstanding_wins_between_pods_of_similar_speed():
-    busy = Pod("busy", inflight=3, ewma_latency_s=0.010, last_pick=0)
-    idle = Pod("idle", inflight=1, ewma_latency_s=0.015, last_pick=100)
-    assert policy.better(busy, idle) is idle
-    assert policy.better(idle, busy) is idle
+    busy = pod("busy", inflight=3, latency=0.010, last_pick=0)
+    idle = pod("idle", inflight=1, latency=0.014, last_pick=100)
+    assert policy.better(busy, idle, MODEL) is idle
+    assert policy.better(idle, busy, MODEL) is idle
 
 
 def test_a_clearly_slower_pod_gets_work_only_when_it_would_answer_sooner():
-    fast = Pod("fast", inflight=2, ewma_latency_s=0.010, last_pick=10)
-    slow = Pod("slow", inflight=0, ewma_latency_s=0.030, last_pick=5)
-    # fast: 3 x 10 ms expected, slow: 1 x 30 ms: a tie goes to the fast pod.
-    assert policy.better(slow, fast, clock=11, probe_after=8) is fast
-    assert policy.better(fast, slow, clock=11, probe_after=8) is fast
+    fast = pod("fast", inflight=2, latency=0.010, last_pick=10)
+    slow = pod("slow", inflight=0, latency=0.030, last_pick=5)
+    # fast, measured with nothing ahead only: 3 x 10 ms expected; slow: 30 ms. A tie goes to the fast pod.
+    assert policy.better(slow, fast, MODEL, clock=11, probe_after=8) is fast
+    assert policy.better(fast, slow, MODEL, clock=11, probe_after=8) is fast
     fast.inflight = 3  # now 40 ms against 30 ms
-    assert policy.better(fast, slow, clock=11, probe_after=8) is slow
+    assert policy.better(fast, slow, MODEL, clock=11, probe_after=8) is slow
+
+
+def test_a_pod_serving_requests_in_parallel_keeps_its_work_while_its_measured_latency_stays_low():
+    # 10 ms whether 0 or 3 requests were ahead (four model instances); the other pod takes 25 ms idle.
+    fast = pod("fast", inflight=3, latency=0.010, last_pick=10, levels=4)
+    slow = pod("slow", inflight=0, latency=0.025, last_pick=5)
+    assert policy.better(fast, slow, MODEL, clock=11, probe_after=100) is fast
+    # Beyond what was measured, the deepest measured level is scaled: 10 ms x 10 / 4 = 25 ms, a tie...
+    fast.inflight = 9
+    assert policy.better(slow, fast, MODEL, clock=11, probe_after=100) is fast
+    fast.inflight = 10  # ...then 27.5 ms against 25 ms
+    assert policy.better(fast, slow, MODEL, clock=11, probe_after=100) is slow
+
+
+@pytest.mark.parametrize("levels, outstanding, expected", [
+    ({}, 0, 0.0),                      # nothing measured: unknown
+    ({0: 0.010}, 0, 0.010),            # measured at that level
+    ({0: 0.010, 2: 0.012}, 2, 0.012),  # measured at that level, whatever is below
+    ({0: 0.010}, 3, 0.040),            # from the level below, as if served one after another
+    ({0: 0.010, 2: 0.012}, 5, 0.024),  # from the nearest level below: 12 ms x 6 / 3
+    ({3: 0.020}, 1, 0.020),            # nothing below: the nearest level above
+    ({policy.LOAD_LEVELS - 1: 0.032}, 31, 0.064),  # deeper than the last level: scaled from it
+])
+def test_expected_latency(levels, outstanding, expected):
+    by_load = [0.0] * policy.LOAD_LEVELS
+    for level, latency in levels.items():
+        by_load[level] = latency
+    assert policy.expected_latency(by_load, outstanding) == pytest.approx(expected)
 
 
 def test_between_idle_pods_latency_does_not_decide():
-    fast = Pod("fast", ewma_latency_s=0.010, last_pick=10)
-    slow = Pod("slow", ewma_latency_s=0.030, last_pick=5)
-    assert policy.better(fast, slow, clock=11, probe_after=8) is slow
+    fast = pod("fast", latency=0.010, last_pick=10)
+    slow = pod("slow", latency=0.030, last_pick=5)
+    assert policy.better(fast, slow, MODEL, clock=11, probe_after=8) is slow
 
 
 def test_a_much_slower_pod_loses_even_with_fewer_outstanding():
-    busy = Pod("busy", inflight=3, ewma_latency_s=0.001, last_pick=0)
-    idle = Pod("idle", inflight=1, ewma_latency_s=0.5, last_pick=100)
-    assert policy.better(busy, idle) is busy
+    busy = pod("busy", inflight=3, latency=0.001, last_pick=0)
+    idle = pod("idle", inflight=1, latency=0.5, last_pick=100)
+    assert policy.better(busy, idle, MODEL) is busy
+
+
+def test_an_unmeasured_pod_is_judged_by_its_outstanding_requests():
+    measured = pod("measured", inflight=2, latency=0.001)
+    new = pod("new", inflight=0)
+    assert policy.better(measured, new, MODEL) is new
+
+
+def test_latency_counts_only_for_the_model_it_was_measured_on():
+    busy = pod("busy", inflight=1, latency=0.001)
+    other = pod("other", inflight=0, last_pick=5)
+    other.latency_by_load["another model"] = [0.5] * policy.LOAD_LEVELS
+    assert policy.better(busy, other, MODEL) is other  # fewer outstanding: nothing known for MODEL
+    assert policy.better(busy, other, "another model") is other  # nothing known about busy for it
+    busy.latency_by_load["another model"] = [0.001] * policy.LOAD_LEVELS
+    assert policy.better(busy, other, "another model") is busy
 
 
 def test_slow_pod_is_probed_after_enough_picks_without_one():
-    fast = Pod("fast", inflight=1, ewma_latency_s=0.010, last_pick=30)
-    slow = Pod("slow", inflight=1, ewma_latency_s=0.030, last_pick=10)
-    assert policy.better(fast, slow, clock=30, probe_after=12) is slow
+    fast = pod("fast", inflight=1, latency=0.010, last_pick=30)
+    slow = pod("slow", inflight=1, latency=0.030, last_pick=10)
+    assert policy.better(fast, slow, MODEL, clock=29, probe_after=20) is fast
+    assert policy.better(fast, slow, MODEL, clock=30, probe_after=20) is slow
+
+
+def test_a_slow_pod_beside_busy_fast_ones_gets_only_its_rare_probes():
+    # Two fast pods with four parallel instances each, loaded with 3 and 4 requests; the slow one idle.
+    rng = random.Random(11)
+    pods = [pod("a", inflight=3, latency=0.004, levels=5), pod("b", inflight=4, latency=0.004, levels=5),
+            pod("slow", inflight=0, latency=0.008)]
+    picks = Counter()
+    for clock in range(1, 3001):
+        chosen = policy.pick(pods, MODEL, rng, clock=clock)
+        chosen.last_pick = clock
+        picks[chosen.name] += 1
+    probe_after = policy.PROBE_ROUNDS * len(pods)
+    assert 0 < picks["slow"] <= 3000 // probe_after + 1, picks
 
 
 def test_small_latency_differences_fall_back_to_least_recently_picked():
-    a = Pod("a", ewma_latency_s=0.010, last_pick=5)
-    b = Pod("b", ewma_latency_s=0.012, last_pick=2)
-    assert policy.better(a, b) is b
+    a = pod("a", latency=0.010, last_pick=5)
+    b = pod("b", latency=0.012, last_pick=2)
+    assert policy.better(a, b, MODEL) is b
+    a.inflight = b.inflight = 1
+    assert policy.better(a, b, MODEL) is b
 
 
 def test_the_two_sampled_are_distinct_and_the_busiest_is_never_picked():
     rng = random.Random(7)
-    pods = [Pod("a", inflight=0), Pod("b", inflight=1), Pod("c", inflight=2)]
-    picks = Counter(policy.pick(pods, rng).name for _ in range(3000))
+    pods = [pod("a", inflight=0), pod("b", inflight=1), pod("c", inflight=2)]
+    picks = Counter(policy.pick(pods, MODEL, rng, clock=clock).name for clock in range(3000))
     # Two distinct samples: the pod with most outstanding always loses to the other one sampled.
     assert picks["c"] == 0
     assert picks["a"] > picks["b"] > 0
 
 
-def test_sequential_picks_with_recency_spread_evenly():
-    rng = random.Random(3)
-    pods = [Pod(name) for name in "abc"]
-    counts = Counter()
-    for clock in range(1, 601):
-        chosen = policy.pick(pods, rng, clock=clock)
+@pytest.mark.parametrize("seed", [3, 4, 5])
+def test_sequential_picks_between_idle_pods_take_turns(seed):
+    # A one-request-at-a-time client or a camera stream: every pod idle at each pick.
+    rng = random.Random(seed)
+    pods = [pod(name) for name in "abc"]
+    order = []
+    for clock in range(1, 151):
+        chosen = policy.pick(pods, MODEL, rng, clock=clock)
         chosen.last_pick = clock
-        counts[chosen.name] += 1
-    assert all(abs(count / 600 - 1 / 3) <= 0.05 for count in counts.values()), counts
+        order.append(chosen.name)
+    assert Counter(order) == {"a": 50, "b": 50, "c": 50}
+    assert all(order[i] != order[i + 1] for i in range(len(order) - 1))
 
 
 @pytest.mark.parametrize("previous, sample, expected", [(0.0, 0.5, 0.5), (1.0, 2.0, 1.2)])
@@ -94,12 +169,27 @@ def test_ewma(previous, sample, expected):
     assert policy.ewma(previous, sample) == pytest.approx(expected)
 
 
-def test_latency_is_averaged_per_place_in_line():
-    # A pod answering in 30 ms with two requests ahead of it is a 10 ms pod with a queue.
+def test_latency_is_averaged_per_model_and_load_level():
     pool = BackendPool(GatewayMetrics())
-    pod = Backend(address="pod:8001", channel=None)
-    for _ in range(WARMUP_SAMPLES + 3):
-        pool.hold(pod)
-        pool.release(pod, 0.030, ahead=2)
-    assert pod.ewma_latency_s == pytest.approx(0.010)
-    assert pod.inflight == 0
+    backend = Backend(address="pod:8001", channel=None)
+    for _ in range(WARMUP_SAMPLES):  # a model's first answers include its cold start: not counted
+        pool.hold(backend)
+        pool.release(backend, 1.0, ahead=0, model=MODEL)
+    assert backend.latency_by_load == {}
+    for latency, ahead in [(0.030, 2), (0.010, 0), (0.020, 0), (0.050, policy.LOAD_LEVELS + 5)]:
+        pool.hold(backend)
+        pool.release(backend, latency, ahead=ahead, model=MODEL)
+    levels = backend.latency_by_load[MODEL]
+    assert levels[2] == pytest.approx(0.030)
+    assert levels[0] == pytest.approx(0.010 + 0.2 * (0.020 - 0.010))
+    assert levels[-1] == pytest.approx(0.050)  # deeper queues share the last level
+    assert levels[1] == 0.0
+    for _ in range(WARMUP_SAMPLES + 1):  # another model has its own warm-up and figures
+        pool.hold(backend)
+        pool.release(backend, 0.002, ahead=0, model="preprocess")
+    assert backend.latency_by_load["preprocess"][0] == pytest.approx(0.002)
+    assert backend.latency_by_load[MODEL][0] == pytest.approx(0.012)
+    pool.hold(backend)
+    pool.release(backend, None, ahead=0, model=MODEL)  # a failure has no latency to count
+    assert backend.latency_by_load[MODEL][0] == pytest.approx(0.012)
+    assert backend.inflight == 0
