@@ -211,7 +211,7 @@ class BackendPool:
                 if levels is None:
                     levels = backend.latency_by_load[model] = [0.0] * policy.LOAD_LEVELS
                 level = min(ahead, policy.LOAD_LEVELS - 1)
-                levels[level] = policy.ewma(levels[level], latency_s)
+                levels[level] = policy.latency_average(levels[level], latency_s)
         if self.max_inflight:
             self._room.set()
 

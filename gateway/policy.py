@@ -4,20 +4,20 @@ Power of two choices (gRPC proposal A48, "least request"): sample two candidates
 fewer outstanding requests. Sampling two instead of scanning all avoids herding every gateway worker onto
 the same momentarily idle pod.
 
-When one of the two is clearly slower (its latency with nothing ahead at least SLOWER_FACTOR times the
-other's: a pod on a busy node, a slower GPU), the one expected to answer a new request sooner wins. The
+When one of the two is clearly slower (its best measured latency at least SLOWER_FACTOR times the
+other's: a pod on a busy node, a slower GPU), the one expected to answer this request sooner wins. The
 expectation comes from latencies measured per load level (how many requests were already outstanding
 on the pod when one was sent), because a Triton pod serves several requests at once (model instances,
 dynamic batching): its latency with three ahead may be no worse than with none, and only measuring it
 says so. Latency is kept per model: the same pod answers a 1 ms preprocessing model and a 30 ms
-detector. A slow pod then takes work only while the fast ones are loaded deep enough to be slower still.
+detector. A slow pod then takes work only while the fast ones are loaded deep enough to be slower
+still, and an idle slow pod does not take a request from an idle fast one.
 
-Between pods of similar speed, and between two idle pods (where latency decides only this one request's
-service time, and a pod's figures may come from another model), it is mostly noise: fewer outstanding
-wins, then whichever was picked less recently, which spreads even a one-request-at-a-time client or a
-30-FPS camera stream evenly instead of leaving it to chance. A pod avoided for its latency is still
-tried once it has gone `probe_after` picks without one, so that a pod that was slow once (a cold start,
-a noisy neighbour) gets the chance to show it is fast again; rarely, since each probe is a slow answer.
+Between pods of similar speed latency differences are noise: fewer outstanding wins, then whichever
+was picked less recently, which spreads even a one-request-at-a-time client or a 30-FPS camera stream
+evenly instead of leaving it to chance. A pod avoided for its latency is still tried once it has gone
+`probe_after` picks without one, so that a pod that was slow once (a cold start, a noisy neighbour)
+gets the chance to show it is fast again; rarely, since each probe is a slow answer.
 """
 
 from __future__ import annotations
@@ -37,13 +37,16 @@ class Candidate(Protocol):
 
 # How many load levels a pod's latency is kept for; deeper queues share the last level.
 LOAD_LEVELS = 16
-# One pod counts as "clearly slower" when its latency with nothing ahead is this many times the
-# other's or more. Below that, latency differences on a shared machine are noise and would skew an
-# idle fleet.
+# One pod counts as "clearly slower" when its best latency is this many times the other's or more,
+# and at least SLOWER_GAP_S more. Below that, latency differences on a shared node are scheduling
+# noise (a 1 ms model's average wanders by a third there) and would skew an idle fleet.
 SLOWER_FACTOR = 1.5
+SLOWER_GAP_S = 0.001
 # A pod avoided for its latency is tried again after this many picks per pod in the fleet: for three
 # pods, about one request in 200.
 PROBE_ROUNDS = 64
+# A latency sample counts for at most this many times the average so far (see latency_average).
+SPIKE_CAP = 1.5
 UNMEASURED: Sequence[float] = (0.0,)
 
 
@@ -67,26 +70,27 @@ def expected_latency(latency_by_load: Sequence[float], outstanding: int) -> floa
 def better(a: Candidate, b: Candidate, model: str, clock: int = 0, probe_after: int = 0) -> Candidate:
     """The preferable of two candidates for a request for `model`.
 
-    When either has work outstanding and one is clearly slower (latency with nothing ahead
-    SLOWER_FACTOR times the other's or more), the one expected to answer a new request sooner wins.
-    Otherwise fewer outstanding wins, then the less recently picked. `clock` is the number of picks
-    so far; a slower pod last picked `probe_after` or more picks ago is not held back by its latency
-    (0: no probing).
+    When one is clearly slower (its best latency for `model`, at any load level, SLOWER_FACTOR
+    times the other's or more, and SLOWER_GAP_S more), the one expected to answer a new request
+    sooner wins. Otherwise, or while either is unmeasured, fewer outstanding wins, then the less recently picked. `clock` is the
+    number of picks so far; a slower pod last picked `probe_after` or more picks ago is not held back
+    by its latency (0: no probing).
     """
-    if a.inflight or b.inflight:
-        levels_a = a.latency_by_load.get(model, UNMEASURED)
-        levels_b = b.latency_by_load.get(model, UNMEASURED)
-        base_a = expected_latency(levels_a, 0)
-        base_b = expected_latency(levels_b, 0)
-        if base_a > 0 and base_b > 0:
-            slower, slower_levels, slower_base, faster, faster_levels, faster_base = (
-                (a, levels_a, base_a, b, levels_b, base_b) if base_a >= base_b
-                else (b, levels_b, base_b, a, levels_a, base_a))
-            due_for_probe = probe_after > 0 and clock - slower.last_pick >= probe_after
-            if slower_base >= SLOWER_FACTOR * faster_base and not due_for_probe:
-                faster_wait = expected_latency(faster_levels, faster.inflight)
-                slower_wait = expected_latency(slower_levels, slower.inflight)
-                return faster if faster_wait <= slower_wait else slower
+    levels_a = a.latency_by_load.get(model, UNMEASURED)
+    levels_b = b.latency_by_load.get(model, UNMEASURED)
+    # The best level stands for a pod's speed: queueing only adds to it, and an idle level may be
+    # rarely measured (and so noisy) on a pod that is always busy.
+    base_a = min((v for v in levels_a if v > 0), default=0.0)
+    base_b = min((v for v in levels_b if v > 0), default=0.0)
+    if base_a > 0 and base_b > 0:
+        slower, slower_levels, slower_base, faster, faster_levels, faster_base = (
+            (a, levels_a, base_a, b, levels_b, base_b) if base_a >= base_b
+            else (b, levels_b, base_b, a, levels_a, base_a))
+        if slower_base >= max(SLOWER_FACTOR * faster_base, faster_base + SLOWER_GAP_S) and not (
+                probe_after > 0 and clock - slower.last_pick >= probe_after):
+            faster_wait = expected_latency(faster_levels, faster.inflight)
+            slower_wait = expected_latency(slower_levels, slower.inflight)
+            return faster if faster_wait <= slower_wait else slower
     if a.inflight != b.inflight:
         return a if a.inflight < b.inflight else b
     return a if a.last_pick <= b.last_pick else b
@@ -114,3 +118,11 @@ def pick(candidates: Sequence[Candidate], model: str, rng: random.Random | None 
 def ewma(previous: float, sample: float, weight: float = 0.2) -> float:
     """Exponentially weighted moving average; the first sample stands alone."""
     return sample if previous <= 0 else previous + weight * (sample - previous)
+
+
+def latency_average(previous: float, sample: float) -> float:
+    """The latency average after one more answer: an EWMA whose samples are capped at SPIKE_CAP
+    times the average so far. A hiccup (a garbage collection, a preempted CPU) then moves a pod's
+    average a little instead of making it "clearly slower" and avoided until a probe, while a pod
+    that really turned slower still climbs there in a few answers; getting faster is never capped."""
+    return ewma(previous, sample if previous <= 0 else min(sample, SPIKE_CAP * previous))

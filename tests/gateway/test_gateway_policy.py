@@ -84,10 +84,19 @@ def test_expected_latency(levels, outstanding, expected):
     assert policy.expected_latency(by_load, outstanding) == pytest.approx(expected)
 
 
-def test_between_idle_pods_latency_does_not_decide():
+def test_between_idle_pods_a_clearly_slower_one_loses_until_it_is_due_for_a_probe():
     fast = pod("fast", latency=0.010, last_pick=10)
     slow = pod("slow", latency=0.030, last_pick=5)
-    assert policy.better(fast, slow, MODEL, clock=11, probe_after=8) is slow
+    assert policy.better(fast, slow, MODEL, clock=11, probe_after=8) is fast
+    assert policy.better(slow, fast, MODEL, clock=13, probe_after=8) is slow
+
+
+def test_a_pods_speed_is_its_best_level_not_a_noisy_idle_one():
+    # Always busy, this pod's idle level was measured once, at a bad moment; its loaded levels say 10 ms.
+    fast = pod("fast", inflight=0, latency=0.010, levels=4)
+    fast.latency_by_load[MODEL][0] = 0.024
+    slow = pod("slow", inflight=0, latency=0.025, last_pick=0)
+    assert policy.better(slow, fast, MODEL, clock=11, probe_after=100) is fast
 
 
 def test_a_much_slower_pod_loses_even_with_fewer_outstanding():
@@ -133,6 +142,14 @@ def test_a_slow_pod_beside_busy_fast_ones_gets_only_its_rare_probes():
     assert 0 < picks["slow"] <= 3000 // probe_after + 1, picks
 
 
+def test_sub_millisecond_differences_are_noise_whatever_their_ratio():
+    a = pod("a", inflight=1, latency=0.0004)
+    b = pod("b", inflight=0, latency=0.0010)  # 2.5x slower, but by 0.6 ms
+    assert policy.better(a, b, MODEL) is b
+    b.latency_by_load[MODEL][0] = 0.0015  # by 1.1 ms: clearly slower, and a 1.5 ms wait beats 0.8 ms
+    assert policy.better(a, b, MODEL) is a
+
+
 def test_small_latency_differences_fall_back_to_least_recently_picked():
     a = pod("a", latency=0.010, last_pick=5)
     b = pod("b", latency=0.012, last_pick=2)
@@ -169,6 +186,18 @@ def test_ewma(previous, sample, expected):
     assert policy.ewma(previous, sample) == pytest.approx(expected)
 
 
+def test_a_latency_spike_moves_the_average_a_little_a_lasting_slowdown_all_the_way():
+    assert policy.latency_average(0.0, 0.050) == pytest.approx(0.050)  # the first sample stands alone
+    after_spike = policy.latency_average(0.001, 0.050)  # a 50 ms hiccup on a 1 ms pod
+    assert after_spike == pytest.approx(0.001 + 0.2 * (policy.SPIKE_CAP - 1) * 0.001)
+    assert after_spike < policy.SLOWER_FACTOR * 0.001  # not "clearly slower" for one hiccup
+    average = 0.001
+    for _ in range(30):  # the pod really is 3x slower now
+        average = policy.latency_average(average, 0.003)
+    assert average == pytest.approx(0.003, rel=0.02)
+    assert policy.latency_average(0.003, 0.001) == pytest.approx(0.0026)  # faster: not capped
+
+
 def test_latency_is_averaged_per_model_and_load_level():
     pool = BackendPool(GatewayMetrics())
     backend = Backend(address="pod:8001", channel=None)
@@ -176,20 +205,20 @@ def test_latency_is_averaged_per_model_and_load_level():
         pool.hold(backend)
         pool.release(backend, 1.0, ahead=0, model=MODEL)
     assert backend.latency_by_load == {}
-    for latency, ahead in [(0.030, 2), (0.010, 0), (0.020, 0), (0.050, policy.LOAD_LEVELS + 5)]:
+    for latency, ahead in [(0.030, 2), (0.010, 0), (0.014, 0), (0.050, policy.LOAD_LEVELS + 5)]:
         pool.hold(backend)
         pool.release(backend, latency, ahead=ahead, model=MODEL)
     levels = backend.latency_by_load[MODEL]
     assert levels[2] == pytest.approx(0.030)
-    assert levels[0] == pytest.approx(0.010 + 0.2 * (0.020 - 0.010))
+    assert levels[0] == pytest.approx(0.010 + 0.2 * (0.014 - 0.010))
     assert levels[-1] == pytest.approx(0.050)  # deeper queues share the last level
     assert levels[1] == 0.0
     for _ in range(WARMUP_SAMPLES + 1):  # another model has its own warm-up and figures
         pool.hold(backend)
         pool.release(backend, 0.002, ahead=0, model="preprocess")
     assert backend.latency_by_load["preprocess"][0] == pytest.approx(0.002)
-    assert backend.latency_by_load[MODEL][0] == pytest.approx(0.012)
+    assert backend.latency_by_load[MODEL][0] == pytest.approx(0.0108)
     pool.hold(backend)
     pool.release(backend, None, ahead=0, model=MODEL)  # a failure has no latency to count
-    assert backend.latency_by_load[MODEL][0] == pytest.approx(0.012)
+    assert backend.latency_by_load[MODEL][0] == pytest.approx(0.0108)
     assert backend.inflight == 0
