@@ -317,7 +317,7 @@ class FrontDoor:
             self._relay_whole(call, body)
             return
         try:
-            route = wire.parse_infer_request(body[5:])
+            route = wire.parse_infer_request(body, 5)  # after the gRPC message prefix
         except wire.MalformedMessage as exc:
             self.fail(call, grpc.StatusCode.INVALID_ARGUMENT, f"malformed ModelInferRequest: {exc}")
             return

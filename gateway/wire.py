@@ -116,11 +116,12 @@ def _parameter(data: bytes, span: tuple[int, int]) -> tuple[bytes, int | str | b
     return key, value
 
 
-def parse_infer_request(data: bytes) -> RequestRoute:
-    """Routing facts of a serialized `ModelInferRequest`; MalformedMessage when it is not one."""
+def parse_infer_request(data: bytes, start: int = 0) -> RequestRoute:
+    """Routing facts of a serialized `ModelInferRequest` (from `start` in `data`: no copy of a large
+    request to skip a prefix); MalformedMessage when it is not one."""
     model, version, request_id = "", "", ""
     sequence: dict[bytes, int | str | bool | None] = {}
-    for field, wire_type, value in iter_fields(data):
+    for field, wire_type, value in iter_fields(data, start):
         if field in (1, 2, 3, 4, 5, 6, 7) and wire_type != _LENGTH:
             raise MalformedMessage(f"field {field} of ModelInferRequest must be length-delimited")
         if field == 1:

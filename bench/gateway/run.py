@@ -9,7 +9,7 @@ and with `--data-plane grpc` (grpcio for every call).
    the baseline), `add_one` with a tiny (12 B) and a 150 KB
    request: split over the servers, p50 latency added over going direct, and the proxy's CPU time per
    1000 requests (from /proc: user + system of the proxy process); then the proxy's CPU per 1000
-   requests again under load, 16 in flight on the one channel. Rounds are interleaved over the
+   requests again under load, 16 and 64 in flight on the one channel. Rounds are interleaved over the
    paths and each figure is the median over rounds.
 2. Three servers, one of them 3x slower (`slow` with delay_ms 2, 2, 6 from per-server repository
    copies), closed loop of 8 concurrent requests on one channel: p50/p99 through the gateway and Envoy,
@@ -51,8 +51,8 @@ GATEWAY_ENV = {"TRITONFLEET_GATEWAY_HEALTH_INTERVAL_S": "1"}
 # The gateway's other data plane, grpcio for every call, side by side with the default (frames).
 GRPC_PLANE = ("--data-plane", "grpc")
 GRPC_PLANE_NAME = "gateway, grpc data plane"
-# Part one also measures proxy CPU under load: this many requests in flight on the one channel.
-LOADED_CONCURRENCY = 16
+# Part one also measures proxy CPU under load: these many requests in flight on the one channel.
+LOADED_CONCURRENCY = (16, 64)
 NAIVE_NAME = "naive grpc.aio proxy (baseline)"
 
 
@@ -107,7 +107,8 @@ def part_one(workdir: Path, rounds: int, tiny_count: int, big_count: int, loaded
                  "HAProxy mode tcp (L4)": (haproxy.url, haproxy.process.pid),
                  NAIVE_NAME: (naive.url, naive.process.pid)}
         figures = {name: {"p50_tiny": [], "p50_big": [], "cpu_tiny": [], "cpu_big": [], "split": [],
-                          "cpu_loaded_tiny": [], "cpu_loaded_big": []} for name in paths}
+                          **{f"cpu_c{c}_{size}": [] for c in LOADED_CONCURRENCY for size in ("tiny", "big")}}
+                   for name in paths}
         for _ in range(rounds):
             for name, (url, pid) in paths.items():
                 before = [served(u, "add_one") for u in urls]
@@ -118,11 +119,12 @@ def part_one(workdir: Path, rounds: int, tiny_count: int, big_count: int, loaded
                 cpu = cpu_seconds(pid) if pid else 0.0
                 big = sequential_latencies(url, inputs(BIG_ELEMENTS), big_count)
                 cpu_big = cpu_seconds(pid) - cpu if pid else 0.0
-                if pid:
+                for concurrency in LOADED_CONCURRENCY if pid else ():
                     for size, elements in (("tiny", 3), ("big", BIG_ELEMENTS)):
                         cpu = cpu_seconds(pid)
-                        asyncio.run(closed_loop(url, LOADED_CONCURRENCY, loaded_count, "add_one", elements))
-                        figures[name][f"cpu_loaded_{size}"].append(1000 * (cpu_seconds(pid) - cpu) / loaded_count)
+                        asyncio.run(closed_loop(url, concurrency, loaded_count, "add_one", elements))
+                        figures[name][f"cpu_c{concurrency}_{size}"].append(
+                            1000 * (cpu_seconds(pid) - cpu) / loaded_count)
                 deltas = [a - b for a, b in zip(after_tiny, before)]
                 figures[name]["split"].append([round(100 * d / sum(deltas)) for d in deltas])
                 figures[name]["p50_tiny"].append(percentile(tiny, 50))
@@ -147,8 +149,8 @@ def part_one(workdir: Path, rounds: int, tiny_count: int, big_count: int, loaded
             "added_big_ms": 1000 * (statistics.median(f["p50_big"]) - direct_big),
             "cpu_tiny_ms": statistics.median(f["cpu_tiny"]) * 1000,
             "cpu_big_ms": statistics.median(f["cpu_big"]) * 1000,
-            "cpu_loaded_tiny_ms": statistics.median(f["cpu_loaded_tiny"]) * 1000 if f["cpu_loaded_tiny"] else None,
-            "cpu_loaded_big_ms": statistics.median(f["cpu_loaded_big"]) * 1000 if f["cpu_loaded_big"] else None,
+            **{f"{key}_ms": statistics.median(f[key]) * 1000 if f[key] else None
+               for key in f if key.startswith("cpu_c")},
         })
     return rows
 
@@ -246,17 +248,20 @@ def parts_two_and_three(workdir: Path, rounds: int, total: int, frames: int) -> 
 def markdown_part_one(rows: list[dict]) -> list[str]:
     lines = [
         "Two servers, one client channel (`add_one`; tiny = 12 B, big = 150 KB request); latency at "
-        f"concurrency 1, proxy CPU at concurrency 1 and with {LOADED_CONCURRENCY} in flight:",
+        "concurrency 1, proxy CPU per 1000 requests at concurrency 1 and with "
+        + " and ".join(map(str, LOADED_CONCURRENCY)) + " in flight:",
         "",
         "| path | split over the 2 servers (%) | p50 tiny / big (ms) | p50 added tiny / big (ms) "
-        f"| proxy CPU per 1000 requests tiny / big (ms) | same, {LOADED_CONCURRENCY} in flight (ms) |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| proxy CPU tiny / big (ms), 1 in flight | "
+        + " | ".join(f"{c} in flight" for c in LOADED_CONCURRENCY) + " |",
+        "| --- | --- | --- | --- | --- |" + " --- |" * len(LOADED_CONCURRENCY),
     ]
     for r in rows:
         direct = r["path"] == "direct"
         cpu = "-" if direct else f"{r['cpu_tiny_ms']:.0f} / {r['cpu_big_ms']:.0f}"
-        loaded = "-" if direct else f"{r['cpu_loaded_tiny_ms']:.0f} / {r['cpu_loaded_big_ms']:.0f}"
-        added = "-" if direct else f"+{r['added_tiny_ms']:.2f} / +{r['added_big_ms']:.2f}"
+        loaded = " | ".join("-" if direct else f"{r[f'cpu_c{c}_tiny_ms']:.0f} / {r[f'cpu_c{c}_big_ms']:.0f}"
+                            for c in LOADED_CONCURRENCY)
+        added = "-" if direct else f"{r['added_tiny_ms']:+.2f} / {r['added_big_ms']:+.2f}"
         lines.append(f"| {r['path']} | {r['split']} | {r['p50_tiny_ms']:.2f} / {r['p50_big_ms']:.2f} | {added} "
                      f"| {cpu} | {loaded} |")
     gw = next(r for r in rows if r["path"] == "gateway")
@@ -268,9 +273,10 @@ def markdown_part_one(rows: list[dict]) -> list[str]:
 
     lines += [
         "",
-        f"Ratios gateway / Envoy (tiny / big): p50 added {ratio('added', envoy)}; CPU {ratio('cpu', envoy)}, "
-        f"{LOADED_CONCURRENCY} in flight {ratio('cpu_loaded', envoy)}. Gateway / naive proxy CPU: "
-        f"{ratio('cpu', naive)}, {LOADED_CONCURRENCY} in flight {ratio('cpu_loaded', naive)}.",
+        f"Ratios gateway / Envoy (tiny / big): p50 added {ratio('added', envoy)}; CPU {ratio('cpu', envoy)}"
+        + "".join(f", {c} in flight {ratio(f'cpu_c{c}', envoy)}" for c in LOADED_CONCURRENCY)
+        + f". Gateway / naive proxy CPU: {ratio('cpu', naive)}"
+        + "".join(f", {c} in flight {ratio(f'cpu_c{c}', naive)}" for c in LOADED_CONCURRENCY) + ".",
     ]
     return lines
 
@@ -312,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slow-requests", type=int, default=2000)
     parser.add_argument("--frames", type=int, default=150)
     parser.add_argument("--loaded", type=int, default=2000,
-                        help=f"requests per round and size with {LOADED_CONCURRENCY} in flight")
+                        help="requests per round, size and concurrency for the CPU under load")
     parser.add_argument("--parts", choices=["all", "two", "slow"], default="all",
                         help="two: part 1 only (two servers); slow: parts 2 and 3 only (three servers)")
     parser.add_argument("--json", type=Path)

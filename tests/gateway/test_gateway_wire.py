@@ -27,6 +27,13 @@ def test_plain_request():
     assert not route.in_sequence
 
 
+def test_a_request_after_a_prefix_is_read_in_place():
+    data = request(sequence_id=42, sequence_start=True).SerializeToString()
+    framed = b"\x00" + len(data).to_bytes(4, "big") + data  # the gRPC message prefix
+    assert wire.parse_infer_request(framed, 5) == wire.parse_infer_request(data)
+    assert wire.parse_infer_request(framed, 5).sequence_id == 42
+
+
 def test_sequence_parameters_integer_and_string_ids():
     data = request(sequence_id=42, sequence_start=True, priority=3).SerializeToString()
     route = wire.parse_infer_request(data)
