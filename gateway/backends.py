@@ -34,7 +34,11 @@ CHANNEL_OPTIONS = [
 ]
 
 
+# A model's first answers on a pod include its cold start (a Python-backend stub's first call is
+# slow): they are not counted. The next SETTLING_SAMPLES are averaged before the picker sees them,
+# so that one unlucky answer does not mark a pod slower than it is (and avoided, hence unmeasured).
 WARMUP_SAMPLES = 5
+SETTLING_SAMPLES = 5
 
 
 class NoBackendError(Exception):
@@ -51,8 +55,10 @@ class Backend:
     channel: grpc.aio.Channel
     inflight: int = 0
     # Per model, the latency average per load level: index k for requests sent with k others
-    # outstanding here (any model), and how many answers were seen.
+    # outstanding here (any model); the picker reads `latency_by_load`, which holds a model's
+    # levels once they have settled (see SETTLING_SAMPLES). And how many answers were seen.
     latency_by_load: dict[str, list[float]] = field(default_factory=dict)
+    latency_levels: dict[str, list[float]] = field(default_factory=dict)
     latency_samples: dict[str, int] = field(default_factory=dict)
     last_pick: int = 0
     # Health: live from ServerReady; ready models from the per-model checks; ejection from failures.
@@ -204,14 +210,14 @@ class BackendPool:
         if latency_s is not None:
             backend.consecutive_failures = 0
             samples = backend.latency_samples[model] = backend.latency_samples.get(model, 0) + 1
-            # A model's first answers on a pod include its cold start (a Python-backend stub's first
-            # call is slow); counting them would keep a healthy pod out of ties for a long while.
             if samples > WARMUP_SAMPLES:
-                levels = backend.latency_by_load.get(model)
+                levels = backend.latency_levels.get(model)
                 if levels is None:
-                    levels = backend.latency_by_load[model] = [0.0] * policy.LOAD_LEVELS
+                    levels = backend.latency_levels[model] = [0.0] * policy.LOAD_LEVELS
                 level = min(ahead, policy.LOAD_LEVELS - 1)
                 levels[level] = policy.latency_average(levels[level], latency_s)
+                if samples == WARMUP_SAMPLES + SETTLING_SAMPLES:
+                    backend.latency_by_load[model] = levels
         if self.max_inflight:
             self._room.set()
 

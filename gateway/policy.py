@@ -41,12 +41,16 @@ LOAD_LEVELS = 16
 # and at least SLOWER_GAP_S more. Below that, latency differences on a shared node are scheduling
 # noise (a 1 ms model's average wanders by a third there) and would skew an idle fleet.
 SLOWER_FACTOR = 1.5
+# Between two idle pods the bar is higher: there an even spread is what a one-at-a-time client or a
+# camera stream expects, and noise would break it first.
+IDLE_SLOWER_FACTOR = 2.0
 SLOWER_GAP_S = 0.001
 # A pod avoided for its latency is tried again after this many picks per pod in the fleet: for three
 # pods, about one request in 200.
 PROBE_ROUNDS = 64
 # A latency sample counts for at most this many times the average so far (see latency_average).
 SPIKE_CAP = 1.5
+RECOVERY_WEIGHT = 0.5
 UNMEASURED: Sequence[float] = (0.0,)
 
 
@@ -86,7 +90,8 @@ def better(a: Candidate, b: Candidate, model: str, clock: int = 0, probe_after: 
         slower, slower_levels, slower_base, faster, faster_levels, faster_base = (
             (a, levels_a, base_a, b, levels_b, base_b) if base_a >= base_b
             else (b, levels_b, base_b, a, levels_a, base_a))
-        if slower_base >= max(SLOWER_FACTOR * faster_base, faster_base + SLOWER_GAP_S) and not (
+        factor = SLOWER_FACTOR if a.inflight or b.inflight else IDLE_SLOWER_FACTOR
+        if slower_base >= max(factor * faster_base, faster_base + SLOWER_GAP_S) and not (
                 probe_after > 0 and clock - slower.last_pick >= probe_after):
             faster_wait = expected_latency(faster_levels, faster.inflight)
             slower_wait = expected_latency(slower_levels, slower.inflight)
@@ -121,8 +126,13 @@ def ewma(previous: float, sample: float, weight: float = 0.2) -> float:
 
 
 def latency_average(previous: float, sample: float) -> float:
-    """The latency average after one more answer: an EWMA whose samples are capped at SPIKE_CAP
-    times the average so far. A hiccup (a garbage collection, a preempted CPU) then moves a pod's
-    average a little instead of making it "clearly slower" and avoided until a probe, while a pod
-    that really turned slower still climbs there in a few answers; getting faster is never capped."""
-    return ewma(previous, sample if previous <= 0 else min(sample, SPIKE_CAP * previous))
+    """The latency average after one more answer. A sample above the average counts for at most
+    SPIKE_CAP times it, with the usual weight; one below it counts with RECOVERY_WEIGHT. A hiccup (a
+    garbage collection, a preempted CPU) then moves a pod's average a little instead of making it
+    "clearly slower", a pod that really turned slower still climbs there in a few answers, and a pod
+    avoided for its latency, which only probes measure, is readmitted after one or two fast ones."""
+    if previous <= 0:
+        return sample
+    if sample < previous:
+        return ewma(previous, sample, RECOVERY_WEIGHT)
+    return ewma(previous, min(sample, SPIKE_CAP * previous))

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from gateway import policy
-from gateway.backends import WARMUP_SAMPLES, Backend, BackendPool
+from gateway.backends import SETTLING_SAMPLES, WARMUP_SAMPLES, Backend, BackendPool
 from gateway.metrics import GatewayMetrics
 
 
@@ -142,6 +142,18 @@ def test_a_slow_pod_beside_busy_fast_ones_gets_only_its_rare_probes():
     assert 0 < picks["slow"] <= 3000 // probe_after + 1, picks
 
 
+def test_between_idle_pods_the_bar_for_clearly_slower_is_higher():
+    fast = pod("fast", latency=0.010, last_pick=10)
+    slower = pod("slower", latency=0.018, last_pick=5)  # 1.8x: clearly slower only beside a busy pod
+    assert policy.better(fast, slower, MODEL) is slower  # both idle: taking turns
+    fast.inflight = slower.inflight = 1  # busy: 2 x 10 ms expected against 2 x 18 ms
+    assert policy.better(fast, slower, MODEL) is fast
+    slower.inflight = 0
+    slower.latency_by_load[MODEL][0] = 0.021  # idle pair at 2.1x: the faster one
+    fast.inflight = 0
+    assert policy.better(fast, slower, MODEL) is fast
+
+
 def test_sub_millisecond_differences_are_noise_whatever_their_ratio():
     a = pod("a", inflight=1, latency=0.0004)
     b = pod("b", inflight=0, latency=0.0010)  # 2.5x slower, but by 0.6 ms
@@ -195,30 +207,54 @@ def test_a_latency_spike_moves_the_average_a_little_a_lasting_slowdown_all_the_w
     for _ in range(30):  # the pod really is 3x slower now
         average = policy.latency_average(average, 0.003)
     assert average == pytest.approx(0.003, rel=0.02)
-    assert policy.latency_average(0.003, 0.001) == pytest.approx(0.0026)  # faster: not capped
+    # Faster: not capped, and weighed more, so that a pod avoided (and only probed) comes back soon.
+    assert policy.latency_average(0.003, 0.001) == pytest.approx(0.003 - policy.RECOVERY_WEIGHT * 0.002)
+
+
+def answer(pool: BackendPool, backend: Backend, latency: float | None, ahead: int = 0, model: str = MODEL):
+    pool.hold(backend)
+    pool.release(backend, latency, ahead=ahead, model=model)
 
 
 def test_latency_is_averaged_per_model_and_load_level():
     pool = BackendPool(GatewayMetrics())
     backend = Backend(address="pod:8001", channel=None)
     for _ in range(WARMUP_SAMPLES):  # a model's first answers include its cold start: not counted
-        pool.hold(backend)
-        pool.release(backend, 1.0, ahead=0, model=MODEL)
-    assert backend.latency_by_load == {}
+        answer(pool, backend, 1.0)
+    assert backend.latency_levels == {} and backend.latency_by_load == {}
     for latency, ahead in [(0.030, 2), (0.010, 0), (0.014, 0), (0.050, policy.LOAD_LEVELS + 5)]:
-        pool.hold(backend)
-        pool.release(backend, latency, ahead=ahead, model=MODEL)
-    levels = backend.latency_by_load[MODEL]
+        answer(pool, backend, latency, ahead)
+    levels = backend.latency_levels[MODEL]
     assert levels[2] == pytest.approx(0.030)
     assert levels[0] == pytest.approx(0.010 + 0.2 * (0.014 - 0.010))
     assert levels[-1] == pytest.approx(0.050)  # deeper queues share the last level
     assert levels[1] == 0.0
-    for _ in range(WARMUP_SAMPLES + 1):  # another model has its own warm-up and figures
-        pool.hold(backend)
-        pool.release(backend, 0.002, ahead=0, model="preprocess")
+    # The picker sees a model's figures once they have settled over SETTLING_SAMPLES answers.
+    assert MODEL not in backend.latency_by_load
+    for _ in range(SETTLING_SAMPLES - 4):
+        answer(pool, backend, 0.0108)
+    assert backend.latency_by_load[MODEL] is levels
+    for _ in range(WARMUP_SAMPLES + SETTLING_SAMPLES):  # another model has its own warm-up and figures
+        answer(pool, backend, 0.002, model="preprocess")
     assert backend.latency_by_load["preprocess"][0] == pytest.approx(0.002)
     assert backend.latency_by_load[MODEL][0] == pytest.approx(0.0108)
-    pool.hold(backend)
-    pool.release(backend, None, ahead=0, model=MODEL)  # a failure has no latency to count
+    answer(pool, backend, None)  # a failure has no latency to count
     assert backend.latency_by_load[MODEL][0] == pytest.approx(0.0108)
     assert backend.inflight == 0
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_equal_pods_with_noisy_latencies_share_a_sequential_client_evenly(seed):
+    # One request at a time to two pods of the same speed (2 ms, +-15%) on a noisy node: one answer
+    # in ten is 2 to 15 ms late. Spikes, and the first answers, must not mark either pod slower.
+    rng = random.Random(seed)
+    pool = BackendPool(GatewayMetrics())
+    pods = [Backend(address=f"pod-{name}:8001", channel=None) for name in "ab"]
+    picks = Counter()
+    for clock in range(1, 501):
+        chosen = policy.pick(pods, MODEL, rng, clock=clock)
+        chosen.last_pick = clock
+        picks[chosen.address] += 1
+        late = rng.uniform(0.002, 0.015) if rng.random() < 0.1 else 0.0
+        answer(pool, chosen, 0.002 * (0.85 + 0.3 * rng.random()) + late)
+    assert abs(picks["pod-a:8001"] / 500 - 0.5) <= 0.05, picks
