@@ -13,7 +13,8 @@ and with `--data-plane grpc` (grpcio for every call).
    paths and each figure is the median over rounds.
 2. Three servers, one of them 3x slower (`slow` with delay_ms 2, 2, 6 from per-server repository
    copies), closed loop of 8 concurrent requests on one channel: p50/p99 through the gateway and Envoy,
-   and the share of requests the slow server answered.
+   and the share of requests the slow server answered; for reference, the same load through a
+   gateway over the two fast servers only (the tail that is the machine's, not the picker's).
 3. One ModelStreamInfer stream at 30 FPS (150 KB frames) for 5 s: split over the three servers.
 Prints a Markdown table (and writes JSON with --json). Timings depend on the machine: compare ratios.
 """
@@ -54,6 +55,8 @@ GRPC_PLANE_NAME = "gateway, grpc data plane"
 # Part one also measures proxy CPU under load: these many requests in flight on the one channel.
 LOADED_CONCURRENCY = (16, 64)
 NAIVE_NAME = "naive grpc.aio proxy (baseline)"
+# Part two's reference: the gateway over the two fast servers only, the tail no picker can beat there.
+FAST_ONLY_NAME = "gateway over the 2 fast servers only (reference)"
 
 
 def cpu_seconds(pid: int) -> float:
@@ -214,9 +217,11 @@ def parts_two_and_three(workdir: Path, rounds: int, total: int, frames: int) -> 
             asyncio.run(closed_loop(url, 8, 80))
         gateway = GatewayProcess(urls, workdir / "gateway3.log", env=GATEWAY_ENV)
         gateway_grpc = GatewayProcess(urls, workdir / "gateway3-grpc.log", *GRPC_PLANE, env=GATEWAY_ENV)
+        fast_only = GatewayProcess(urls[:2], workdir / "gateway2-fast.log", env=GATEWAY_ENV)
         (workdir / "envoy3").mkdir()
         envoy = start_envoy(urls, workdir / "envoy3")
-        paths = {"gateway": gateway.url, GRPC_PLANE_NAME: gateway_grpc.url, "Envoy 1.40 LEAST_REQUEST": envoy.url}
+        paths = {"gateway": gateway.url, GRPC_PLANE_NAME: gateway_grpc.url, "Envoy 1.40 LEAST_REQUEST": envoy.url,
+                 FAST_ONLY_NAME: fast_only.url}
         p99 = {name: [] for name in paths}
         p50 = {name: [] for name in paths}
         slow_share = {name: [] for name in paths}
@@ -234,11 +239,13 @@ def parts_two_and_three(workdir: Path, rounds: int, total: int, frames: int) -> 
                                      "slow_share_rounds": slow_share[name]} for name in paths}
         result["video"] = {}
         for name, url in paths.items():
+            if name == FAST_ONLY_NAME:
+                continue
             before = [served(u, "add_one") for u in urls]
             video_stream(url, frames, 30.0)
             deltas = [served(u, "add_one") - b for u, b in zip(urls, before)]
             result["video"][name] = [round(100 * d / sum(deltas)) for d in deltas]
-        for proxy in (gateway, gateway_grpc, envoy):
+        for proxy in (gateway, gateway_grpc, envoy, fast_only):
             proxy.stop()
     finally:
         stop_all(servers)
@@ -292,7 +299,7 @@ def markdown_parts_two_and_three(rest: dict) -> list[str]:
     ]
     envoy_p99 = rest["slow_pod"]["Envoy 1.40 LEAST_REQUEST"]["p99_ms"]
     for name, f in rest["slow_pod"].items():
-        split = "/".join(map(str, rest["video"][name]))
+        split = "/".join(map(str, rest["video"][name])) if name in rest["video"] else "-"
         rounds = ", ".join(f"{v:.1f}" for v in f["p99_ms_rounds"])
         shares = ", ".join(f"{100 * v:.1f}" for v in f["slow_share_rounds"])
         lines.append(f"| {name} | {f['p50_ms']:.1f} | {f['p99_ms']:.1f} | {f['p99_ms'] / envoy_p99:.2f}x "
