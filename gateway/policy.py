@@ -11,11 +11,14 @@ on the pod when one was sent), because a Triton pod serves several requests at o
 dynamic batching): its latency with three ahead may be no worse than with none, and only measuring it
 says so. Latency is kept per model: the same pod answers a 1 ms preprocessing model and a 30 ms
 detector. A slow pod then takes work only while the fast ones are loaded deep enough to be slower
-still, and an idle slow pod does not take a request from an idle fast one.
+still.
 
-Between pods of similar speed latency differences are noise: fewer outstanding wins, then whichever
-was picked less recently, which spreads even a one-request-at-a-time client or a 30-FPS camera stream
-evenly instead of leaving it to chance. A pod avoided for its latency is still tried once it has gone
+Between pods of similar speed latency differences are noise, and between two idle pods they are
+left out too: fewer outstanding wins, then whichever was picked less recently, which spreads even a
+one-request-at-a-time client or a 30-FPS camera stream evenly instead of leaving it to chance. (Letting
+latency decide between idle pods too would spare a slow pod's idle moments, but one unlucky figure
+would then keep a pod of the same speed out of an idle fleet until its next probe: taking turns is
+what keeps its figures fresh.) A pod avoided for its latency is still tried once it has gone
 `probe_after` picks without one, so that a pod that was slow once (a cold start, a noisy neighbour)
 gets the chance to show it is fast again; rarely, since each probe is a slow answer.
 """
@@ -41,9 +44,6 @@ LOAD_LEVELS = 16
 # and at least SLOWER_GAP_S more. Below that, latency differences on a shared node are scheduling
 # noise (a 1 ms model's average wanders by a third there) and would skew an idle fleet.
 SLOWER_FACTOR = 1.5
-# Between two idle pods the bar is higher: there an even spread is what a one-at-a-time client or a
-# camera stream expects, and noise would break it first.
-IDLE_SLOWER_FACTOR = 2.0
 SLOWER_GAP_S = 0.001
 # A pod avoided for its latency is tried again after this many picks per pod in the fleet: for three
 # pods, about one request in 200.
@@ -74,28 +74,28 @@ def expected_latency(latency_by_load: Sequence[float], outstanding: int) -> floa
 def better(a: Candidate, b: Candidate, model: str, clock: int = 0, probe_after: int = 0) -> Candidate:
     """The preferable of two candidates for a request for `model`.
 
-    When one is clearly slower (its best latency for `model`, at any load level, SLOWER_FACTOR
-    times the other's or more, and SLOWER_GAP_S more), the one expected to answer a new request
-    sooner wins. Otherwise, or while either is unmeasured, fewer outstanding wins, then the less recently picked. `clock` is the
-    number of picks so far; a slower pod last picked `probe_after` or more picks ago is not held back
-    by its latency (0: no probing).
+    When either has work outstanding and one is clearly slower (its best latency for `model`, at any
+    load level, SLOWER_FACTOR times the other's or more, and SLOWER_GAP_S more), the one expected to
+    answer a new request sooner wins. Otherwise, or while either is unmeasured, fewer outstanding
+    wins, then the less recently picked. `clock` is the number of picks so far; a slower pod last
+    picked `probe_after` or more picks ago is not held back by its latency (0: no probing).
     """
-    levels_a = a.latency_by_load.get(model, UNMEASURED)
-    levels_b = b.latency_by_load.get(model, UNMEASURED)
-    # The best level stands for a pod's speed: queueing only adds to it, and an idle level may be
-    # rarely measured (and so noisy) on a pod that is always busy.
-    base_a = min((v for v in levels_a if v > 0), default=0.0)
-    base_b = min((v for v in levels_b if v > 0), default=0.0)
-    if base_a > 0 and base_b > 0:
-        slower, slower_levels, slower_base, faster, faster_levels, faster_base = (
-            (a, levels_a, base_a, b, levels_b, base_b) if base_a >= base_b
-            else (b, levels_b, base_b, a, levels_a, base_a))
-        factor = SLOWER_FACTOR if a.inflight or b.inflight else IDLE_SLOWER_FACTOR
-        if slower_base >= max(factor * faster_base, faster_base + SLOWER_GAP_S) and not (
-                probe_after > 0 and clock - slower.last_pick >= probe_after):
-            faster_wait = expected_latency(faster_levels, faster.inflight)
-            slower_wait = expected_latency(slower_levels, slower.inflight)
-            return faster if faster_wait <= slower_wait else slower
+    if a.inflight or b.inflight:
+        levels_a = a.latency_by_load.get(model, UNMEASURED)
+        levels_b = b.latency_by_load.get(model, UNMEASURED)
+        # The best level stands for a pod's speed: queueing only adds to it, and an idle level may be
+        # rarely measured (and so noisy) on a pod that is always busy.
+        base_a = min((v for v in levels_a if v > 0), default=0.0)
+        base_b = min((v for v in levels_b if v > 0), default=0.0)
+        if base_a > 0 and base_b > 0:
+            slower, slower_levels, slower_base, faster, faster_levels, faster_base = (
+                (a, levels_a, base_a, b, levels_b, base_b) if base_a >= base_b
+                else (b, levels_b, base_b, a, levels_a, base_a))
+            if slower_base >= max(SLOWER_FACTOR * faster_base, faster_base + SLOWER_GAP_S) and not (
+                    probe_after > 0 and clock - slower.last_pick >= probe_after):
+                faster_wait = expected_latency(faster_levels, faster.inflight)
+                slower_wait = expected_latency(slower_levels, slower.inflight)
+                return faster if faster_wait <= slower_wait else slower
     if a.inflight != b.inflight:
         return a if a.inflight < b.inflight else b
     return a if a.last_pick <= b.last_pick else b
