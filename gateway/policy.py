@@ -4,8 +4,8 @@ Power of two choices (gRPC proposal A48, "least request"): sample two candidates
 fewer outstanding requests. Sampling two instead of scanning all avoids herding every gateway worker onto
 the same momentarily idle pod.
 
-When one of the two is clearly slower (its best measured latency at least SLOWER_FACTOR times the
-other's: a pod on a busy node, a slower GPU), the one expected to answer this request sooner wins. The
+When either of the two is busy and one is clearly slower (its best measured latency at least
+SLOWER_FACTOR times the other's: a pod on a busy node, a slower GPU), the one expected to answer this request sooner wins. The
 expectation comes from latencies measured per load level (how many requests were already outstanding
 on the pod when one was sent), because a Triton pod serves several requests at once (model instances,
 dynamic batching): its latency with three ahead may be no worse than with none, and only measuring it
@@ -42,13 +42,14 @@ class Candidate(Protocol):
 LOAD_LEVELS = 16
 # One pod counts as "clearly slower" when its best latency is this many times the other's or more,
 # and at least SLOWER_GAP_S more. Below that, latency differences on a shared node are scheduling
-# noise (a 1 ms model's average wanders by a third there) and would skew an idle fleet.
+# noise (a 1 ms model's average wanders by a third there) and would skew a fleet of equal pods.
 SLOWER_FACTOR = 1.5
 SLOWER_GAP_S = 0.001
 # A pod avoided for its latency is tried again after this many picks per pod in the fleet: for three
 # pods, about one request in 200.
 PROBE_ROUNDS = 64
-# A latency sample counts for at most this many times the average so far (see latency_average).
+# A latency sample counts for at most SPIKE_CAP times the average so far; one below the average
+# counts with RECOVERY_WEIGHT (see latency_average).
 SPIKE_CAP = 1.5
 RECOVERY_WEIGHT = 0.5
 UNMEASURED: Sequence[float] = (0.0,)
