@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import grpc
@@ -103,6 +104,8 @@ class BackendPool:
         self.seen_models: set[str] = set()
         self._candidates: dict[str, list[Backend]] = {}
         self._room = asyncio.Event()
+        # Told of each pod that leaves the fleet (the front door closes its connection to it).
+        self.removal_listeners: list[Callable[[Backend], None]] = []
 
     # ---- membership (discovery) -------------------------------------------------------------
 
@@ -118,6 +121,8 @@ class BackendPool:
             self.metrics.forget_backend(address)
             # Requests already on the way finish on the old channel; it closes after a grace period.
             asyncio.get_running_loop().create_task(backend.channel.close(grace=30))
+            for listener in self.removal_listeners:
+                listener(backend)
         for address, backend in self.backends.items():
             backend.terminating = address in terminating
         self.invalidate()

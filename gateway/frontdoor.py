@@ -129,6 +129,16 @@ class UpstreamConnection(http2.Connection):
         if call.upstream_id and self.calls.get(call.upstream_id) is call:
             del self.calls[call.upstream_id]
             self.reset(call.upstream_id, http2.CANCEL)
+        self._close_when_idle()
+
+    def retire(self) -> None:
+        """The pod left the fleet: take no new calls, and close once the calls on the way are answered."""
+        self.going_away = True
+        self._close_when_idle()
+
+    def _close_when_idle(self) -> None:
+        if self.going_away and not self.calls and not self._queued and not self.closed:
+            self.close()
 
     # ---- answers from upstream -----------------------------------------------------------------
 
@@ -139,6 +149,8 @@ class UpstreamConnection(http2.Connection):
         if end_stream:
             del self.calls[stream_id]
         self.door.answer_headers(call, headers, end_stream)
+        if end_stream:
+            self._close_when_idle()
 
     def on_data(self, stream_id: int, data: bytes, end_stream: bool) -> None:
         call = self.calls.get(stream_id)
@@ -150,20 +162,21 @@ class UpstreamConnection(http2.Connection):
         call.client.send_data(call.stream_id, data, end_stream)
         if end_stream:
             self.door.finish(call, grpc.StatusCode.OK)
+            self._close_when_idle()
 
     def on_reset(self, stream_id: int, code: int) -> None:
         call = self.calls.pop(stream_id, None)
         if call is not None:
             self.door.upstream_failed(call, f"the pod reset the stream (HTTP/2 error {code})",
                                       retryable=code == http2.REFUSED_STREAM)
+        self._close_when_idle()
 
     def on_goaway(self, last_stream_id: int, code: int) -> None:
         self.going_away = True
         # Streams above last_stream_id were never processed: safe to send elsewhere.
         for stream_id in [s for s in self.calls if s > last_stream_id]:
             self.door.upstream_failed(self.calls.pop(stream_id), "the pod is going away", retryable=True)
-        if not self.calls:
-            self.close()
+        self._close_when_idle()
 
     def on_lost(self, exc) -> None:
         self.going_away = True
@@ -253,6 +266,7 @@ class FrontDoor:
         self.server: asyncio.AbstractServer | None = None
         self._internal: UpstreamConnection | None = None
         self._upstreams: dict[Backend, UpstreamConnection] = {}
+        pool.removal_listeners.append(self._retire_upstream)
 
     async def start(self, host: str, port: int) -> int:
         loop = asyncio.get_running_loop()
@@ -298,6 +312,12 @@ class FrontDoor:
         if self._internal is None or not self._internal.usable:
             self._internal = self._connect(*self.internal_address)
         return self._internal
+
+    def _retire_upstream(self, backend: Backend) -> None:
+        connection = self._upstreams.pop(backend, None)
+        if connection is not None:
+            connection.retire()
+            http2.flush()
 
     def upstream_for(self, backend: Backend) -> UpstreamConnection:
         connection = self._upstreams.get(backend)

@@ -8,6 +8,7 @@ import asyncio
 import threading
 import time
 
+import psutil
 import pytest
 import tritonclient.grpc as grpcclient
 from kubernetes import client
@@ -105,6 +106,12 @@ def wait_for(condition, timeout=10.0):
     return False
 
 
+def connections_to(gateway: GatewayProcess, port: int) -> list:
+    """The gateway process's open TCP connections to `port` on loopback."""
+    return [c for c in psutil.Process(gateway.process.pid).net_connections(kind="tcp")
+            if c.raddr and c.raddr.port == port and c.status == psutil.CONN_ESTABLISHED]
+
+
 @pytest.mark.slow
 def test_pods_come_and_go_through_endpointslices_without_failed_requests(fleet3, tmp_path):
     a, b, c = fleet3
@@ -130,8 +137,10 @@ def test_pods_come_and_go_through_endpointslices_without_failed_requests(fleet3,
                 drained_at = served_counts([a], "add_one")[0]
                 time.sleep(1.0)
                 assert served_counts([a], "add_one")[0] == drained_at, "terminating pod still got new requests"
+                assert connections_to(gateway, int(port)), "the gateway never connected to the first pod"
                 api_server.delete("triton-0")
-                time.sleep(0.5)
+                # Gone from the fleet: the gateway closes its connections to it (front door and grpcio).
+                assert wait_for(lambda: not connections_to(gateway, int(port))), connections_to(gateway, int(port))
             finally:
                 load.stop()
             assert load.sent > 50 and not load.failures, load.failures[:3]
