@@ -164,6 +164,17 @@ def test_operator_values_label_monitors_for_the_release_and_ship_the_generated_r
     assert parser.parse_args(gateway["command"][1:]).config == "/etc/tritonfleet/gateway.yaml"
     config = yaml.safe_load(one(objects, "ConfigMap", "gateway")["data"]["gateway.yaml"])
     assert config["retry_attempts"] == 2 and config["max_inflight_per_backend"] == 64
+    assert config["data_plane"] == "frames"
+
+
+def test_the_gateway_data_plane_is_a_value_the_gateway_accepts(tmp_path):
+    from gateway import config
+
+    for plane in ("frames", "grpc"):
+        objects = render(None, sets=(f"gateway.dataPlane={plane}",))
+        rendered = tmp_path / f"gateway-{plane}.yaml"
+        rendered.write_text(one(objects, "ConfigMap", "gateway")["data"]["gateway.yaml"])
+        assert config.load(rendered, environ={}).data_plane == plane  # the gateway's own loader
 
 
 def test_dashboards_ship_as_labelled_config_maps_with_the_generated_json():
@@ -193,6 +204,7 @@ def test_helm_test_pod_runs_an_inference_through_the_gateway():
     (("monitoring.interval=often",), "/monitoring/interval"),
     (("tritn.replicas=2",), "additional properties 'tritn' not allowed"),
     (("gateway.config.listen=0.0.0.0:1",), "invalid propertyName 'listen'"),
+    (("gateway.dataPlane=h3",), "value must be one of 'frames', 'grpc'"),
     (("triton.image.tag=latest",), "the tag `latest` is not reproducible"),
     (("triton.terminationGracePeriodSeconds=20",), "must exceed preStopSleepSeconds + exitTimeoutSeconds"),
 ])
