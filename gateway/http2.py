@@ -61,9 +61,12 @@ _FRAME_HEADER = struct.Struct(">HBBBI")
 WRITELINES_FROM = 1 << 14
 
 
+def frame_header(kind: int, flags: int, stream_id: int, size: int) -> bytes:
+    return _FRAME_HEADER.pack(size >> 8, size & 0xFF, kind, flags, stream_id)
+
+
 def frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
-    size = len(payload)
-    return _FRAME_HEADER.pack(size >> 8, size & 0xFF, kind, flags, stream_id) + payload
+    return frame_header(kind, flags, stream_id, len(payload)) + payload
 
 
 def settings_payload(values: dict[int, int]) -> bytes:
@@ -421,7 +424,7 @@ class Connection(asyncio.Protocol):
                 return view
             last = size == len(view)
             flags = END_STREAM if end_stream and last else 0
-            self.send(_FRAME_HEADER.pack(size >> 8, size & 0xFF, DATA, flags, stream_id))
+            self.send(frame_header(DATA, flags, stream_id, size))
             self.send(view[:size] if size < len(view) else view)
             self.send_window -= size
             if stream_id in self.stream_windows:

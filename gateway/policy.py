@@ -5,13 +5,13 @@ fewer outstanding requests. Sampling two instead of scanning all avoids herding 
 the same momentarily idle pod.
 
 When either of the two is busy and one is clearly slower (its best measured latency at least
-SLOWER_FACTOR times the other's: a pod on a busy node, a slower GPU), the one expected to answer this request sooner wins. The
-expectation comes from latencies measured per load level (how many requests were already outstanding
-on the pod when one was sent), because a Triton pod serves several requests at once (model instances,
-dynamic batching): its latency with three ahead may be no worse than with none, and only measuring it
-says so. Latency is kept per model: the same pod answers a 1 ms preprocessing model and a 30 ms
-detector. A slow pod then takes work only while the fast ones are loaded deep enough to be slower
-still.
+SLOWER_FACTOR times the other's: a pod on a busy node, a slower GPU), the one expected to answer this
+request sooner wins. The expectation comes from latencies measured per load level (how many requests
+were already outstanding on the pod when one was sent), because a Triton pod serves several requests
+at once (model instances, dynamic batching): its latency with three ahead may be no worse than with
+none, and only measuring it says so. Latency is kept per model: the same pod answers a 1 ms
+preprocessing model and a 30 ms detector. A slow pod then takes work only while the fast ones are
+loaded deep enough to be slower still.
 
 Between pods of similar speed latency differences are noise, and between two idle pods they are
 left out too: fewer outstanding wins, then whichever was picked less recently, which spreads even a
