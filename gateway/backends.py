@@ -23,16 +23,17 @@ log = logging.getLogger("tritonfleet.gateway")
 
 SERVICE = "/inference.GRPCInferenceService/"
 
-# The gateway forwards tensors of any size the pods accept, and keeps pinging idle pods so that a
-# silently dead pod is noticed by the transport too.
-CHANNEL_OPTIONS = [
-    ("grpc.max_send_message_length", -1),
-    ("grpc.max_receive_message_length", -1),
-    ("grpc.keepalive_time_ms", 10_000),
-    ("grpc.keepalive_timeout_ms", 5_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.max_pings_without_data", 0),
-]
+def channel_options(keepalive_time_s: float = 10.0, keepalive_timeout_s: float = 5.0) -> list[tuple[str, int]]:
+    """grpcio options of the channels to pods: tensors of any size the pods accept, and keepalive pings,
+    also while no call is open, so that a silently dead pod is noticed by the transport too."""
+    return [
+        ("grpc.max_send_message_length", -1),
+        ("grpc.max_receive_message_length", -1),
+        ("grpc.keepalive_time_ms", int(keepalive_time_s * 1000)),
+        ("grpc.keepalive_timeout_ms", int(keepalive_timeout_s * 1000)),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
 
 
 # A model's first answers on a pod include its cold start (a Python-backend stub's first call is
@@ -91,8 +92,10 @@ class Backend:
 
 class BackendPool:
     def __init__(self, metrics: GatewayMetrics, max_inflight: int = 0, queue_timeout_s: float = 1.0,
-                 eject_base_s: float = 0.5, eject_max_s: float = 30.0):
+                 eject_base_s: float = 0.5, eject_max_s: float = 30.0,
+                 options: list[tuple[str, int]] | None = None):
         self.metrics = metrics
+        self.channel_options = options if options is not None else channel_options()
         self.max_inflight = max_inflight
         self.queue_timeout_s = queue_timeout_s
         self.eject_base_s = eject_base_s
@@ -112,7 +115,7 @@ class BackendPool:
     def set_addresses(self, addresses: set[str], terminating: set[str] = frozenset()) -> None:
         """Make the pool match discovery: new pods are added (not admitted until healthy), gone pods removed."""
         for address in addresses - self.backends.keys():
-            channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+            channel = grpc.aio.insecure_channel(address, options=self.channel_options)
             self.backends[address] = Backend(address=address, channel=channel)
             log.info("backend added", extra={"backend": address})
         for address in set(self.backends) - addresses:

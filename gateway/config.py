@@ -44,6 +44,10 @@ class GatewayConfig:
     health_timeout_s: float = 1.0
     eject_base_s: float = 0.5
     eject_max_s: float = 30.0
+    # Keepalive on the connections to pods: a pod silent this long while calls wait on it is pinged,
+    # and a ping unanswered within the timeout drops the connection (its calls go to another pod).
+    keepalive_time_s: float = 10.0
+    keepalive_timeout_s: float = 5.0
     # Retries on another pod for requests that never reached a model: at most `retry_attempts` extra
     # tries per request, and overall at most `retry_budget_ratio` retries per request plus a reserve.
     retry_attempts: int = 2
@@ -97,7 +101,8 @@ def _validate(config: GatewayConfig) -> None:
         need(bool(h) and p.isdigit(), "dns_target", "must be name:port for dns discovery")
     if config.discovery == "kubernetes":
         need(bool(config.kubernetes_service), "kubernetes_service", "must name the Triton Service")
-    for key in ("dns_interval_s", "health_interval_s", "health_timeout_s", "eject_base_s", "eject_max_s"):
+    for key in ("dns_interval_s", "health_interval_s", "health_timeout_s", "eject_base_s", "eject_max_s",
+                "keepalive_time_s", "keepalive_timeout_s"):
         need(getattr(config, key) > 0, key, "must be positive")
     for key in ("queue_timeout_s", "drain_grace_s", "retry_budget_ratio"):
         need(getattr(config, key) >= 0, key, "must not be negative")

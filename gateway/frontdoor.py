@@ -11,7 +11,9 @@ the state), compressed messages, metadata, admin — is relayed unchanged to the
 
 A call is retried on another pod, within the retry budget, while no answer has started: its pod's
 connection failed or went away before taking it, or the pod said it does not have the model. The
-client's deadline (grpc-timeout) and cancellation (RST_STREAM) reach the pod.
+client's deadline (grpc-timeout) and cancellation (RST_STREAM) reach the pod. A pod that goes silent
+while calls wait on it is pinged; when the PING goes unanswered its connection is dropped, and the
+calls on it are retried elsewhere like those of any lost connection.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from gateway.metrics import GatewayMetrics
 INFER_PATH = "/inference.GRPCInferenceService/ModelInfer"
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
 DEADLINE_MARGIN_S = 0.010
+# Keepalive pings to a pod between two of its answers; see UpstreamConnection.keepalive.
+MAX_PINGS_WITHOUT_DATA = 2
 _TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 
 
@@ -89,6 +93,17 @@ class UpstreamConnection(http2.Connection):
         self.connected = False
         self.going_away = False
         self._queued: list[tuple[Call, list, bytes | None, bool]] = []
+        # Keepalive: whether the pod sent HEADERS or DATA since the last look, how many PINGs went
+        # out since it last did, and the timer that drops the connection if the latest goes unanswered.
+        self.heard = False
+        self.silent_pings = 0
+        self._ping_timer: asyncio.TimerHandle | None = None
+        self._lost_reason = ""
+
+    @property
+    def busy(self) -> bool:
+        """Calls are on it, or queued for it while it connects."""
+        return bool(self.calls or self._queued)
 
     @property
     def usable(self) -> bool:
@@ -137,12 +152,43 @@ class UpstreamConnection(http2.Connection):
         self._close_when_idle()
 
     def _close_when_idle(self) -> None:
-        if self.going_away and not self.calls and not self._queued and not self.closed:
+        if self.going_away and not self.busy and not self.closed:
             self.close()
+
+    # ---- keepalive ------------------------------------------------------------------------------
+
+    def keepalive(self, timeout_s: float) -> None:
+        """Called every keepalive interval: ping a pod that sent nothing while calls waited on it.
+
+        At most MAX_PINGS_WITHOUT_DATA pings go out between two answers from the pod: a gRPC server
+        (Triton's included) counts closer pings as strikes and, by default, drops a connection after
+        more than two, even while its calls are merely slow.
+        """
+        heard, self.heard = self.heard, False
+        if heard or not self.calls:
+            self.silent_pings = 0
+            return
+        if self._ping_timer is not None or self.silent_pings >= MAX_PINGS_WITHOUT_DATA or self.closed:
+            return
+        self.silent_pings += 1
+        self.ping(self.silent_pings.to_bytes(8, "big"))
+        self._ping_timer = asyncio.get_running_loop().call_later(timeout_s, self._ping_unanswered, timeout_s)
+
+    def on_ping_ack(self, payload: bytes) -> None:
+        if self._ping_timer is not None:
+            self._ping_timer.cancel()
+            self._ping_timer = None
+
+    def _ping_unanswered(self, timeout_s: float) -> None:
+        self._ping_timer = None
+        if self.transport is not None and not self.closed:
+            self._lost_reason = f"the pod did not answer a PING within {timeout_s:g} s"
+            self.transport.abort()  # connection_lost follows: the calls on it go to another pod
 
     # ---- answers from upstream -----------------------------------------------------------------
 
     def on_headers(self, stream_id: int, headers, end_stream: bool) -> None:
+        self.heard = True
         call = self.calls.get(stream_id)
         if call is None:
             return
@@ -153,6 +199,7 @@ class UpstreamConnection(http2.Connection):
             self._close_when_idle()
 
     def on_data(self, stream_id: int, data: bytes, end_stream: bool) -> None:
+        self.heard = True
         call = self.calls.get(stream_id)
         if call is None:
             return
@@ -180,7 +227,12 @@ class UpstreamConnection(http2.Connection):
 
     def on_lost(self, exc) -> None:
         self.going_away = True
-        reason = f"connection to the pod lost: {exc}" if exc else "connection to the pod closed"
+        if self._ping_timer is not None:
+            self._ping_timer.cancel()
+        if self._lost_reason:
+            reason = self._lost_reason
+        else:
+            reason = f"connection to the pod lost: {exc}" if exc else "connection to the pod closed"
         calls = [q[0] for q in self._queued] + list(self.calls.values())
         self._queued, self.calls = [], {}
         for call in calls:
@@ -254,7 +306,8 @@ class FrontDoor:
     """The listening socket, the client connections, and one upstream connection per pod."""
 
     def __init__(self, pool: BackendPool, metrics: GatewayMetrics, budget: RetryBudget, retry_attempts: int,
-                 internal_address: tuple[str, int], max_message_bytes: int):
+                 internal_address: tuple[str, int], max_message_bytes: int, keepalive_time_s: float = 10.0,
+                 keepalive_timeout_s: float = 5.0):
         self.pool = pool
         self.metrics = metrics
         self.budget = budget
@@ -266,18 +319,35 @@ class FrontDoor:
         self.server: asyncio.AbstractServer | None = None
         self._internal: UpstreamConnection | None = None
         self._upstreams: dict[Backend, UpstreamConnection] = {}
+        # Every connection to a pod, the retired ones with calls still on them included: all are pinged.
+        self._pod_connections: set[UpstreamConnection] = set()
+        self.keepalive_time_s = keepalive_time_s
+        self.keepalive_timeout_s = keepalive_timeout_s
+        self._keepalive_task: asyncio.Task | None = None
         pool.removal_listeners.append(self._retire_upstream)
 
     async def start(self, host: str, port: int) -> int:
         loop = asyncio.get_running_loop()
         self.server = await loop.create_server(lambda: ClientConnection(self), host, port, reuse_port=True)
+        self._keepalive_task = loop.create_task(self._keep_alive())
         return self.server.sockets[0].getsockname()[1]
+
+    async def _keep_alive(self) -> None:
+        while True:
+            await asyncio.sleep(self.keepalive_time_s)
+            self._pod_connections = {c for c in self._pod_connections
+                                     if not c.closed and (c.busy or not c.going_away)}
+            for connection in self._pod_connections:
+                connection.keepalive(self.keepalive_timeout_s)
+            http2.flush()
 
     async def drain(self, grace: float) -> None:
         """Stop accepting, tell clients to go (GOAWAY), let calls in flight finish within `grace`."""
         self.closing = True
         if self.server is not None:
             self.server.close()
+        if self._keepalive_task is not None:
+            self._keepalive_task.cancel()
         for client in list(self.clients):
             client.goaway(client.last_stream_id)
             if not client.calls:
@@ -324,6 +394,7 @@ class FrontDoor:
         if connection is None or not connection.usable:
             host, _, port = backend.address.rpartition(":")
             connection = self._upstreams[backend] = self._connect(host.strip("[]"), int(port))
+            self._pod_connections.add(connection)
         return connection
 
     # ---- ModelInfer: route, answer, retry ----------------------------------------------------------

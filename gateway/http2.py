@@ -313,7 +313,9 @@ class Connection(asyncio.Protocol):
         elif kind == WINDOW_UPDATE:
             self._window_update(stream_id, int.from_bytes(payload[:4], "big") & MAX_STREAM_ID)
         elif kind == PING:
-            if not flags & ACK:
+            if flags & ACK:
+                self.on_ping_ack(payload)
+            else:
                 self.send(frame(PING, ACK, 0, payload))
         elif kind == RST_STREAM:
             self._forget(stream_id)
@@ -463,6 +465,10 @@ class Connection(asyncio.Protocol):
         self._waiting.pop(stream_id, None)
         self._stream_taken.pop(stream_id, None)
 
+    def ping(self, payload: bytes) -> None:
+        """A PING with 8 bytes of `payload`, which the peer sends back in its ACK."""
+        self.send(frame(PING, 0, 0, payload))
+
     def goaway(self, last_stream_id: int, code: int = NO_ERROR) -> None:
         self.send(frame(GOAWAY, 0, 0, last_stream_id.to_bytes(4, "big") + code.to_bytes(4, "big")))
 
@@ -489,6 +495,9 @@ class Connection(asyncio.Protocol):
         pass
 
     def on_goaway(self, last_stream_id: int, code: int) -> None:
+        pass
+
+    def on_ping_ack(self, payload: bytes) -> None:
         pass
 
     def on_lost(self, exc) -> None:

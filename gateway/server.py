@@ -24,7 +24,7 @@ import tempfile
 import grpc
 
 from gateway import logs, metrics as metrics_module
-from gateway.backends import BackendPool
+from gateway.backends import BackendPool, channel_options
 from gateway.config import GatewayConfig
 from gateway.discovery import DnsDiscovery, StaticDiscovery
 from gateway.forwarding import Forwarder, RetryBudget
@@ -43,7 +43,8 @@ class Gateway:
         self.config = config
         self.metrics = metrics or GatewayMetrics()
         self.pool = BackendPool(self.metrics, config.max_inflight_per_backend, config.queue_timeout_s,
-                                config.eject_base_s, config.eject_max_s)
+                                config.eject_base_s, config.eject_max_s,
+                                channel_options(config.keepalive_time_s, config.keepalive_timeout_s))
         self.catalog = ModelCatalog()
         self.health = HealthChecker(self.pool, self.catalog, config.health_interval_s, config.health_timeout_s)
         self.forwarder = Forwarder(self.pool, self.metrics, config.retry_attempts,
@@ -81,7 +82,8 @@ class Gateway:
             internal = self.server.add_insecure_port("127.0.0.1:0")
             await self.server.start()
             self.frontdoor = FrontDoor(self.pool, self.metrics, self.forwarder.budget, self.config.retry_attempts,
-                                       ("127.0.0.1", internal), limit)
+                                       ("127.0.0.1", internal), limit, self.config.keepalive_time_s,
+                                       self.config.keepalive_timeout_s)
             self.port = await self.frontdoor.start(self.config.listen_host.strip("[]"), self.config.listen_port)
         else:
             self.port = self.server.add_insecure_port(self.config.listen)

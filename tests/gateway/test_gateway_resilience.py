@@ -1,5 +1,5 @@
-"""Resilience: a killed pod under load, a model unloaded on one pod, admin calls applied to every pod,
-the per-pod in-flight limit, and the drain on SIGTERM."""
+"""Resilience: a killed pod under load, a frozen one, a model unloaded on one pod, admin calls applied
+to every pod, the per-pod in-flight limit, and the drain on SIGTERM."""
 
 from __future__ import annotations
 
@@ -233,3 +233,47 @@ def wait_until_gone(pgid: int, timeout: float = 10.0) -> None:
             return
         time.sleep(0.1)
     raise AssertionError(f"process group {pgid} of the killed server is still there after {timeout} s")
+
+
+def test_a_frozen_pod_is_found_by_ping_and_its_calls_are_answered_by_another(triton_fleet, tmp_path):
+    """A pod that stops answering without closing its connections (a frozen process, a lost node): the
+    gateway pings its connection, gets no answer, drops it and sends the calls that waited there to
+    another pod, instead of leaving them hanging until the client's deadline."""
+    servers = triton_fleet(2, repo=TEST_REPOSITORY)
+    keepalive = {"TRITONFLEET_GATEWAY_KEEPALIVE_TIME_S": "0.5", "TRITONFLEET_GATEWAY_KEEPALIVE_TIMEOUT_S": "0.5"}
+    with GatewayProcess([s.grpc_url for s in servers], tmp_path / "gateway.log", env=keepalive) as gateway:
+        assert not infer_many(gateway.url, 20)
+        answered_after_freeze = [0, 0]
+        failures: list = []
+        frozen = threading.Event()
+        stopping = threading.Event()
+
+        def load(worker: int):
+            client = grpcclient.InferenceServerClient(gateway.url)
+            for _ in range(5000):
+                if stopping.is_set():
+                    break
+                try:
+                    client.infer("slow", slow_inputs(20), client_timeout=30)
+                except InferenceServerException as exc:
+                    failures.append(exc)
+                else:
+                    answered_after_freeze[worker] += frozen.is_set()
+            client.close()
+
+        workers = [threading.Thread(target=load, args=(i,)) for i in range(2)]
+        for worker in workers:
+            worker.start()
+        time.sleep(0.5)
+        os.kill(servers[0].process.pid, signal.SIGSTOP)
+        try:
+            frozen.set()
+            time.sleep(5)
+            stopping.set()
+            for worker in workers:
+                worker.join(timeout=60)
+        finally:
+            os.kill(servers[0].process.pid, signal.SIGCONT)
+        assert not failures, failures[:3]
+        # Both callers went on being answered while the pod was frozen: neither waited on it for long.
+        assert min(answered_after_freeze) >= 10, answered_after_freeze
