@@ -129,7 +129,7 @@ def test_sigterm_drains_in_flight_requests_and_ends_streams_politely(explicit_fl
         def slow_call():
             client = grpcclient.InferenceServerClient(gateway.url)
             try:
-                results.put(client.infer("slow", slow_inputs(1000)).as_numpy("OUTPUT0").tolist())
+                results.put(client.infer("slow", slow_inputs(2000)).as_numpy("OUTPUT0").tolist())
             except InferenceServerException as exc:
                 results.put(exc)
 
@@ -137,10 +137,11 @@ def test_sigterm_drains_in_flight_requests_and_ends_streams_politely(explicit_fl
         stream_answers: queue.Queue = queue.Queue()
         streamer = grpcclient.InferenceServerClient(gateway.url)
         streamer.start_stream(callback=lambda result, error: stream_answers.put((result, error)))
-        streamer.async_stream_infer("slow", slow_inputs(1000), request_id="in-flight")
+        streamer.async_stream_infer("slow", slow_inputs(2000), request_id="in-flight")
         for caller in callers:
             caller.start()
-        time.sleep(0.4)
+        # SIGTERM only once all four are on their pods (a call that comes later is refused, rightly).
+        wait_for_inflight(gateway, 4)
         os.killpg(gateway.process.pid, signal.SIGTERM)
         for caller in callers:
             caller.join()
@@ -157,6 +158,19 @@ def test_sigterm_drains_in_flight_requests_and_ends_streams_politely(explicit_fl
                 grpc.channel_ready_future(channel).result(timeout=1)
     finally:
         gateway.stop()
+
+
+def wait_for_inflight(gateway: GatewayProcess, count: int, timeout: float = 20.0) -> None:
+    """Until the gateway's metrics show `count` requests outstanding at its pods."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = urllib.request.urlopen(gateway.metrics_url, timeout=5).read().decode()
+        inflight = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                       if line.startswith("tritonfleet_gateway_inflight{"))
+        if inflight >= count:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"fewer than {count} requests in flight after {timeout} s")
 
 
 def test_a_killed_pod_under_load_fails_no_retryable_request_and_ends_its_sequences(triton_fleet, tmp_path):
