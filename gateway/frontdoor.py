@@ -65,7 +65,7 @@ class Call:
         self.client = client
         self.stream_id = stream_id
         self.headers = headers
-        self.body: list = []  # the request's DATA payloads (views of what was read), joined once complete
+        self.body: list = []  # the request's DATA payloads (views of what was read), sent on as they are
         self.size = 0
         self.relay = relay
         self.model = ""
@@ -117,8 +117,8 @@ class UpstreamConnection(http2.Connection):
             self.start(call, headers, body, end)
         http2.flush()
 
-    def start(self, call: Call, headers, body: bytes | None, end: bool) -> None:
-        """Open a stream for `call` with `headers`, then `body` (None: more DATA follows as it comes)."""
+    def start(self, call: Call, headers, body: list | None, end: bool) -> None:
+        """Open a stream for `call` with `headers`, then the `body` pieces (None: DATA follows as it comes)."""
         call.upstream, call.upstream_id = self, 0
         if not self.connected:
             self._queued.append((call, headers, body, end))
@@ -129,7 +129,9 @@ class UpstreamConnection(http2.Connection):
         self.open_stream(stream_id)
         self.send_headers(stream_id, headers, end and body is None)
         if body is not None:
-            self.send_data(stream_id, body, end)
+            for piece in body[:-1]:
+                self.send_data(stream_id, piece, False)
+            self.send_data(stream_id, body[-1] if body else b"", end)
 
     def relay_data(self, call: Call, data: bytes, end: bool) -> None:
         if call.upstream_id:
@@ -137,7 +139,7 @@ class UpstreamConnection(http2.Connection):
         else:  # still waiting for the connection
             for index, (queued, headers, body, _) in enumerate(self._queued):
                 if queued is call:
-                    self._queued[index] = (call, headers, (body or b"") + data, end)
+                    self._queued[index] = (call, headers, [*(body or ()), data], end)
 
     def cancel(self, call: Call) -> None:
         self._queued = [q for q in self._queued if q[0] is not call]
@@ -400,30 +402,36 @@ class FrontDoor:
     # ---- ModelInfer: route, answer, retry ----------------------------------------------------------
 
     def route(self, call: Call) -> None:
-        body = b"".join(call.body)  # bytes, whether one view or several pieces came
-        call.body = [body]
-        length = int.from_bytes(body[1:5], "big") if len(body) >= 5 else -1
-        if len(body) < 5 or body[0] != 0 or length != len(body) - 5:
+        first = call.body[0] if call.body else b""
+        if len(first) < 5:
+            first = call.body[0] = b"".join(call.body)
+            del call.body[1:]
+        length = int.from_bytes(first[1:5], "big") if len(first) >= 5 else -1
+        if len(first) < 5 or first[0] != 0 or length != call.size - 5:
             # Compressed or not one message: the gRPC service decodes (or refuses) it.
-            self._relay_whole(call, body)
+            self._relay_whole(call)
             return
         try:
-            route = wire.parse_infer_request(body, 5)  # after the gRPC message prefix
+            try:  # after the gRPC message prefix; the first piece holds all routing needs, mostly
+                route = wire.parse_infer_request(first, 5, call.size)
+            except wire.MessageIncomplete:
+                call.body = [b"".join(call.body)]
+                route = wire.parse_infer_request(call.body[0], 5)
         except wire.MalformedMessage as exc:
             self.fail(call, grpc.StatusCode.INVALID_ARGUMENT, f"malformed ModelInferRequest: {exc}")
             return
         if route.in_sequence:  # the service pins the sequence to its pod
-            self._relay_whole(call, body)
+            self._relay_whole(call)
             return
         call.model = route.model
         call.timeout = next((parse_timeout(v) for k, v in call.headers if k == "grpc-timeout"), None)
         self.budget.deposit()
-        self.metrics.bytes_in.inc(len(body))
+        self.metrics.bytes_in.inc(call.size)
         self._dispatch(call)
 
-    def _relay_whole(self, call: Call, body: bytes) -> None:
+    def _relay_whole(self, call: Call) -> None:
         call.relay = True
-        self.internal().start(call, call.headers, body, True)
+        self.internal().start(call, call.headers, call.body, True)
 
     def _dispatch(self, call: Call) -> None:
         backend = self.pool.try_acquire(call.model, call.tried)
@@ -456,7 +464,7 @@ class FrontDoor:
                 self.fail(call, grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded before a retry")
                 return
             headers = [(k, format_timeout(left) if k == "grpc-timeout" else v) for k, v in headers]
-        self.upstream_for(backend).start(call, headers, call.body[0], True)
+        self.upstream_for(backend).start(call, headers, call.body, True)
 
     def answer_headers(self, call: Call, headers, end_stream: bool) -> None:
         if call.finished:

@@ -12,8 +12,9 @@ by hpack, and a block that left the table unchanged is cached until the table ch
 Receiving: the gateway holds whole messages (it buffers a request before picking its pod), so received
 bytes are granted back at once, in large steps, from a 16 MiB window. Writes of one event-loop turn are
 gathered per connection and written together by `flush()`, one system call per connection. DATA
-payloads are never copied on the way through: received ones are views of the read, and large
-outputs go to the socket as a list of chunks.
+payloads are never copied on the way through: received ones are views of the read (a payload longer
+than what one read brought is handed on in pieces, one per read), and large outputs go to the socket
+as a list of chunks.
 """
 
 from __future__ import annotations
@@ -205,6 +206,10 @@ class Connection(asyncio.Protocol):
         self._pending: list[bytes] = []
         self._pending_size = 0
         self._pending_need = 0
+        # Receiving a DATA payload larger than one read: its stream, bytes still to come, END_STREAM.
+        self._data_stream = 0
+        self._data_left = 0
+        self._data_end = False
         # To send: chunks gathered in this turn of the event loop.
         self._out: list = []
         self._out_size = 0
@@ -233,49 +238,104 @@ class Connection(asyncio.Protocol):
         flush()
 
     def data_received(self, data: bytes) -> None:
-        if self._pending:  # the rest of a frame that began in an earlier read
-            self._pending.append(data)
-            self._pending_size += len(data)
-            if self._pending_size < self._pending_need:
-                return
-            data = b"".join(self._pending)  # the one copy of a frame that spanned reads
-            self._pending.clear()
         try:
-            if self._await_preface:
-                if len(data) < len(PREFACE):
-                    self._keep(data, len(PREFACE))
+            position = 0
+            if self._pending:  # the rest of a frame (or the preface) that began in an earlier read
+                position = self._finish_pending(data)
+                if position < 0:
                     return
-                if data[: len(PREFACE)] != PREFACE:
-                    raise ProtocolError("not an HTTP/2 connection preface")
-                data = data[len(PREFACE) :]
-                self._await_preface = False
-            view = memoryview(data)
-            position, size = 0, len(data)
-            unpack = _FRAME_HEADER.unpack_from
-            while size - position >= 9:
-                high, low, kind, flags, stream_id = unpack(data, position)
-                start = position + 9
-                end = start + (high << 8 | low)
-                if end > size:
-                    break
-                position = end
-                # DATA payloads stay views of the read (no copy); the rest are small, and bytes.
-                self._frame(kind, flags, stream_id & MAX_STREAM_ID,
-                            view[start:end] if kind == DATA else data[start:end])
-            if position < size:
-                rest = data[position:]
-                need = 9 if size - position < 9 else 9 + (rest[0] << 16 | rest[1] << 8 | rest[2])
-                self._keep(rest, need)
+            if self._data_left:  # the rest of a DATA payload that began in an earlier read
+                position = self._continue_data(data, position)
+            self._frames(data, position)
         except (ProtocolError, hpack.HPACKError) as exc:
             self.fail(str(exc))
         finally:
             flush()
+
+    def _frames(self, data: bytes, position: int) -> None:
+        """Handle the frames in `data` from `position`; keep the start of one that is not complete."""
+        if self._await_preface:
+            if len(data) - position < len(PREFACE):
+                self._keep(data[position:], len(PREFACE))
+                return
+            if data[position : position + len(PREFACE)] != PREFACE:
+                raise ProtocolError("not an HTTP/2 connection preface")
+            position += len(PREFACE)
+            self._await_preface = False
+        view = memoryview(data)
+        size = len(data)
+        unpack = _FRAME_HEADER.unpack_from
+        while size - position >= 9:
+            high, low, kind, flags, stream_id = unpack(data, position)
+            start = position + 9
+            end = start + (high << 8 | low)
+            if end > size:
+                if kind == DATA and not flags & PADDED:
+                    # A payload larger than this read goes on in pieces, as it arrives: no copy.
+                    self._begin_data(flags, stream_id & MAX_STREAM_ID, end - start, view[start:])
+                    return
+                break
+            position = end
+            # DATA payloads stay views of the read (no copy); the rest are small, and bytes.
+            self._frame(kind, flags, stream_id & MAX_STREAM_ID,
+                        view[start:end] if kind == DATA else data[start:end])
+        if position < size:
+            rest = data[position:]
+            need = 9 if size - position < 9 else 9 + (rest[0] << 16 | rest[1] << 8 | rest[2])
+            self._keep(rest, need)
 
     def _keep(self, rest: bytes, need: int) -> None:
         """Hold the start of an incomplete frame (or preface) until `need` bytes of it have arrived."""
         self._pending.append(rest)
         self._pending_size = len(rest)
         self._pending_need = need
+
+    def _finish_pending(self, data: bytes) -> int:
+        """Complete the held frame (or preface) from the start of `data`, copying only its own bytes, and
+        handle it; returns where the frames after it begin in `data`, or -1 when it needs more."""
+        view = memoryview(data)
+        position = 0
+        while True:
+            missing = self._pending_need - self._pending_size
+            if len(data) - position < missing:
+                self._pending.append(view[position:])
+                self._pending_size += len(data) - position
+                return -1
+            self._pending.append(view[position : position + missing])
+            position += missing
+            held = b"".join(self._pending)
+            self._pending.clear()
+            self._pending_size = 0
+            if self._await_preface or len(held) != 9 or held[:3] == b"\0\0\0":
+                self._frames(held, 0)  # the preface, or one whole frame
+                return position
+            # Only a frame header was held: now the frame's length is known.
+            length = held[0] << 16 | held[1] << 8 | held[2]
+            kind, flags, stream_id = held[3], held[4], int.from_bytes(held[5:9], "big") & MAX_STREAM_ID
+            if kind == DATA and not flags & PADDED:
+                self._begin_data(flags, stream_id, length, view[position:position])
+                return position
+            self._keep(held, 9 + length)
+
+    def _begin_data(self, flags: int, stream_id: int, length: int, piece) -> None:
+        """A DATA frame of `length` bytes whose payload starts with `piece`; the rest follows in later reads."""
+        if self._continuation is not None:
+            raise ProtocolError("a header block was interrupted")
+        self._take(stream_id, length, flags & END_STREAM)
+        self._data_left = length - len(piece)
+        self._data_stream = stream_id
+        self._data_end = bool(flags & END_STREAM)
+        if piece:
+            self.on_data(stream_id, piece, False)
+
+    def _continue_data(self, data: bytes, position: int) -> int:
+        """Hand on the next piece of a DATA payload begun in an earlier read; returns where it ends."""
+        size = min(self._data_left, len(data) - position)
+        self._data_left -= size
+        if size:
+            self.on_data(self._data_stream, memoryview(data)[position : position + size],
+                         self._data_end and not self._data_left)
+        return position + size
 
     def connection_lost(self, exc) -> None:
         self.closed = True

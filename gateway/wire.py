@@ -22,6 +22,10 @@ class MalformedMessage(ValueError):
     """The bytes are not a valid protobuf message of the expected shape."""
 
 
+class MessageIncomplete(Exception):
+    """A field the scan needs lies beyond the bytes at hand (the message's beginning only)."""
+
+
 class RequestRoute(NamedTuple):
     """What routing needs from a `ModelInferRequest` (a tuple: it is built for every request)."""
 
@@ -90,7 +94,7 @@ def iter_fields(data: bytes, start: int = 0, end: int | None = None):
 
 def _text(data: bytes, span: tuple[int, int]) -> str:
     try:
-        return data[span[0] : span[1]].decode("utf-8")
+        return str(data[span[0] : span[1]], "utf-8")  # bytes or a memoryview of them
     except UnicodeDecodeError:
         raise MalformedMessage("string field is not UTF-8") from None
 
@@ -110,30 +114,42 @@ def _parameter(data: bytes, span: tuple[int, int]) -> tuple[bytes, int | str | b
         if wire_type != _LENGTH:
             raise MalformedMessage("map entry field is not length-delimited")
         if field == 1:
-            key = data[item[0] : item[1]]
+            key = bytes(data[item[0] : item[1]])
         elif field == 2 and key in _SEQUENCE_KEYS:
             value = _parameter_value(data, item)
     return key, value
 
 
-def parse_infer_request(data: bytes, start: int = 0) -> RequestRoute:
+def parse_infer_request(data: bytes, start: int = 0, end: int | None = None) -> RequestRoute:
     """Routing facts of a serialized `ModelInferRequest` (from `start` in `data`: no copy of a large
-    request to skip a prefix); MalformedMessage when it is not one."""
+    request to skip a prefix); MalformedMessage when it is not one.
+
+    `data` may hold only the beginning of the message, which ends at `end`: a request's tensors
+    (`raw_input_contents`, the last field) may still be in further pieces. The scan skips them by their
+    length, and raises MessageIncomplete only when a field it reads, or any field after them, lies
+    beyond `data`.
+    """
     model, version, request_id = "", "", ""
     sequence: dict[bytes, int | str | bool | None] = {}
-    for field, wire_type, value in iter_fields(data, start):
-        if field in (1, 2, 3, 4, 5, 6, 7) and wire_type != _LENGTH:
-            raise MalformedMessage(f"field {field} of ModelInferRequest must be length-delimited")
-        if field == 1:
-            model = _text(data, value)
-        elif field == 2:
-            version = _text(data, value)
-        elif field == 3:
-            request_id = _text(data, value)
-        elif field == 4:
-            key, parameter = _parameter(data, value)
-            if key in _SEQUENCE_KEYS:
-                sequence[key] = parameter
+    available = len(data)
+    try:
+        for field, wire_type, value in iter_fields(data, start, end):
+            if field in (1, 2, 3, 4, 5, 6, 7) and wire_type != _LENGTH:
+                raise MalformedMessage(f"field {field} of ModelInferRequest must be length-delimited")
+            if field in (1, 2, 3, 4) and value[1] > available:
+                raise MessageIncomplete
+            if field == 1:
+                model = _text(data, value)
+            elif field == 2:
+                version = _text(data, value)
+            elif field == 3:
+                request_id = _text(data, value)
+            elif field == 4:
+                key, parameter = _parameter(data, value)
+                if key in _SEQUENCE_KEYS:
+                    sequence[key] = parameter
+    except IndexError:  # the scan reached past `data` before `end`
+        raise MessageIncomplete from None
     if not model:
         raise MalformedMessage("model_name is empty")
     sequence_id = sequence.get(b"sequence_id") or 0

@@ -120,3 +120,25 @@ def test_frames_cut_anywhere_across_reads_arrive_whole_and_in_order(seed):
     assert _events_after_reads(data, cuts) == expected
     one_byte_at_a_time = list(range(1, len(PREFACE) + 200))
     assert _events_after_reads(data, one_byte_at_a_time) == expected
+
+
+def test_a_data_payload_longer_than_a_read_is_handed_on_in_pieces_of_the_reads_themselves():
+    payload = random.Random(7).randbytes(150_000)
+    data = PREFACE + frame(SETTINGS, 0, 0) + frame(HEADERS, END_HEADERS, 1, encode_headers(GRPC_REQUEST)) \
+        + frame(DATA, END_STREAM, 1, payload)
+    # Reads cut inside the DATA frame's header, then twice inside its payload.
+    header_at = len(data) - len(payload) - 9
+    reads = [data[:header_at + 4], data[header_at + 4:header_at + 60_000], data[header_at + 60_000:-1000],
+             data[-1000:]]
+    connection = RecordingConnection()
+    connection.connection_made(DiscardingTransport())
+    pieces = []
+    original = connection.on_data
+    connection.on_data = lambda stream_id, piece, end: (pieces.append(piece), original(stream_id, piece, end))
+    for read in reads:
+        connection.data_received(read)
+    assert [len(p) for p in pieces] == [60_000 - 9, len(reads[2]), 1000]
+    # Each piece is a view of the read it came in: the payload was not copied on the way.
+    assert [p.obj for p in pieces] == reads[1:]
+    assert b"".join(pieces) == payload
+    assert [e[3] for e in connection.events if e[0] == "data"] == [False, False, True]

@@ -34,6 +34,30 @@ def test_a_request_after_a_prefix_is_read_in_place():
     assert wire.parse_infer_request(framed, 5).sequence_id == 42
 
 
+def test_the_beginning_of_a_large_request_routes_it_or_says_it_needs_more():
+    """The front door parses the first piece of a request whose tensors are still in further pieces:
+    cut anywhere, the scan gives the full message's answer or MessageIncomplete, never another one."""
+    message = request(sequence_id="cam-3", sequence_start=True)
+    message.raw_input_contents[0] = bytes(range(256)) * 600  # 150 KB of tensor, the last field
+    data = message.SerializeToString()
+    whole = wire.parse_infer_request(data)
+    routed_from_a_prefix = []
+    for cut in range(0, len(data), 97):
+        try:
+            route = wire.parse_infer_request(memoryview(data)[:cut], 0, len(data))
+        except wire.MessageIncomplete:
+            continue
+        assert route == whole
+        routed_from_a_prefix.append(cut)
+    # Once everything before the tensor's bytes is at hand, the rest is not needed.
+    assert routed_from_a_prefix and min(routed_from_a_prefix) < 400
+    # A field after the tensor (valid protobuf, in an unusual order) is not skipped unread.
+    extra = service_pb2.ModelInferRequest(id="late").SerializeToString()
+    with pytest.raises(wire.MessageIncomplete):
+        wire.parse_infer_request(data[:400], 0, len(data) + len(extra))
+    assert wire.parse_infer_request(data + extra).request_id == "late"
+
+
 def test_sequence_parameters_integer_and_string_ids():
     data = request(sequence_id=42, sequence_start=True, priority=3).SerializeToString()
     route = wire.parse_infer_request(data)
