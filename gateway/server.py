@@ -134,7 +134,31 @@ def run(config: GatewayConfig) -> int:
     return _run_workers(config)
 
 
+# glibc malloc settings of a gateway process: blocks up to MMAP_THRESHOLD come from the heap, and up to
+# TRIM_THRESHOLD of freed heap stays mapped for the next messages.
+MALLOC_MMAP_THRESHOLD = 4 << 20
+MALLOC_TRIM_THRESHOLD = 64 << 20
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters, from glibc's malloc.h
+
+
+def keep_freed_memory() -> bool:
+    """Let glibc reuse freed memory for the next message instead of handing it back to the kernel.
+
+    Each read of a large message is a fresh bytes object of up to 256 KB (uvloop's read size). With
+    glibc's defaults such blocks are mapped, or the heap under them trimmed, afresh, and the page
+    faults that follow cost 10-15% of the gateway's CPU with 150 KB messages (docs/BENCHMARKS.md).
+    Returns whether the C library took the settings (only glibc has them; elsewhere nothing changes).
+    """
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, MALLOC_MMAP_THRESHOLD)) and bool(
+        mallopt(_M_TRIM_THRESHOLD, MALLOC_TRIM_THRESHOLD))
+
+
 def _run_loop(coroutine) -> None:
+    keep_freed_memory()
     # uvloop by default; TRITONFLEET_GATEWAY_LOOP=asyncio runs the standard loop (for comparisons).
     if os.environ.get("TRITONFLEET_GATEWAY_LOOP") == "asyncio":
         asyncio.run(coroutine)
