@@ -92,6 +92,21 @@ def test_between_idle_pods_latency_does_not_decide():
     assert policy.better(fast, slow, MODEL, clock=11, probe_after=100) is fast
 
 
+def test_in_a_loaded_fleet_an_idle_slow_pod_does_not_win_over_an_idle_fast_one_by_taking_turns():
+    # A third pod is busy: the gateway is under load, and the fast pod's figures are fresh.
+    fast = pod("fast", latency=0.004, last_pick=10)
+    slow = pod("slow", latency=0.008, last_pick=5)
+    busy = pod("busy", inflight=4, latency=0.004, last_pick=11)
+    assert policy.better(fast, slow, MODEL, clock=12, probe_after=100, loaded=True) is fast
+    assert policy.better(fast, slow, MODEL, clock=12, probe_after=100, loaded=False) is slow
+    # pick() tells loaded from any candidate's outstanding requests, not only the two sampled.
+    for seed in range(20):
+        chosen = policy.pick([fast, slow, busy], MODEL, random.Random(seed), clock=12)
+        assert chosen is fast, seed
+    busy.inflight = 0  # an idle fleet takes turns again
+    assert policy.pick([fast, slow, busy], MODEL, random.Random(0), clock=13) is slow
+
+
 def test_a_pods_speed_is_its_best_level_not_a_noisy_idle_one():
     # Always busy, this pod's idle level was measured once, at a bad moment; its loaded levels say 10 ms.
     fast = pod("fast", inflight=1, latency=0.010, levels=4)
