@@ -45,7 +45,8 @@ class GatewayConfig:
     eject_base_s: float = 0.5
     eject_max_s: float = 30.0
     # Keepalive on the connections to pods: a pod silent this long while calls wait on it is pinged,
-    # and a ping unanswered within the timeout drops the connection (its calls go to another pod).
+    # and a ping unanswered within the timeout drops the connection (its calls go to another pod); a
+    # connection that does not open within the timeout gives its calls back the same way.
     keepalive_time_s: float = 10.0
     keepalive_timeout_s: float = 5.0
     # Retries on another pod for requests that never reached a model: at most `retry_attempts` extra

@@ -371,8 +371,14 @@ class FrontDoor:
         loop = asyncio.get_running_loop()
 
         async def connect():
+            # A pod on a node that went away answers no SYN: without a bound, the calls queued for the
+            # connection would wait for the kernel to give up (minutes).
+            timeout = self.keepalive_timeout_s
             try:
-                await loop.create_connection(lambda: connection, host, port)
+                await asyncio.wait_for(loop.create_connection(lambda: connection, host, port), timeout)
+            except TimeoutError:
+                connection.on_lost(ConnectionError(f"no connection within {timeout:g} s"))
+                http2.flush()
             except OSError as exc:
                 connection.on_lost(exc)
                 http2.flush()

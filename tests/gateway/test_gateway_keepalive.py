@@ -1,12 +1,17 @@
 """Keepalive on the front door's connections to pods (`UpstreamConnection.keepalive`): a pod silent
 while calls wait on it is pinged, at most twice between two of its answers (a gRPC server counts
-closer pings as strikes), and a ping left unanswered drops the connection."""
+closer pings as strikes), and a ping left unanswered drops the connection; a connection that does not
+open within the same timeout hands its queued calls back."""
 
 from __future__ import annotations
 
 import asyncio
+import socket
 
-from gateway.frontdoor import MAX_PINGS_WITHOUT_DATA, UpstreamConnection
+from gateway.backends import BackendPool
+from gateway.forwarding import RetryBudget
+from gateway.frontdoor import MAX_PINGS_WITHOUT_DATA, FrontDoor, UpstreamConnection
+from gateway.metrics import GatewayMetrics
 from gateway.http2 import ACK, PING, flush, frame
 
 
@@ -100,3 +105,32 @@ def test_an_unanswered_ping_drops_the_connection_and_an_answered_one_does_not():
         assert "did not answer a PING within 0.05 s" in silent._lost_reason
 
     asyncio.run(scenario())
+
+
+def test_a_connection_that_does_not_open_in_time_hands_its_queued_calls_back():
+    """A pod whose node went away answers no SYN. A listener whose backlog is full drops SYNs the
+    same way: the calls queued for a connection to it must come back within the timeout."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    filler = socket.create_connection(("127.0.0.1", port))  # takes the only place in the backlog
+
+    async def scenario():
+        door = FrontDoor(BackendPool(GatewayMetrics()), GatewayMetrics(), RetryBudget(0.2, 10), 2,
+                         ("127.0.0.1", 1), 1 << 20, keepalive_time_s=10, keepalive_timeout_s=0.3)
+        handed_back: list[tuple] = []
+        door.upstream_failed = lambda call, reason, retryable: handed_back.append((call, reason, retryable))
+        connection = door._connect("127.0.0.1", port)
+        call = object()
+        connection._queued.append((call, [], [b""], True))
+        await asyncio.sleep(1.0)
+        return handed_back
+
+    try:
+        handed_back = asyncio.run(scenario())
+    finally:
+        filler.close()
+        listener.close()
+    assert len(handed_back) == 1 and handed_back[0][2] is True, handed_back
+    assert "no connection within 0.3 s" in handed_back[0][1]
