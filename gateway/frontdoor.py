@@ -92,7 +92,7 @@ class UpstreamConnection(http2.Connection):
         self.next_id = 1
         self.connected = False
         self.going_away = False
-        self._queued: list[tuple[Call, list, bytes | None, bool]] = []
+        self._queued: list[tuple[Call, list, list | None, bool]] = []
         # Keepalive: whether the pod sent HEADERS or DATA since the last look, how many PINGs went
         # out since it last did, and the timer that drops the connection if the latest goes unanswered.
         self.heard = False

@@ -307,10 +307,21 @@ def markdown_parts_two_and_three(rest: dict) -> list[str]:
     return lines
 
 
-def markdown(rows: list[dict] | None, rest: dict | None, command: str) -> str:
+def machine_state() -> dict:
+    """How busy and how fast the machine is right now: a shared host's neighbours move every figure."""
+    started = time.perf_counter()
+    total = 0
+    for i in range(5_000_000):
+        total += i
+    return {"load_average": os.getloadavg()[0], "loop_s": time.perf_counter() - started}
+
+
+def markdown(rows: list[dict] | None, rest: dict | None, command: str, machine: dict) -> str:
     lines = [
         f"- Command: `{command}`; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
         f"{os.cpu_count()} cores ({platform.processor() or platform.machine()}), loopback, Triton 2.51 on CPU.",
+        f"- Machine at the start: load average {machine['load_average']:.1f}; a 5-million-step Python loop "
+        f"took {machine['loop_s']:.2f} s (0.3-0.4 s on a quiet host; slower means busy neighbours).",
     ]
     for part in ([markdown_part_one(rows)] if rows else []) + ([markdown_parts_two_and_three(rest)] if rest else []):
         lines += [""] + part
@@ -332,15 +343,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     command = "python bench/gateway/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
     rows = rest = None
+    machine = machine_state()
     with tempfile.TemporaryDirectory(prefix="bench-gateway-") as tmp:
         workdir = Path(tmp)
         if args.parts in ("all", "two"):
             rows = part_one(workdir, args.rounds, args.tiny, args.big, args.loaded)
         if args.parts in ("all", "slow"):
             rest = parts_two_and_three(workdir, args.rounds, args.slow_requests, args.frames)
-    print(markdown(rows, rest, command.strip()))
+    print(markdown(rows, rest, command.strip(), machine))
     if args.json:
-        args.json.write_text(json.dumps({"two_servers": rows, **(rest or {})}, indent=2))
+        args.json.write_text(json.dumps({"machine": machine, "two_servers": rows, **(rest or {})}, indent=2))
     return 0
 
 
