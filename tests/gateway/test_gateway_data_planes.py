@@ -1,5 +1,6 @@
 """Both data planes behind one port: `frames` (ModelInfer forwarded as HTTP/2 frames, the default) and
-`grpc` (grpcio takes every call), against three real Triton servers."""
+`grpc` (grpcio takes every call), against three real Triton servers. A raw HTTP/2 client (the
+gateway's own frame code, as a client) sends requests cut into DATA frames at awkward places."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aioclient
+from tritonclient.grpc import service_pb2
 from tritonclient.utils import InferenceServerException
 
+from gateway import http2
 from gateway.frontdoor import format_timeout, parse_timeout
 from tests.gateway.helpers import GatewayProcess, add_one_inputs, served_counts
 
@@ -117,3 +120,58 @@ def test_grpc_timeout_headers_round_trip():
     assert parse_timeout("12") is None and parse_timeout("m") is None and parse_timeout("") is None
     assert parse_timeout(format_timeout(1.5)) == pytest.approx(1.5)
     assert format_timeout(0) == "1u"
+
+
+class RawClient(http2.Connection):
+    """An HTTP/2 client that sends a gRPC call's DATA frames exactly as cut by the test."""
+
+    def __init__(self):
+        super().__init__(client=True)
+        self.answer = bytearray()
+        self.trailers: dict[str, str] = {}
+        self.done = asyncio.Event()
+
+    def on_headers(self, stream_id, headers, end_stream):
+        if end_stream:
+            self.trailers = dict(headers)
+            self.done.set()
+
+    def on_data(self, stream_id, data, end_stream):
+        self.answer += data
+
+
+async def _infer_in_pieces(url: str, message: bytes, cuts: list[int]) -> RawClient:
+    host, _, port = url.rpartition(":")
+    loop = asyncio.get_running_loop()
+    _, client = await loop.create_connection(RawClient, host, int(port))
+    headers = [(":method", "POST"), (":scheme", "http"), (":path", "/inference.GRPCInferenceService/ModelInfer"),
+               (":authority", url), ("content-type", "application/grpc"), ("te", "trailers")]
+    client.open_stream(1)
+    client.send_headers(1, headers, False)
+    pieces = [message[a:b] for a, b in zip([0, *cuts], [*cuts, len(message)])]
+    for index, piece in enumerate(pieces):
+        client.send_data(1, piece, index == len(pieces) - 1)
+        http2.flush()
+        await asyncio.sleep(0.01)  # each DATA frame in a read of its own, as a slow client sends them
+    await asyncio.wait_for(client.done.wait(), 30)
+    client.close()
+    return client
+
+
+@pytest.mark.parametrize("elements, cuts", [
+    (3, [2, 7]),  # the first DATA frame ends inside the gRPC prefix, the next inside the model name
+    (3, [30]),  # ... inside the tensor's description
+    (40_000, [60, 70_000, 150_000]),  # 160 KB: the routing fields in the first frame, the tensor spread
+], ids=["cut-in-prefix-and-name", "cut-in-inputs", "large-in-four"])
+def test_a_request_in_awkwardly_cut_data_frames_is_routed_and_answered(plane, elements, cuts):
+    _, gateway = plane
+    values = np.arange(elements, dtype=np.float32)
+    request = service_pb2.ModelInferRequest(model_name="add_one")
+    request.inputs.add(name="INPUT0", datatype="FP32", shape=[elements])
+    request.raw_input_contents.append(values.tobytes())
+    body = request.SerializeToString()
+    message = b"\x00" + len(body).to_bytes(4, "big") + body
+    client = asyncio.run(_infer_in_pieces(gateway.url, message, cuts))
+    assert client.trailers.get("grpc-status") == "0", client.trailers
+    answer = service_pb2.ModelInferResponse.FromString(bytes(client.answer[5:]))
+    assert np.array_equal(np.frombuffer(answer.raw_output_contents[0], dtype=np.float32), values + 1)
