@@ -408,12 +408,15 @@ class FrontDoor:
     # ---- ModelInfer: route, answer, retry ----------------------------------------------------------
 
     def route(self, call: Call) -> None:
-        first = call.body[0] if call.body else b""
-        if len(first) < 5:
-            first = call.body[0] = b"".join(call.body)
-            del call.body[1:]
-        length = int.from_bytes(first[1:5], "big") if len(first) >= 5 else -1
-        if len(first) < 5 or first[0] != 0 or length != call.size - 5:
+        if call.size < 5:  # not even a gRPC message prefix (grpcio's server would never answer it)
+            self.fail(call, grpc.StatusCode.INVALID_ARGUMENT,
+                      f"a ModelInfer call carries one gRPC message; this one has {call.size} bytes")
+            return
+        if len(call.body[0]) < 5:  # the prefix itself came in pieces
+            call.body = [b"".join(call.body)]
+        first = call.body[0]
+        length = int.from_bytes(first[1:5], "big")
+        if first[0] != 0 or length != call.size - 5:
             # Compressed or not one message: the gRPC service decodes (or refuses) it.
             self._relay_whole(call)
             return

@@ -5,6 +5,7 @@ gateway's own frame code, as a client) sends requests cut into DATA frames at aw
 from __future__ import annotations
 
 import asyncio
+import urllib.parse
 
 import grpc
 import numpy as np
@@ -127,35 +128,52 @@ class RawClient(http2.Connection):
 
     def __init__(self):
         super().__init__(client=True)
-        self.answer = bytearray()
-        self.trailers: dict[str, str] = {}
-        self.done = asyncio.Event()
+        self.answers: dict[int, bytearray] = {}
+        self.trailers: dict[int, dict[str, str]] = {}
+        self._done: dict[int, asyncio.Event] = {}
 
     def on_headers(self, stream_id, headers, end_stream):
         if end_stream:
-            self.trailers = dict(headers)
-            self.done.set()
+            self.trailers[stream_id] = dict(headers)
+            self._done[stream_id].set()
 
     def on_data(self, stream_id, data, end_stream):
-        self.answer += data
+        self.answers[stream_id] += data
 
-
-async def _infer_in_pieces(url: str, message: bytes, cuts: list[int]) -> RawClient:
-    host, _, port = url.rpartition(":")
-    loop = asyncio.get_running_loop()
-    _, client = await loop.create_connection(RawClient, host, int(port))
-    headers = [(":method", "POST"), (":scheme", "http"), (":path", "/inference.GRPCInferenceService/ModelInfer"),
-               (":authority", url), ("content-type", "application/grpc"), ("te", "trailers")]
-    client.open_stream(1)
-    client.send_headers(1, headers, False)
-    pieces = [message[a:b] for a, b in zip([0, *cuts], [*cuts, len(message)])]
-    for index, piece in enumerate(pieces):
-        client.send_data(1, piece, index == len(pieces) - 1)
+    async def infer(self, stream_id: int, pieces: list[bytes]) -> None:
+        """A ModelInfer call on `stream_id` whose message goes as these DATA frames (none: no message)."""
+        headers = [(":method", "POST"), (":scheme", "http"), (":path", "/inference.GRPCInferenceService/ModelInfer"),
+                   (":authority", "gateway"), ("content-type", "application/grpc"), ("te", "trailers")]
+        self.answers[stream_id] = bytearray()
+        self._done[stream_id] = asyncio.Event()
+        self.open_stream(stream_id)
+        self.send_headers(stream_id, headers, not pieces)
         http2.flush()
-        await asyncio.sleep(0.01)  # each DATA frame in a read of its own, as a slow client sends them
-    await asyncio.wait_for(client.done.wait(), 30)
-    client.close()
+        for index, piece in enumerate(pieces):
+            self.send_data(stream_id, piece, index == len(pieces) - 1)
+            http2.flush()
+            await asyncio.sleep(0.01)  # each DATA frame in a read of its own, as a slow client sends them
+        await asyncio.wait_for(self._done[stream_id].wait(), 30)
+
+
+async def _raw_client(url: str) -> RawClient:
+    host, _, port = url.rpartition(":")
+    _, client = await asyncio.get_running_loop().create_connection(RawClient, host, int(port))
     return client
+
+
+def _add_one_message(values: np.ndarray) -> bytes:
+    """A ModelInferRequest for add_one, with its gRPC message prefix."""
+    request = service_pb2.ModelInferRequest(model_name="add_one")
+    request.inputs.add(name="INPUT0", datatype="FP32", shape=[len(values)])
+    request.raw_input_contents.append(values.tobytes())
+    body = request.SerializeToString()
+    return b"\x00" + len(body).to_bytes(4, "big") + body
+
+
+def _output(client: RawClient, stream_id: int) -> np.ndarray:
+    answer = service_pb2.ModelInferResponse.FromString(bytes(client.answers[stream_id][5:]))
+    return np.frombuffer(answer.raw_output_contents[0], dtype=np.float32)
 
 
 @pytest.mark.parametrize("elements, cuts", [
@@ -166,12 +184,34 @@ async def _infer_in_pieces(url: str, message: bytes, cuts: list[int]) -> RawClie
 def test_a_request_in_awkwardly_cut_data_frames_is_routed_and_answered(plane, elements, cuts):
     _, gateway = plane
     values = np.arange(elements, dtype=np.float32)
-    request = service_pb2.ModelInferRequest(model_name="add_one")
-    request.inputs.add(name="INPUT0", datatype="FP32", shape=[elements])
-    request.raw_input_contents.append(values.tobytes())
-    body = request.SerializeToString()
-    message = b"\x00" + len(body).to_bytes(4, "big") + body
-    client = asyncio.run(_infer_in_pieces(gateway.url, message, cuts))
-    assert client.trailers.get("grpc-status") == "0", client.trailers
-    answer = service_pb2.ModelInferResponse.FromString(bytes(client.answer[5:]))
-    assert np.array_equal(np.frombuffer(answer.raw_output_contents[0], dtype=np.float32), values + 1)
+    message = _add_one_message(values)
+
+    async def scenario():
+        client = await _raw_client(gateway.url)
+        await client.infer(1, [message[a:b] for a, b in zip([0, *cuts], [*cuts, len(message)])])
+        client.close()
+        return client
+
+    client = asyncio.run(scenario())
+    assert client.trailers[1].get("grpc-status") == "0", client.trailers
+    assert np.array_equal(_output(client, 1), values + 1)
+
+
+def test_a_call_without_a_message_is_refused_and_the_connection_goes_on(plane):
+    name, gateway = plane
+    if name == "grpc":
+        pytest.skip("grpcio's own server (1.85) never answers a unary call that carries no message")
+    values = np.arange(3, dtype=np.float32)
+
+    async def scenario():
+        client = await _raw_client(gateway.url)
+        await client.infer(1, [])  # HEADERS with END_STREAM: no request message at all
+        await client.infer(3, [_add_one_message(values)])
+        client.close()
+        return client
+
+    client = asyncio.run(scenario())
+    assert client.trailers[1].get("grpc-status") == str(grpc.StatusCode.INVALID_ARGUMENT.value[0]), client.trailers
+    assert "carries one gRPC message" in urllib.parse.unquote(client.trailers[1].get("grpc-message", ""))
+    assert client.trailers[3].get("grpc-status") == "0", client.trailers
+    assert np.array_equal(_output(client, 3), values + 1)
