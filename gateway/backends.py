@@ -17,13 +17,14 @@ from dataclasses import dataclass, field
 import grpc
 
 from gateway import policy
+from gateway.config import GatewayConfig
 from gateway.metrics import GatewayMetrics
 
 log = logging.getLogger("tritonfleet.gateway")
 
 SERVICE = "/inference.GRPCInferenceService/"
 
-def channel_options(keepalive_time_s: float = 10.0, keepalive_timeout_s: float = 5.0) -> list[tuple[str, int]]:
+def channel_options(keepalive_time_s: float, keepalive_timeout_s: float) -> list[tuple[str, int]]:
     """grpcio options of the channels to pods: tensors of any size the pods accept, and keepalive pings,
     also while no call is open, so that a silently dead pod is noticed by the transport too."""
     return [
@@ -95,7 +96,8 @@ class BackendPool:
                  eject_base_s: float = 0.5, eject_max_s: float = 30.0,
                  options: list[tuple[str, int]] | None = None):
         self.metrics = metrics
-        self.channel_options = options if options is not None else channel_options()
+        self.channel_options = options if options is not None else channel_options(
+            GatewayConfig.keepalive_time_s, GatewayConfig.keepalive_timeout_s)  # the configuration's defaults
         self.max_inflight = max_inflight
         self.queue_timeout_s = queue_timeout_s
         self.eject_base_s = eject_base_s

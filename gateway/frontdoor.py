@@ -308,8 +308,8 @@ class FrontDoor:
     """The listening socket, the client connections, and one upstream connection per pod."""
 
     def __init__(self, pool: BackendPool, metrics: GatewayMetrics, budget: RetryBudget, retry_attempts: int,
-                 internal_address: tuple[str, int], max_message_bytes: int, keepalive_time_s: float = 10.0,
-                 keepalive_timeout_s: float = 5.0):
+                 internal_address: tuple[str, int], max_message_bytes: int, keepalive_time_s: float,
+                 keepalive_timeout_s: float):
         self.pool = pool
         self.metrics = metrics
         self.budget = budget

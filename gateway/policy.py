@@ -6,12 +6,12 @@ the same momentarily idle pod.
 
 While the fleet is loaded (any of its pods has work outstanding) and one of the two is clearly slower
 (its best measured latency at least SLOWER_FACTOR times the other's: a pod on a busy node, a slower
-GPU), the one expected to answer this request sooner wins. The expectation comes from latencies measured per load level (how many requests
-were already outstanding on the pod when one was sent), because a Triton pod serves several requests
-at once (model instances, dynamic batching): its latency with three ahead may be no worse than with
-none, and only measuring it says so. Latency is kept per model: the same pod answers a 1 ms
-preprocessing model and a 30 ms detector. A slow pod then takes work only while the fast ones are
-loaded deep enough to be slower still.
+GPU), the one expected to answer this request sooner wins. The expectation comes from latencies
+measured per load level (how many requests were already outstanding on the pod when one was sent),
+because a Triton pod serves several requests at once (model instances, dynamic batching): its latency
+with three ahead may be no worse than with none, and only measuring it says so. Latency is kept per
+model: the same pod answers a 1 ms preprocessing model and a 30 ms detector. A slow pod then takes
+work only while the fast ones are loaded deep enough to be slower still.
 
 Between pods of similar speed latency differences are noise, and while no pod has work outstanding
 they are left out too: fewer outstanding wins, then whichever was picked less recently, which spreads
@@ -19,9 +19,9 @@ even a one-request-at-a-time client or a 30-FPS camera stream evenly instead of 
 (Letting latency decide in an idle fleet too would let one unlucky figure keep a pod of the same speed
 out of a sequential client's requests until its next probe: taking turns is what keeps its figures
 fresh. Under load the fast pods' figures stay fresh anyway, and an idle slow pod must not win over an
-idle fast one only because it was picked less recently.) A pod avoided for its latency is still tried once it has gone
-`probe_after` picks without one, so that a pod that was slow once (a cold start, a noisy neighbour)
-gets the chance to show it is fast again; rarely, since each probe is a slow answer.
+idle fast one only because it was picked less recently.) A pod avoided for its latency is still tried
+once it has gone `probe_after` picks without one, so that a pod that was slow once (a cold start, a
+noisy neighbour) gets the chance to show it is fast again; rarely, since each probe is a slow answer.
 """
 
 from __future__ import annotations
@@ -77,9 +77,9 @@ def better(a: Candidate, b: Candidate, model: str, clock: int = 0, probe_after: 
            loaded: bool = False) -> Candidate:
     """The preferable of two candidates for a request for `model`.
 
-    When the fleet is `loaded` or either has work outstanding, and one is clearly slower (its best latency for `model`, at any
-    load level, SLOWER_FACTOR times the other's or more, and SLOWER_GAP_S more), the one expected to
-    answer a new request sooner wins. Otherwise, or while either is unmeasured, fewer outstanding
+    When the fleet is `loaded` or either has work outstanding, and one is clearly slower (its best
+    latency for `model`, at any load level, SLOWER_FACTOR times the other's or more, and SLOWER_GAP_S
+    more), the one expected to answer a new request sooner wins. Otherwise, or while either is unmeasured, fewer outstanding
     wins, then the less recently picked. `clock` is the number of picks so far; a slower pod last
     picked `probe_after` or more picks ago is not held back by its latency (0: no probing).
     """
