@@ -7,12 +7,14 @@ import subprocess
 import sys
 import textwrap
 import time
+import urllib.error
 import urllib.request
 
 import numpy as np
 import pytest
 import torch
 import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
 
 from kernels.preprocess import preprocess_reference
 from tritonfleet import triton_metrics
@@ -62,8 +64,13 @@ def test_metrics_counters_move_with_traffic(shared_fleet):
     frames = np.zeros((1, 8, 8, 3), dtype=np.uint8) + 9
     for _ in range(3):
         infer_preprocess(server.grpc_url, frames)
-    after = triton_metrics.successes(server.metrics_url, "image_preprocess")
-    assert after - before == 3
+    # Triton refreshes its metrics on an interval (2 s by default): wait for the counter to catch up,
+    # then check it counted exactly these three.
+    def moved() -> float:
+        return triton_metrics.successes(server.metrics_url, "image_preprocess") - before
+
+    assert wait_until(lambda: moved() >= 3, timeout=30), moved()
+    assert moved() == 3
 
 
 def test_a_bad_request_gets_invalid_argument_and_the_server_keeps_serving(shared_fleet):
@@ -71,8 +78,9 @@ def test_a_bad_request_gets_invalid_argument_and_the_server_keeps_serving(shared
     client = grpcclient.InferenceServerClient(server.grpc_url)
     tensor = grpcclient.InferInput("FRAMES", [1, 0, 4, 3], "UINT8")
     tensor.set_data_from_numpy(np.zeros((1, 0, 4, 3), dtype=np.uint8))
-    with pytest.raises(Exception, match="must not be empty"):
+    with pytest.raises(InferenceServerException, match="must not be empty") as refused:
         client.infer("image_preprocess", [tensor])
+    assert refused.value.status() == "StatusCode.INVALID_ARGUMENT", refused.value
     assert infer_preprocess(server.grpc_url, np.ones((1, 4, 4, 3), dtype=np.uint8)).shape == (1, 3, 224, 224)
 
 
@@ -211,7 +219,24 @@ def test_a_failing_test_leaves_no_server_behind(tmp_path):
     assert not processes_mentioning(str(tmp_path / "inner")), "a server outlived the failed test"
 
 
+def http_status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as reply:
+            return reply.status
+    except urllib.error.HTTPError as refused:
+        return refused.code
+
+
 def test_http_readiness_endpoint_agrees_with_grpc(shared_fleet):
     server = shared_fleet[0]
-    with urllib.request.urlopen(f"http://{server.http_url}/v2/health/ready", timeout=5) as reply:
-        assert reply.status == 200
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    base = f"http://{server.http_url}/v2"
+    answers = {
+        "server": (http_status(f"{base}/health/ready"), client.is_server_ready()),
+        "a loaded model": (http_status(f"{base}/models/image_preprocess/ready"), client.is_model_ready("image_preprocess")),
+        "an unknown model": (http_status(f"{base}/models/no_such_model/ready"), client.is_model_ready("no_such_model")),
+    }
+    client.close()
+    # HTTP says 200 exactly where gRPC says ready.
+    assert {what: (status == 200, ready) for what, (status, ready) in answers.items()} == {
+        "server": (True, True), "a loaded model": (True, True), "an unknown model": (False, False)}, answers
