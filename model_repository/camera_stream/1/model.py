@@ -1,0 +1,62 @@
+"""Triton Python-backend model: compressed camera streams, one decoder session per sequence.
+
+Each request carries H.264 or H.265 access units (Annex B) of one camera; `models.camera` keeps the
+camera's decoder by correlation id, decodes, and runs `video_pipeline`'s analysis on the pictures
+of the whole batch. A bad access unit, a stream waiting for its keyframe or a camera refused at the
+decoder limit only ever affect their own request.
+"""
+
+import torch
+
+from models import camera_io, triton_io
+from models.video import settings_from_parameters
+
+
+def _settings(params: dict) -> tuple[int, tuple[int, int]]:
+    return int(params.get("TOP_K", "5")), settings_from_parameters(params).grid
+
+
+class TritonPythonModel:
+    @staticmethod
+    def auto_complete_config(auto_complete_model_config):
+        params = triton_io.parameters(auto_complete_model_config.as_dict())
+        return triton_io.complete_config(
+            auto_complete_model_config, camera_io.INPUTS, camera_io.outputs(*_settings(params))
+        )
+
+    def initialize(self, args):
+        self.service, self.labels, self.device = camera_io.build_service(args)
+        self.k, self.grid = _settings(triton_io.parameters(triton_io.load_config(args)))
+        self.metrics = camera_io.CameraMetrics(args)
+
+    def execute(self, requests):
+        results, accepted, positions = [None] * len(requests), [], []
+        for position, request in enumerate(requests):
+            try:
+                accepted.append(camera_io.camera_request(request))
+                positions.append(position)
+            except ValueError as exc:
+                results[position] = exc
+        try:
+            served = self.service.step(accepted)
+        except Exception as exc:  # a failure of the batch itself: every request still gets an answer
+            served = [exc] * len(accepted)
+        for position, result in zip(positions, served):
+            results[position] = result
+        if self.device.type == "cuda":
+            torch.cuda.current_stream(self.device).synchronize()
+        self.metrics.publish(len(self.service.streams.streams), self.service.counters)
+        return [self._response(result) for result in results]
+
+    def _response(self, result):
+        if isinstance(result, Exception):
+            return camera_io.error_response(result)
+        try:
+            return camera_io.pb_utils.InferenceResponse(
+                output_tensors=camera_io.result_tensors(result, self.labels, self.k, self.grid)
+            )
+        except Exception as exc:  # one request's outputs that cannot be built fail only that request
+            return camera_io.error_response(RuntimeError(f"building the outputs failed: {exc}"))
+
+    def finalize(self):
+        self.service.close()

@@ -1,0 +1,130 @@
+"""Triton side of the camera model: requests -> `CameraRequest`s, results -> tensors, metrics.
+
+Imported only inside the Python-backend stub.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton_python_backend_utils as pb_utils
+
+from models import triton_io
+from models.camera import CameraAnalyzer, CameraCounters, CameraRequest, CameraResult, CameraService, CameraStreams, DecoderLimit
+from models.pipeline import build_from_parameters
+from models.video import settings_from_parameters
+from models.video_decode import codec_name, decoder_factory
+
+INPUTS = [
+    {"name": "ACCESS_UNITS", "data_type": "TYPE_STRING", "dims": [-1]},
+    {"name": "CODEC", "data_type": "TYPE_STRING", "dims": [1], "optional": True},
+]
+
+
+def outputs(k: int, grid: tuple[int, int]) -> list[dict]:
+    return [
+        {"name": "STATUS", "data_type": "TYPE_STRING", "dims": [1]},
+        {"name": "FRAMES_DECODED", "data_type": "TYPE_INT64", "dims": [1]},
+        {"name": "DECODE_MS", "data_type": "TYPE_FP32", "dims": [1]},
+        {"name": "STREAM_FRAMES", "data_type": "TYPE_INT64", "dims": [1]},
+        {"name": "FRAME_INDEX", "data_type": "TYPE_INT64", "dims": [-1]},
+        {"name": "MOTION", "data_type": "TYPE_FP32", "dims": [-1]},
+        {"name": "MOTION_TILES", "data_type": "TYPE_FP32", "dims": [-1, *grid]},
+        {"name": "SCENE_CHANGE", "data_type": "TYPE_BOOL", "dims": [-1]},
+        {"name": "CLASSIFIED", "data_type": "TYPE_BOOL", "dims": [-1]},
+        {"name": "LABELS", "data_type": "TYPE_STRING", "dims": [-1, k]},
+        {"name": "SCORES", "data_type": "TYPE_FP32", "dims": [-1, k]},
+    ]
+
+
+def build_service(args: dict) -> tuple[CameraService, list[str], torch.device]:
+    config = triton_io.load_config(args)
+    params = triton_io.parameters(config)
+    device = triton_io.instance_device(args)
+    pipeline, labels = build_from_parameters(params, lambda p: triton_io.model_file(args, p), device)
+    settings = settings_from_parameters(params)
+    streams = CameraStreams(
+        decoder_factory(params.get("DECODER", "auto"), device),
+        max_decoders=int(params.get("MAX_DECODERS", "16")),
+        idle_timeout_s=settings.idle_timeout_s,
+    )
+    service = CameraService(
+        streams, CameraAnalyzer(pipeline, settings), codec_name(params.get("CODEC", "h264")),
+        decode_threads=int(params.get("DECODE_THREADS", "1")),
+    )
+    return service, labels, device
+
+
+def camera_request(request) -> CameraRequest:
+    codec = triton_io.input_bytes(request, "CODEC")
+    return CameraRequest(
+        stream=request.correlation_id(),
+        access_units=triton_io.input_bytes(request, "ACCESS_UNITS") or [],
+        codec=codec_name(codec[0].decode(errors="replace")) if codec else None,
+        start=_flag(request, "START"),
+        end=_flag(request, "END"),
+    )
+
+
+def _flag(request, name: str) -> bool:
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    return bool(tensor is not None and tensor.as_numpy().reshape(-1)[0])
+
+
+def result_tensors(result: CameraResult, labels: list[str], k: int, grid: tuple[int, int]) -> list:
+    """One request's outputs, batch dimension 1; the per-frame ones have one row per picture."""
+    frames = result.frames
+    n = len(frames)
+    tiles = torch.stack([f.tiles for f in frames]) if frames else torch.zeros((0, *grid))
+    scores = torch.stack([f.scores for f in frames]) if frames else torch.zeros((0, k))
+    return [
+        triton_io.bytes_output("STATUS", [[result.status]]),
+        triton_io.output("FRAMES_DECODED", torch.tensor([[n]], dtype=torch.int64)),
+        triton_io.output("DECODE_MS", torch.tensor([[result.decode_ms]], dtype=torch.float32)),
+        triton_io.output("STREAM_FRAMES", torch.tensor([[result.stream_frames]], dtype=torch.int64)),
+        triton_io.output("FRAME_INDEX", torch.tensor([result.frame_indices], dtype=torch.int64).view(1, n)),
+        triton_io.output("MOTION", torch.tensor([[f.motion for f in frames]], dtype=torch.float32).view(1, n)),
+        triton_io.output("MOTION_TILES", tiles.to(torch.float32).unsqueeze(0)),
+        triton_io.output("SCENE_CHANGE", torch.tensor([[f.scene_change for f in frames]], dtype=torch.bool).view(1, n)),
+        triton_io.output("CLASSIFIED", torch.tensor([[f.classified for f in frames]], dtype=torch.bool).view(1, n)),
+        _labels_output(frames, labels, k),
+        triton_io.output("SCORES", scores.to(torch.float32).unsqueeze(0)),
+    ]
+
+
+def _labels_output(frames, labels: list[str], k: int):
+    import numpy as np
+
+    rows = [[labels[i].encode() for i in f.indices.tolist()] for f in frames]
+    return pb_utils.Tensor("LABELS", np.array(rows, dtype=np.object_).reshape(1, len(frames), k))
+
+
+def error_response(exc: Exception):
+    if isinstance(exc, DecoderLimit):
+        # The 2.51 Python backend has no RESOURCE_EXHAUSTED; UNAVAILABLE is the status that tells a
+        # client (or a gateway) to try again later or elsewhere.
+        return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc), pb_utils.TritonError.UNAVAILABLE))
+    return triton_io.error_response(exc)
+
+
+class CameraMetrics:
+    """The instance's decoder sessions and refusals on Triton's metrics endpoint."""
+
+    def __init__(self, args: dict):
+        labels = {"model": args["model_name"], "instance": args["model_instance_name"]}
+        gauge, counter = pb_utils.MetricFamily.GAUGE, pb_utils.MetricFamily.COUNTER
+        self._families = [
+            pb_utils.MetricFamily("tritonfleet_camera_decoders", "Open decoder sessions (camera streams)", gauge),
+            pb_utils.MetricFamily("tritonfleet_camera_rejected_total", "New camera streams refused at MAX_DECODERS", counter),
+            pb_utils.MetricFamily("tritonfleet_camera_frames_decoded_total", "Pictures decoded", counter),
+            pb_utils.MetricFamily("tritonfleet_camera_corrupt_access_units_total", "Access units refused as corrupt", counter),
+        ]
+        self.decoders, self.rejected, self.frames, self.corrupt = (f.Metric(labels=labels) for f in self._families)
+        self._published = CameraCounters()
+
+    def publish(self, open_decoders: int, counters: CameraCounters) -> None:
+        self.decoders.set(open_decoders)
+        for metric, name in ((self.rejected, "rejected"), (self.frames, "frames"), (self.corrupt, "corrupt")):
+            delta = getattr(counters, name) - getattr(self._published, name)
+            if delta:
+                metric.increment(delta)
+                setattr(self._published, name, getattr(counters, name))

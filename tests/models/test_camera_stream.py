@@ -1,0 +1,209 @@
+"""The camera model on a real tritonserver: H.264 and H.265 clips made with PyAV, decoded per sequence.
+
+One server for the module, serving only `camera_stream` with a decoder limit of 2, so the limit
+can be reached with three cameras.
+"""
+
+from __future__ import annotations
+
+import queue
+import re
+import shutil
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from models.camera import CameraStreams, DecoderLimit
+from models.video import StreamError
+from tests.models.camera_clips import codec_input, encode_clip, offline_motion, units_input
+from tritonfleet.paths import MODEL_REPOSITORY
+from tritonfleet.triton_server import start_fleet, stop_all
+
+MODEL = "camera_stream"
+MAX_DECODERS = 2
+
+
+@pytest.fixture(scope="module")
+def camera_server(tmp_path_factory):
+    repo = tmp_path_factory.mktemp("camera-repo")
+    shutil.copytree(MODEL_REPOSITORY / MODEL, repo / MODEL, ignore=shutil.ignore_patterns("__pycache__"))
+    config = repo / MODEL / "config.pbtxt"
+    config.write_text(config.read_text().replace(
+        'key: "MAX_DECODERS" value { string_value: "16" }', f'key: "MAX_DECODERS" value {{ string_value: "{MAX_DECODERS}" }}'
+    ))
+    servers = start_fleet(1, repo, tmp_path_factory.mktemp("camera-triton"))
+    yield servers[0]
+    stop_all(servers)
+
+
+@pytest.fixture
+def client(camera_server):
+    with grpcclient.InferenceServerClient(camera_server.grpc_url) as connection:
+        yield connection
+
+
+@pytest.fixture(scope="module")
+def clips():
+    return {codec: encode_clip(codec) for codec in ("h264", "hevc")}
+
+
+def send(client, stream: int, units: list[bytes], *, start=False, end=False, codec: str | None = None):
+    inputs = [units_input(units)] + ([codec_input(codec)] if codec else [])
+    return client.infer(MODEL, inputs, sequence_id=stream, sequence_start=start, sequence_end=end)
+
+
+def outputs(result) -> dict:
+    return {
+        "status": result.as_numpy("STATUS")[0, 0].decode(),
+        "decoded": int(result.as_numpy("FRAMES_DECODED")[0, 0]),
+        "index": result.as_numpy("FRAME_INDEX")[0].tolist(),
+        "motion": result.as_numpy("MOTION")[0].tolist(),
+        "labels": result.as_numpy("LABELS")[0],
+    }
+
+
+def chunks(units: list[bytes], sizes=(1, 2, 3)) -> list[list[bytes]]:
+    """The clip cut into requests of 1, 2, 3, 1, 2, 3... access units."""
+    out, at, n = [], 0, 0
+    while at < len(units):
+        size = sizes[n % len(sizes)]
+        out.append(units[at : at + size])
+        at, n = at + size, n + 1
+    return out
+
+
+@pytest.mark.parametrize("codec", ["h264", "hevc"])
+def test_a_clip_decodes_to_the_same_analysis_as_offline(client, clips, codec):
+    units = clips[codec]
+    requests = chunks(units)
+    got = [
+        outputs(send(client, 11, part, start=i == 0, end=i == len(requests) - 1, codec=codec))
+        for i, part in enumerate(requests)
+    ]
+    assert {r["status"] for r in got} == {"decoding"}
+    assert [i for r in got for i in r["index"]] == list(range(len(units)))
+    assert sum(r["decoded"] for r in got) == len(units)
+    assert all(r["labels"].shape == (r["decoded"], 5) for r in got)
+    motion = [m for r in got for m in r["motion"]]
+    np.testing.assert_allclose(motion, offline_motion(codec, units), rtol=1e-5, atol=1e-4)
+    assert max(motion) > 0.1  # the box moves: a clip of equal frames would prove nothing
+
+
+def test_a_sequence_joined_between_keyframes_waits_for_one(client, clips):
+    units = clips["h264"]  # keyframes at 0, 10, 20
+    waiting = [outputs(send(client, 12, units[3:5], start=True)), outputs(send(client, 12, units[5:10]))]
+    assert [(r["status"], r["decoded"], r["motion"]) for r in waiting] == [("waiting_for_keyframe", 0, [])] * 2
+    resumed = [outputs(send(client, 12, units[10:20])), outputs(send(client, 12, units[20:], end=True))]
+    assert [r["status"] for r in resumed] == ["decoding", "decoding"]
+    assert [i for r in resumed for i in r["index"]] == list(range(20))
+    np.testing.assert_allclose(
+        [m for r in resumed for m in r["motion"]], offline_motion("h264", units[10:]), rtol=1e-5, atol=1e-4
+    )
+
+
+def test_a_corrupt_access_unit_fails_its_stream_alone_until_the_next_keyframe(client, clips):
+    units = clips["h264"]
+    truncated = units[5][: len(units[5]) // 2]
+    other = clips["hevc"]
+    # Another camera on a bidirectional stream, its access units interleaved with the damaged one's.
+    answers: queue.Queue = queue.Queue()
+    client.start_stream(callback=lambda result, error: answers.put((result, error)))
+    damaged = []
+    try:
+        for i in range(len(units)):
+            client.async_stream_infer(
+                MODEL, [units_input([other[i]]), codec_input("hevc")],
+                sequence_id=21, sequence_start=i == 0, sequence_end=i == len(units) - 1,
+            )
+            try:
+                damaged.append(outputs(send(client, 22, [truncated if i == 5 else units[i]], start=i == 0, end=i == len(units) - 1)))
+            except InferenceServerException as exc:
+                damaged.append(exc)
+        streamed = [answers.get(timeout=120) for _ in range(len(other))]
+    finally:
+        client.stop_stream()
+
+    error = damaged[5]
+    assert isinstance(error, InferenceServerException) and error.status() == "StatusCode.INVALID_ARGUMENT"
+    assert "stream 22" in error.message() and "next keyframe" in error.message()
+    assert [r["status"] for r in damaged[:5]] == ["decoding"] * 5
+    assert [(r["status"], r["decoded"]) for r in damaged[6:10]] == [("waiting_for_keyframe", 0)] * 4
+    assert [r["status"] for r in damaged[10:]] == ["decoding"] * 20
+    assert [i for r in damaged[10:] for i in r["index"]] == list(range(5, 25))
+    # The other camera saw none of it.
+    assert [error for _, error in streamed] == [None] * len(other)
+    motion = [m for result, _ in streamed for m in outputs(result)["motion"]]
+    np.testing.assert_allclose(motion, offline_motion("hevc", other), rtol=1e-5, atol=1e-4)
+
+
+def rejected_total(server) -> float:
+    text = urllib.request.urlopen(server.metrics_url, timeout=10).read().decode()
+    values = re.findall(r'^tritonfleet_camera_rejected_total\{[^}]*model="camera_stream"[^}]*\} (\S+)$', text, re.M)
+    return sum(float(v) for v in values)
+
+
+def wait_for(condition, timeout_s: float = 30.0):
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met within the bound")
+        time.sleep(0.2)
+
+
+def test_the_decoder_limit_refuses_a_new_camera_and_an_ended_stream_frees_its_decoder(client, camera_server, clips):
+    units = clips["h264"]
+    before = rejected_total(camera_server)
+    for stream in (31, 32):
+        assert outputs(send(client, stream, units[:1], start=True))["decoded"] == 1
+    with pytest.raises(InferenceServerException) as refused:
+        send(client, 33, units[:1], start=True)
+    assert refused.value.status() == "StatusCode.UNAVAILABLE"
+    assert "decoder limit" in refused.value.message()
+    wait_for(lambda: rejected_total(camera_server) == before + 1)
+    # The cameras already admitted go on as before.
+    assert outputs(send(client, 32, units[1:3]))["index"] == [1, 2]
+
+    send(client, 31, units[1:2], end=True)
+    assert outputs(send(client, 33, units[:2], start=True))["index"] == [0, 1]
+    send(client, 32, units[3:4], end=True)
+    send(client, 33, units[2:3], end=True)
+
+
+@pytest.mark.parametrize(
+    "units, codec, message",
+    [
+        ([b"not annex b at all"], None, "start code"),
+        ([], None, "at least one access unit"),
+        ([b"\x00\x00\x00\x01\x67"], "vp9", "unknown codec"),
+    ],
+    ids=["not-annex-b", "no-units", "unknown-codec"],
+)
+def test_bad_requests_are_invalid_argument(client, units, codec, message):
+    with pytest.raises(InferenceServerException) as bad:
+        send(client, 41, units, start=True, end=True, codec=codec)
+    assert bad.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert message in bad.value.message()
+
+
+class FakeDecoder:
+    closed = 0
+
+    def close(self):
+        FakeDecoder.closed += 1
+
+
+def test_silent_streams_give_their_decoder_back():
+    now = [0.0]
+    streams = CameraStreams(lambda codec: FakeDecoder(), max_decoders=1, idle_timeout_s=60, clock=lambda: now[0])
+    streams.open(1, "h264")
+    with pytest.raises(DecoderLimit):
+        streams.open(2, "h264")
+    now[0] = 61.0
+    streams.open(2, "h264")  # stream 1 went silent: its session is freed for the new camera
+    assert list(streams.streams) == [2] and FakeDecoder.closed == 1
+    with pytest.raises(StreamError, match="idled out"):
+        streams.get(1)
