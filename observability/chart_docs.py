@@ -44,6 +44,10 @@ rules:
       metricsQuery: 'sum by (<<.GroupBy>>) (<<.Series>>{{<<.LabelMatchers>>}})'
 ```
 
+The rule ships as values for the adapter's chart, `files/prometheus-adapter-values.yaml`
+(`helm install prometheus-adapter prometheus-community/prometheus-adapter -f` that file); CI runs
+it with promtool against recorded Triton series.
+
 ## Values
 
 | Key | Type | Default | Description |

@@ -195,7 +195,36 @@ def test_helm_test_pod_runs_an_inference_through_the_gateway():
     compile(script, "helm-test", "exec")  # the inline program is valid Python
 
 
+def test_explicit_model_control_loads_the_named_models_at_start():
+    args = triton_container(render(str(CI / "modelcontrol-values.yaml")))["args"]
+    assert "--model-control-mode=explicit" in args
+    assert [a for a in args if a.startswith("--load-model=")] == [
+        "--load-model=image_preprocess", "--load-model=image_classifier",
+        "--load-model=image_postprocess", "--load-model=image_pipeline"]
+    assert not any(a.startswith("--model-control-mode") for a in triton_container(render(None))["args"])
+
+
+def test_the_gateway_hpa_scales_the_gateway_on_cpu_and_owns_its_replicas():
+    objects = render(str(CI / "gateway-hpa-values.yaml"))
+    hpa = one(objects, "HorizontalPodAutoscaler", "gateway")
+    assert hpa["spec"]["scaleTargetRef"]["name"] == one(objects, "Deployment", "gateway")["metadata"]["name"]
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 6)
+    assert hpa["spec"]["metrics"][0]["resource"]["target"] == {"type": "Utilization", "averageUtilization": 70}
+    assert "replicas" not in one(objects, "Deployment", "gateway")["spec"]
+    assert not by_kind(render(None), "HorizontalPodAutoscaler")
+
+
+def test_static_discovery_lists_the_backends_in_the_gateway_config():
+    config_map = one(render(str(CI / "static-values.yaml")), "ConfigMap", "gateway")
+    config = yaml.safe_load(config_map["data"]["gateway.yaml"])
+    assert config["discovery"] == "static"
+    assert config["backends"] == ["triton-a.example.internal:8001", "triton-b.example.internal:8001"]
+
+
 @pytest.mark.parametrize("sets, message", [
+    (("triton.modelControl.mode=poll",), "value must be one of 'none', 'explicit'"),
+    (("gateway.discovery=static",), "gateway.staticBackends must list Triton host:port addresses"),
+    (("gateway.autoscaling.enabled=true", "gateway.resources.requests=null"), "needs gateway.resources.requests.cpu"),
     (("gateway.mode=nginx",), "value must be one of 'gateway', 'envoy'"),
     (("triton.replicas=0",), "/triton/replicas"),
     (("triton.modelRepository.source=pvc",), "/triton/modelRepository/pvc/claimName"),

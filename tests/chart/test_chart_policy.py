@@ -114,6 +114,9 @@ def test_gateway_backend_is_the_rendered_headless_service(objects):
             assert config.kubernetes_service == triton_service["metadata"]["name"]
             assert config.kubernetes_namespace == NAMESPACE
             assert config.kubernetes_port_name in {p["name"] for p in triton_service["spec"]["ports"]}
+        elif config.discovery == "static":
+            # A fleet outside the cluster: the values name it, not the headless Service.
+            assert config.backends and all(b.rpartition(":")[2].isdigit() for b in config.backends)
         else:
             assert config.dns_target == f"{host}:{grpc_port}"
         gateway = one(objects, "Deployment", "gateway")
