@@ -2,15 +2,20 @@
 # Installs the system packages the local stack uses, only where they are missing:
 #   prometheus      - the real Prometheus server the local stack scrapes with
 #   haproxy         - the L4 (mode tcp) proxy, what a Kubernetes Service does to gRPC: a baseline
-#   libpython3.11   - the Triton Python-backend stub for 3.11 links against the system libpython
+#   libpythonX.Y    - the Triton Python-backend stub for Python X.Y links against the system libpython
+#                     of that version; X.Y is the version of the interpreter given as the first
+#                     argument (the venv's), or of python3
 #   chromium        - headless browser that opens the HTML reports and the live dashboard in tests
 # Without apt (or without root) it says what is missing and carries on: the parts that need a
 # missing package are skipped by the stack and the tests, with that reason.
 set -u
+python="${1:-python3}"
+[ -x "$python" ] || python=python3
+version="$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
 need=()
 command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
 command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
-ldconfig -p 2>/dev/null | grep -q 'libpython3.11.so.1.0' || need+=(libpython3.11)
+ldconfig -p 2>/dev/null | grep -qF "libpython${version}.so.1.0 " || need+=("libpython${version}")
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 [ ${#need[@]} -eq 0 ] && exit 0
 
