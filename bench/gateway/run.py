@@ -41,7 +41,8 @@ import tritonclient.grpc.aio as aioclient
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from bench.gateway.proxies import GatewayProcess, start_envoy, start_haproxy, start_naive_proxy  # noqa: E402
+from bench.gateway.proxies import start_naive_proxy  # noqa: E402
+from tritonfleet.proxies import GatewayProcess, start_envoy, start_haproxy  # noqa: E402
 from tritonfleet.triton_server import start_fleet, stop_all  # noqa: E402
 
 REPOSITORY = ROOT / "tests" / "gateway" / "model_repository"

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-# The repository root first on the path: the helpers shared by these tests and the benchmark
-# (tests/gateway/helpers.py, bench/gateway/proxies.py) are not part of the installed package, and the
-# installed `gateway` package must win over the `tests/gateway` folder of the same name.
+# The repository root first on the path: the tests' helpers (tests/gateway/helpers.py) are not part of
+# the installed package, and the installed `gateway` package must win over the `tests/gateway` folder
+# of the same name.
 _ROOT = str(Path(__file__).resolve().parents[2])
 if sys.path[0] != _ROOT:
     sys.path.insert(0, _ROOT)

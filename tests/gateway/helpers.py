@@ -1,5 +1,5 @@
 """Helpers for the gateway tests: count what each Triton server actually served, and build inputs.
-The gateway and the proxies it is compared with run as real processes (bench/gateway/proxies.py)."""
+The gateway and the proxies it is compared with run as real processes (tritonfleet/proxies.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import tritonclient.grpc as grpcclient
 
-from bench.gateway.proxies import GatewayProcess, wait_ready  # noqa: F401 - shared with the benchmark
+from tritonfleet.proxies import GatewayProcess, wait_ready  # noqa: F401 - the gateway tests import them from here
 from tritonfleet.triton_server import TritonServer
 
 TEST_REPOSITORY = Path(__file__).resolve().parent / "model_repository"

@@ -16,8 +16,8 @@ import tritonclient.grpc.aio as aioclient
 from tritonclient.grpc import service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from bench.gateway.proxies import start_haproxy
 from tests.gateway.helpers import add_one_inputs, served_counts
+from tritonfleet.proxies import start_haproxy
 
 pytestmark = pytest.mark.slow
 REQUESTS = 300

@@ -14,8 +14,8 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aioclient
 from tritonclient.utils import InferenceServerException
 
-from bench.gateway.proxies import start_envoy
 from tests.gateway.helpers import TEST_REPOSITORY, GatewayProcess, add_one_inputs, served_counts
+from tritonfleet.proxies import start_envoy
 from tritonfleet.triton_server import start_fleet, stop_all
 
 pytestmark = pytest.mark.slow

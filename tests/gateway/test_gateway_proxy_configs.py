@@ -2,7 +2,7 @@
 
 import subprocess
 
-from bench.gateway.proxies import ENVOY_CONFIG, HAPROXY_CONFIG, envoy_binary, haproxy_binary
+from tritonfleet.proxies import ENVOY_CONFIG, HAPROXY_CONFIG, envoy_binary, haproxy_binary
 
 
 def test_envoy_accepts_the_shipped_config():
