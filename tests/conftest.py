@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -14,8 +15,56 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from tritonfleet.paths import MODEL_REPOSITORY
+from tritonfleet.prerequisites import MissingPrerequisite
 from tritonfleet.processes import group_alive
+from tritonfleet.proxies import haproxy_binary
+from tritonfleet.triton_install import TritonInstall
 from tritonfleet.triton_server import TritonServer, start_fleet, stop_all
+
+
+pytest_plugins = ("pytester",)
+
+
+def check_triton_stub() -> None:
+    TritonInstall.locate().check_stub_libraries()
+
+
+def missing_prerequisites() -> list[str]:
+    """What this machine lacks that some tests need, each with what installs it."""
+    missing = []
+    for check in (check_triton_stub, haproxy_binary):
+        try:
+            check()
+        except MissingPrerequisite as exc:
+            missing.append(str(exc))
+    return missing
+
+
+def pytest_report_header(config) -> list[str]:
+    # Said once at the top of the run, so a CI log shows why tests were skipped before it lists them.
+    return [f"missing prerequisite (tests that need it skip): {reason}" for reason in missing_prerequisites()]
+
+
+@contextlib.contextmanager
+def skip_missing_prerequisite():
+    """A program or library this machine lacks (haproxy, the libpython that Triton's Python backend
+    links against) skips the test that needs it, with the reason, not an error."""
+    try:
+        yield
+    except MissingPrerequisite as exc:
+        pytest.skip(f"missing prerequisite: {exc}")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item):
+    with skip_missing_prerequisite():
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    with skip_missing_prerequisite():
+        return (yield)
 
 
 def live_process_groups(servers: list[TritonServer]) -> list[int]:

@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from tritonfleet.paths import REPO_ROOT
+from tritonfleet.prerequisites import MissingPrerequisite, missing_libraries
 
 
-class TritonNotInstalled(RuntimeError):
-    """The nvidia-pytriton wheel, or a part of it we need, is missing."""
+class TritonNotInstalled(MissingPrerequisite):
+    """The nvidia-pytriton wheel, a part of it we need, or a system library it links against is missing."""
 
 
 @dataclass(frozen=True)
@@ -63,12 +65,27 @@ class TritonInstall:
             )
         return stub
 
+    def check_stub_libraries(self, version: tuple[int, int] | None = None) -> None:
+        """Raise TritonNotInstalled, naming what installs them, if the stub's shared libraries are missing.
+
+        The stub links against the system libpython of its version; without it every Python model
+        fails to load with a bare "failed to launch stub" in Triton's log, so it is checked up front.
+        """
+        stub = self.stub_for(version)
+        missing = missing_libraries(stub, env=self.environment())
+        if missing:
+            raise TritonNotInstalled(
+                f"the Triton Python-backend stub {stub} needs {', '.join(missing)}, which this machine does"
+                f" not have ({install_hint(missing)})"
+            )
+
     def prepare_backend_dir(self, target: Path) -> Path:
         """Lay out `<target>/python/` with the backend and the stub for this Python.
 
         Returns the directory to pass as `--backend-directory`. Idempotent: files already in place
         are left alone, so several servers can share one directory.
         """
+        self.check_stub_libraries()
         python_dir = target / "python"
         python_dir.mkdir(parents=True, exist_ok=True)
         files = {
@@ -104,3 +121,14 @@ class TritonInstall:
         env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
         env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
         return env
+
+
+_LIBPYTHON = re.compile(r"^(libpython\d+\.\d+)\.so")
+
+
+def install_hint(libraries: list[str]) -> str:
+    """What installs these libraries: Debian names libpythonX.Y.so.1.0's package libpythonX.Y."""
+    packages = [match.group(1) for match in map(_LIBPYTHON.match, libraries) if match]
+    if packages and len(packages) == len(libraries):
+        return f"make system installs it: apt-get install {' '.join(packages)}"
+    return "install them with the system's package manager"
