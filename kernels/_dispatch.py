@@ -28,12 +28,17 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def use_triton(tensor: torch.Tensor) -> bool:
-    """Whether `tensor` should go through the Triton kernel."""
+def use_triton(tensor) -> bool:
+    """Whether a call whose inputs live where `tensor` does should go through the Triton kernel.
+
+    The entry points dispatch before they validate, so that each implementation checks its inputs
+    once: anything that is not a tensor is bad input, and goes to the reference, which rejects it
+    with the same message the kernel's launch wrapper would.
+    """
     mode = os.environ.get("TRITONFLEET_KERNELS", "auto")
     if mode not in _MODES:
         raise ValueError(f"TRITONFLEET_KERNELS must be one of {_MODES}, got {mode!r}")
-    if mode == "torch":
+    if mode == "torch" or not isinstance(tensor, torch.Tensor):
         return False
     if mode == "triton":
         if not tensor.is_cuda and not interpreting():

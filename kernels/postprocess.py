@@ -27,10 +27,9 @@ LOGIT_DTYPES = (torch.float16, torch.float32)
 
 def softmax_topk(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, C) float16/32 logits -> (probs (N, k) float32, indices (N, k) int64), largest first."""
-    _check(logits, k)
-    if use_triton(logits):
-        return softmax_topk_triton(logits, k)
-    return softmax_topk_reference(logits, k)
+    # The implementation checks the inputs, once; bad input gets the same error from either.
+    run = softmax_topk_triton if use_triton(logits) else softmax_topk_reference
+    return run(logits, k)
 
 
 def softmax_topk_reference(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -25,10 +25,9 @@ from kernels._dispatch import launch, use_triton
 
 def temporal_update(prev, cur, background, *, alpha: float, grid: tuple[int, int] = (4, 4)):
     """-> (energy (N,) float32, tiles (N, gh, gw) float32, new_background (N, H, W, 3) float32)."""
-    _check(prev, cur, background, alpha, grid)
-    if use_triton(cur):
-        return temporal_update_triton(prev, cur, background, alpha=alpha, grid=grid)
-    return temporal_update_reference(prev, cur, background, alpha=alpha, grid=grid)
+    # The implementation checks the inputs, once; bad input gets the same error from either.
+    run = temporal_update_triton if use_triton(cur) else temporal_update_reference
+    return run(prev, cur, background, alpha=alpha, grid=grid)
 
 
 def temporal_update_reference(prev, cur, background, *, alpha: float, grid: tuple[int, int] = (4, 4)):

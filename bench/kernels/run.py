@@ -1,7 +1,7 @@
 """Benchmark the Triton kernels against torch eager, torch.compile of the same reference, and the
-device's measured copy bandwidth, on the shapes of issue 4. Needs a CUDA GPU.
+device's measured copy bandwidth, on the shapes of issues 4 and 17 (yuv). Needs a CUDA GPU.
 
-    PYTHONPATH=. python3 bench/kernels/run.py [--json results.json] [--quick]
+    PYTHONPATH=. python3 bench/kernels/run.py [--json results.json] [--quick] [--only yuv ...]
 
 Every variant is timed two ways, both with triton.testing.do_bench medians (L2 flushed between
 calls): "call" runs the Python function as a caller would (launch overhead included); "gpu" replays
@@ -23,11 +23,12 @@ import triton
 from triton.testing import do_bench
 
 from kernels.postprocess import softmax_topk_reference, softmax_topk_triton
-from kernels.preprocess import preprocess_reference
-from kernels.preprocess_triton import _resize_normalize_autotuned, preprocess_triton
+from kernels.preprocess import _resize_normalize_autotuned, preprocess_reference, preprocess_triton
 from kernels.temporal import _temporal_autotuned, temporal_update_reference, temporal_update_triton
+from kernels.yuv import _yuv_autotuned, nv12_to_tensor_reference, nv12_to_tensor_triton, split_nv12
 
 GB = 1e9
+OPERATIONS = ["preprocess", "postprocess", "temporal", "yuv"]
 
 
 def time_call(fn) -> float:
@@ -94,6 +95,25 @@ def bench_preprocess(rows, n, h, w, size, letterbox, quick):
         "compile": measure(lambda: ref_c(frames, size, **kw)),
     }
     rows.append(_row(name, moved, results, err, str(_resize_normalize_autotuned.best_config)))
+
+
+def bench_yuv(rows, n, h, w, size, letterbox, dtype, quick):
+    """NV12 surfaces as NVDEC gives them (one (H*3/2, W) buffer per frame) -> NCHW RGB."""
+    frames = torch.randint(0, 256, (n, h * 3 // 2, w), dtype=torch.uint8, device="cuda")
+    y, uv = split_nv12(frames)
+    kw = dict(standard="bt709", dtype=dtype, letterbox=letterbox, pad_value=114.0)
+    ref_c = compiled(nv12_to_tensor_reference)
+    out = nv12_to_tensor_triton(y, uv, size, **kw)
+    err = (out.float() - nv12_to_tensor_reference(y, uv, size, **kw).float()).abs().max().item()
+    moved = frames.numel() + out.numel() * out.element_size()
+    bits = "fp16" if dtype == torch.float16 else "fp32"
+    name = f"nv12 {n}x{h}x{w}->{size[0]}x{size[1]}" + (" letterbox" if letterbox else "") + f" {bits}"
+    results = {
+        "triton": measure(lambda: nv12_to_tensor_triton(y, uv, size, **kw)),
+        "eager": measure(lambda: nv12_to_tensor_reference(y, uv, size, **kw)),
+        "compile": measure(lambda: ref_c(y, uv, size, **kw)),
+    }
+    rows.append(_row(name, moved, results, err, str(_yuv_autotuned.best_config)))
 
 
 def bench_softmax_topk(rows, n, c, k, quick):
@@ -180,13 +200,13 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", help="also write every figure here")
     parser.add_argument("--quick", action="store_true", help="one shape per operation (a smoke run)")
-    parser.add_argument("--only", choices=["preprocess", "postprocess", "temporal"], action="append")
+    parser.add_argument("--only", choices=OPERATIONS, action="append", help="repeatable; default: all")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("needs a CUDA GPU", file=sys.stderr)
         return 2
     torch.manual_seed(0)
-    only = set(args.only or ["preprocess", "postprocess", "temporal"])
+    only = set(args.only or OPERATIONS)
     copy_gbs = copy_bandwidth()
     print(f"device copy bandwidth: {copy_gbs:,.0f} GB/s (read + write)", flush=True)
     rows: list[dict] = []
@@ -204,6 +224,18 @@ def main(argv=None) -> int:
     if "temporal" in only:
         _guarded(bench_temporal, rows, 32, 1080, 1920, (4, 4), args.quick)
         print(table(rows, copy_gbs)[-1] if rows else "", flush=True)
+    if "yuv" in only:
+        # Equal bytes per batch (~50 MB of NV12): 16 1080p frames or 4 4K frames, to a classifier's
+        # 224x224 and a detector's 640x640 letterbox.
+        shapes = [
+            (n, h, w, size, letterbox, dtype)
+            for n, h, w in ((16, 1080, 1920), (4, 2160, 3840))
+            for size, letterbox in (((224, 224), False), ((640, 640), True))
+            for dtype in (torch.float16, torch.float32)
+        ]
+        for shape in shapes[:1] if args.quick else shapes:
+            _guarded(bench_yuv, rows, *shape, args.quick)
+            print(table(rows, copy_gbs)[-1] if rows else "", flush=True)
     meta = {
         "gpu": torch.cuda.get_device_name(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -215,10 +247,11 @@ def main(argv=None) -> int:
     for r in rows:
         print(f"{r['name']}: best config {r['config']}")
     from kernels.postprocess import _softmax_topk_kernel
-    from kernels.preprocess_triton import _resize_normalize_kernel
+    from kernels.preprocess import _resize_normalize_kernel
     from kernels.temporal import _temporal_kernel
+    from kernels.yuv import _yuv_kernel
 
-    for fn in (_resize_normalize_kernel, _softmax_topk_kernel, _temporal_kernel):
+    for fn in (_resize_normalize_kernel, _softmax_topk_kernel, _temporal_kernel, _yuv_kernel):
         print(fn.__name__, "; ".join(compiled_stats(fn)))
     if args.json:
         with open(args.json, "w") as f:
