@@ -89,6 +89,10 @@ def _video_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mode", choices=("stream", "unary"), default="stream",
                         help="ModelStreamInfer per camera, or one ModelInfer per frame")
     parser.add_argument("--video-file", default="", help="decode frames from this file (needs PyAV or OpenCV)")
+    parser.add_argument("--codec", choices=("h264", "hevc"), default="",
+                        help="send encoded access units (model camera_stream) instead of raw frames")
+    parser.add_argument("--source", default="synthetic",
+                        help="'synthetic' or a video file; with --codec its packets are sent as they are")
     parser.add_argument("--clip-frames", type=int, default=30, help="frames in the clip that each stream loops")
     parser.add_argument("--miss-tolerance", type=float, default=0.01,
                         help="a stream is sustained when at most this share of its frames is late or dropped")
@@ -114,10 +118,21 @@ def image_options(args) -> runs.ImageOptions:
                              source=args.source, resolution=args.resolution, images=args.images)
 
 
+def _encoded_video_defaults(args) -> None:
+    """With --codec the defaults are the camera model's: access units in, not raw frames."""
+    if args.codec:
+        model, tensor, _ = DEFAULTS["video"]
+        args.model = "camera_stream" if args.model == model else args.model
+        args.input = "ACCESS_UNITS" if args.input == tensor else args.input
+        args.datatype = "BYTES"
+
+
 def video_options(args) -> runs.VideoOptions:
+    _encoded_video_defaults(args)
+    video_file = args.video_file or ("" if args.source == "synthetic" else args.source)
     return runs.VideoOptions(**_common(args), streams=args.streams, fps=args.fps, duration_s=args.duration,
-                             mode=args.mode, video_file=args.video_file, resolution=args.resolution,
-                             clip_frames=args.clip_frames, miss_tolerance=args.miss_tolerance)
+                             mode=args.mode, video_file=video_file, resolution=args.resolution,
+                             clip_frames=args.clip_frames, miss_tolerance=args.miss_tolerance, codec=args.codec)
 
 
 def _finish(result: RunResult, args) -> int:

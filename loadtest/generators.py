@@ -106,13 +106,17 @@ class CameraPlan:
     frames: int  # frame slots in the run
     start_ns: int
     bodies: list[bytes]  # pre-encoded frames of the clip, cycled
+    # Encoded video (loadtest.video_source.UnitRequests): a dropped frame's access unit goes out with
+    # the next request, since a decoder cannot skip one; None for raw frames, which can be dropped.
+    catch_up: object | None = None
 
     @property
     def period_ns(self) -> int:
         return int(1e9 / self.fps)
 
-    def request(self, slot: int, start: bool, end: bool) -> bytes:
-        return self.bodies[slot % len(self.bodies)] + sequence_header(
+    def request(self, slot: int, start: bool, end: bool, skipped: tuple[int, ...] = ()) -> bytes:
+        body = self.catch_up.body([*skipped, slot]) if skipped else self.bodies[slot % len(self.bodies)]
+        return body + sequence_header(
             self.correlation_id, start, end, f"{self.stream}-{slot}")
 
 
@@ -130,6 +134,7 @@ class Camera:
         self.idle = asyncio.Event()
         self.idle.set()
         self.sequence_open = False
+        self.skipped: list[int] = []  # encoded video: slots dropped since the last send
         self.call = None
         self.reader: asyncio.Task | None = None
         self.infer = channel.unary_unary(INFER)
@@ -144,14 +149,22 @@ class Camera:
             await sleep_until(scheduled)
             if not self.idle.is_set():
                 self.emit(RequestResult(scheduled, 0, now_ns(), DROPPED, plan.stream, plan.period_ns))
+                if plan.catch_up is not None:
+                    self.skipped.append(slot)
                 continue
-            await self._send(plan.request(slot, not self.sequence_open, slot == last), scheduled, slot == last)
+            body = plan.request(slot, not self.sequence_open, slot == last, self._take_skipped())
+            await self._send(body, scheduled, slot == last)
         await self.idle.wait()
         if self.sequence_open:
             # The last slot was dropped: close the sequence with one frame that is not measured.
-            await self._send(plan.request(last, False, True), 0, True)
+            skipped = self._take_skipped() or (last,)
+            await self._send(plan.request(skipped[-1], False, True, skipped[:-1]), 0, True)
             await self.idle.wait()
         await self._close()
+
+    def _take_skipped(self) -> tuple[int, ...]:
+        skipped, self.skipped = tuple(self.skipped), []
+        return skipped
 
     async def _send(self, body: bytes, scheduled: int, end: bool) -> None:
         self.idle.clear()

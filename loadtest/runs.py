@@ -7,7 +7,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from loadtest import payloads, server_share
+from loadtest import payloads, server_share, video_source
 from loadtest.engine import default_workers, run_workers
 from loadtest.live import LiveMetrics, serve_metrics
 from loadtest.results import RunResult
@@ -50,6 +50,7 @@ class VideoOptions(CommonOptions):
     video_file: str = ""
     resolution: str = "480p"
     clip_frames: int = 30
+    codec: str = ""  # "h264" | "hevc": encoded access units (for camera_stream) instead of raw frames
     miss_tolerance: float = 0.01  # a stream is sustained when at most this share of its frames missed
 
 
@@ -59,12 +60,23 @@ def image_bodies(options: ImageOptions) -> list[bytes]:
 
 
 def video_bodies(options: VideoOptions) -> list[bytes]:
+    if options.codec:
+        return video_source.unit_bodies(options.tensor, _clip(options))
     if options.video_file:
         frames = payloads.video_file_frames(options.video_file, options.clip_frames)
     else:
         height, width = payloads.parse_resolution(options.resolution)
         frames = payloads.synthetic_clip(height, width, options.clip_frames)
     return payloads.frame_bodies(options.tensor, frames)
+
+
+def _clip(options: VideoOptions) -> video_source.EncodedClip:
+    return video_source.load_clip(options.codec, options.video_file or "synthetic", options.resolution,
+                                  options.clip_frames, options.fps)
+
+
+def _catch_up(options: VideoOptions) -> video_source.UnitRequests | None:
+    return video_source.UnitRequests(options.tensor, _clip(options)) if options.codec else None
 
 
 def run_image(options: ImageOptions, bodies: list[bytes] | None = None) -> RunResult:
@@ -92,10 +104,10 @@ def run_video(options: VideoOptions, bodies: list[bytes] | None = None) -> RunRe
     shape = Shape.constant(options.streams, options.warmup_s + options.duration_s)
     spec = WorkerSpec("video", options.url, bodies or video_bodies(options), shape, warmup_s=options.warmup_s,
                       timeout_s=options.timeout_s, streams=options.streams, fps=options.fps,
-                      video_mode=options.mode)
+                      video_mode=options.mode, catch_up=_catch_up(options))
     config = _config(options, workload="video", streams=options.streams, fps=options.fps, mode=options.mode,
                      duration_s=options.duration_s, miss_tolerance=options.miss_tolerance,
-                     source=options.video_file or f"synthetic {options.resolution}")
+                     source=" ".join(filter(None, (options.codec, options.video_file or f"synthetic {options.resolution}"))))
     return _run(spec, options, config, "video")
 
 

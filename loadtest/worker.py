@@ -41,6 +41,7 @@ class WorkerSpec:
     streams: int = 0  # video
     fps: float = 0.0
     video_mode: str = "stream"
+    catch_up: object | None = None  # encoded video: loadtest.video_source.UnitRequests
     correlation_base: int = field(default_factory=lambda: random.randrange(1, 2**31) << 16)
 
     def my_streams(self) -> list[int]:
@@ -108,7 +109,7 @@ async def _video(spec: WorkerSpec, channel, t0_ns: int, emit, live: LiveDelta) -
     async def camera(stream: int) -> None:
         # Streams start spread over one frame period, as independent cameras would.
         plan = CameraPlan(stream, spec.correlation_base + stream, spec.fps, frames,
-                          t0_ns + period_ns * stream // max(spec.streams, 1), spec.bodies)
+                          t0_ns + period_ns * stream // max(spec.streams, 1), spec.bodies, spec.catch_up)
         live.streams_active += 1
         try:
             await Camera(channel, plan, spec.video_mode, emit, spec.shape.duration_s + spec.timeout_s).run()
