@@ -20,7 +20,11 @@ PROFILES_FILE = REPO_ROOT / "deploy" / "model-profiles.yaml"
 MODEL_REPOSITORY = REPO_ROOT / "model_repository"
 
 KINDS = {"KIND_CPU": mc.ModelInstanceGroup.KIND_CPU, "KIND_GPU": mc.ModelInstanceGroup.KIND_GPU}
-FIELDS = {"kind", "count", "max_batch_size", "preferred_batch_sizes", "max_queue_delay_us"}
+FIELDS = {"kind", "count", "max_batch_size", "preferred_batch_sizes", "max_queue_delay_us",
+          "max_queue_size", "queue_timeout_us", "warmup"}
+# Triton's queue policy and warmup belong to the dynamic batcher's models: the sequence batcher
+# has no queue policy, and a warmup request to it would need a sequence's control inputs.
+DYNAMIC_ONLY = {"max_queue_size", "queue_timeout_us", "warmup"}
 ENSEMBLE_FIELDS = {"max_batch_size"}
 
 
@@ -35,6 +39,14 @@ class ModelProfile:
     count: int | None = None
     preferred_batch_sizes: tuple[int, ...] = ()
     max_queue_delay_us: int | None = None
+    # Requests past this many queued ones are refused at once (gRPC UNAVAILABLE from Triton 2.51)
+    # instead of queueing without bound; 0 means no limit.
+    max_queue_size: int | None = None
+    # A request queued longer than this is refused (REJECT) rather than served late.
+    queue_timeout_us: int | None = None
+    # Zero-filled warmup requests Triton sends each instance before the model is ready, so a new
+    # pod turns ready only once its kernels are compiled: input name -> dims (without the batch).
+    warmup: tuple[tuple[str, tuple[int, ...]], ...] = ()
 
 
 def load_profile(name: str, path: Path = PROFILES_FILE) -> dict[str, ModelProfile]:
@@ -58,6 +70,9 @@ def _model_profile(profile: str, model: str, values: dict) -> ModelProfile:
         count=values.get("count"),
         preferred_batch_sizes=tuple(int(n) for n in values.get("preferred_batch_sizes") or ()),
         max_queue_delay_us=values.get("max_queue_delay_us"),
+        max_queue_size=values.get("max_queue_size"),
+        queue_timeout_us=values.get("queue_timeout_us"),
+        warmup=_warmup(where, values.get("warmup")),
     )
     if entry.kind is not None and entry.kind not in KINDS:
         raise ProfileError(f"{where}: kind must be one of {sorted(KINDS)}, got {entry.kind!r}")
@@ -66,7 +81,24 @@ def _model_profile(profile: str, model: str, values: dict) -> ModelProfile:
     too_big = [n for n in entry.preferred_batch_sizes if not 1 <= n <= entry.max_batch_size]
     if too_big:
         raise ProfileError(f"{where}: preferred_batch_sizes {too_big} outside 1..max_batch_size {entry.max_batch_size}")
+    for name in ("max_queue_size", "queue_timeout_us"):
+        value = getattr(entry, name)
+        if value is not None and int(value) < 0:
+            raise ProfileError(f"{where}: {name} must be >= 0, got {value}")
     return entry
+
+
+def _warmup(where: str, value) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, dict) or not value:
+        raise ProfileError(f"{where}: warmup must map input names to their dims, e.g. {{PIXELS: [3, 224, 224]}}")
+    inputs = []
+    for name, dims in value.items():
+        if not isinstance(dims, list) or not dims or not all(isinstance(d, int) and d > 0 for d in dims):
+            raise ProfileError(f"{where}: warmup input {name!r} needs concrete dims (positive integers), got {dims!r}")
+        inputs.append((str(name), tuple(dims)))
+    return tuple(inputs)
 
 
 def read_config(path: Path) -> mc.ModelConfig:
@@ -85,6 +117,7 @@ def apply_profile(config: mc.ModelConfig, entry: ModelProfile) -> mc.ModelConfig
         group = out.instance_group.add()
         group.kind = KINDS[entry.kind or "KIND_CPU"]
         group.count = int(entry.count or 1)
+    _apply_dynamic_only(out, entry)
     batcher = _batcher(out)
     if batcher is not None:
         del batcher.preferred_batch_size[:]
@@ -92,6 +125,35 @@ def apply_profile(config: mc.ModelConfig, entry: ModelProfile) -> mc.ModelConfig
         if entry.max_queue_delay_us is not None:
             batcher.max_queue_delay_microseconds = int(entry.max_queue_delay_us)
     return out
+
+
+def _apply_dynamic_only(config: mc.ModelConfig, entry: ModelProfile) -> None:
+    asked = [name for name in sorted(DYNAMIC_ONLY) if getattr(entry, name) not in (None, ())]
+    if not asked:
+        return
+    if not config.HasField("dynamic_batching"):
+        raise ProfileError(f"model {config.name!r}: {asked} need the dynamic batcher, which this model does not use")
+    policy = config.dynamic_batching.default_queue_policy
+    if entry.max_queue_size is not None:
+        policy.max_queue_size = int(entry.max_queue_size)
+    if entry.queue_timeout_us is not None:
+        policy.default_timeout_microseconds = int(entry.queue_timeout_us)
+        policy.timeout_action = mc.ModelQueuePolicy.REJECT
+    if entry.warmup:
+        _add_warmup(config, entry.warmup)
+
+
+def _add_warmup(config: mc.ModelConfig, inputs: tuple[tuple[str, tuple[int, ...]], ...]) -> None:
+    types = {i.name: i.data_type for i in config.input}
+    unknown = [name for name, _ in inputs if name not in types]
+    if unknown:
+        raise ProfileError(f"model {config.name!r}: warmup names inputs {unknown} it does not have ({sorted(types)})")
+    del config.model_warmup[:]
+    warmup = config.model_warmup.add(name="zeros", batch_size=1)
+    for name, dims in inputs:
+        warmup.inputs[name].data_type = types[name]
+        warmup.inputs[name].dims.extend(dims)
+        warmup.inputs[name].zero_data = True
 
 
 def _batcher(config: mc.ModelConfig):
