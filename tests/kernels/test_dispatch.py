@@ -54,3 +54,10 @@ def test_autotune_switch(monkeypatch):
     assert autotune_enabled() is True
     monkeypatch.setenv("TRITONFLEET_AUTOTUNE", "0")
     assert autotune_enabled() is False
+
+
+def test_what_is_not_a_tensor_goes_to_the_reference(monkeypatch):
+    # Entry points dispatch before validating: bad input must reach a path that rejects it cleanly.
+    monkeypatch.setenv("TRITONFLEET_KERNELS", "triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert use_triton([torch.zeros(1)]) is False
