@@ -14,6 +14,9 @@ def register(subparsers) -> None:
         help="run the gRPC gateway that balances every request over the Triton pods",
         description="Request-level KServe v2 gRPC gateway. Settings come from --config (YAML), then "
                     f"{config_module.ENV_PREFIX}<KEY> environment variables, then these flags.",
+        epilog="example:\n  tritonfleet gateway --backend 127.0.0.1:8101 --backend 127.0.0.1:8201 "
+               "--listen 127.0.0.1:8001 --metrics-port 9101\n  tritonfleet gateway --config gateway/gateway.example.yaml",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--config", help="YAML file of gateway settings (every key: gateway/gateway.example.yaml)")
     parser.add_argument("--listen", help="host:port for clients (default 127.0.0.1:8001)")

@@ -9,37 +9,98 @@ from pathlib import Path
 from rich.console import Console
 
 from loadtest import report, runs
+from loadtest.channels import parse_header
 from loadtest.engine import LoadRunError
 from loadtest.payloads import TensorSpec
 from loadtest.results import RunResult, merge_results
 from loadtest.shape import Shape
 from loadtest.sweep import SweepOptions, sweep_image, sweep_video
+from loadtest.thresholds import THRESHOLDS_MISSED, Thresholds, check, flag
 
 DEFAULTS = {"image": ("image_pipeline", "IMAGE", "BYTES"), "video": ("video_pipeline", "FRAME", "UINT8")}
 
 
+EXAMPLES = {
+    "loadtest": "tritonfleet loadtest image --url 127.0.0.1:8001 --rate 200 --duration 30 --max-p99-ms 50",
+    "image": "tritonfleet loadtest image --url 127.0.0.1:8001 --rate 200 --duration 30 --max-p99-ms 50 "
+             "--max-error-rate 0.001\n  tritonfleet loadtest image --url 127.0.0.1:8001 --concurrency 16 "
+             "--connections 4 -H 'x-tenant: team-a'",
+    "video": "tritonfleet loadtest video --url 127.0.0.1:8001 --streams 8 --fps 15 --duration 60 --min-fps 14.5 "
+             "--max-dropped-frames 0",
+    "sweep image": "tritonfleet loadtest sweep image --url 127.0.0.1:8001 --slo-ms 100 --start 50 --limit 2000",
+    "sweep video": "tritonfleet loadtest sweep video --url 127.0.0.1:8001 --slo-ms 66 --start 2 --limit 64",
+    "report": "tritonfleet loadtest report pod-*.json --format html -o report.html\n"
+              "  tritonfleet loadtest report run.json --max-p99-ms 50   # gate CI on a saved run",
+    "compare": "tritonfleet loadtest compare before.json after.json",
+}
+
+
+def _parser(commands, name: str, key: str | None = None, **kwargs) -> argparse.ArgumentParser:
+    return commands.add_parser(name, epilog=f"example:\n  {EXAMPLES[key or name]}",
+                               formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
+
+
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("loadtest", help="image and video load against a KServe v2 gRPC endpoint")
+    parser = _parser(subparsers, "loadtest", help="image and video load against a KServe v2 gRPC endpoint")
     commands = parser.add_subparsers(dest="loadtest_command", required=True)
-    _image_args(commands.add_parser("image", help="images at a rate (open loop) or concurrency (closed loop)"))
-    _video_args(commands.add_parser("video", help="N camera streams × FPS, with frame deadlines"))
-    sweep = commands.add_parser("sweep", help="the highest rate or stream count that meets a p99 SLO")
+    _image_args(_parser(commands, "image", help="images at a rate (open loop) or concurrency (closed loop)"))
+    _video_args(_parser(commands, "video", help="N camera streams × FPS, with frame deadlines"))
+    sweep = commands.add_parser("sweep", help="the highest rate or stream count that meets a p99 SLO",
+                                epilog=f"example:\n  {EXAMPLES['sweep image']}",
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     workloads = sweep.add_subparsers(dest="workload", required=True)
     for name, add in (("image", _image_args), ("video", _video_args)):
-        sub = workloads.add_parser(name)
+        sub = _parser(workloads, name, f"sweep {name}")
         add(sub)
         sub.add_argument("--start", type=float, default=None, help="first level (req/s or streams)")
         sub.add_argument("--limit", type=float, required=True, help="highest level to try")
         sub.add_argument("--trial", type=float, default=6.0, help="seconds per trial")
         sub.set_defaults(func=_sweep)
-    rep = commands.add_parser("report", help="render results (several are merged) as text, JSON or HTML")
-    rep.add_argument("results", nargs="+", type=Path)
+    rep = _parser(commands, "report", help="render results (several are merged) as text, JSON or HTML; "
+                                           "check thresholds on them")
+    rep.add_argument("results", nargs="+", type=Path,
+                     help="result files, or captured logs whose last line is a result (--print-result)")
     rep.add_argument("--format", choices=("text", "json", "html"), default="text")
     rep.add_argument("--output", "-o", type=Path, help="write here instead of stdout")
+    _threshold_args(rep)
     rep.set_defaults(func=_report)
-    compare = commands.add_parser("compare", help="several results side by side")
+    compare = _parser(commands, "compare", help="several results side by side")
     compare.add_argument("results", nargs="+", type=Path)
     compare.set_defaults(func=_compare)
+
+
+def _non_negative(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be a number of at least 0, got {text}")
+    return value
+
+
+def _header(text: str) -> tuple[str, str]:
+    try:
+        return parse_header(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _threshold_args(parser: argparse.ArgumentParser, workload: str | None = None) -> None:
+    """The limits a run is checked against; `workload` None (report) offers every one."""
+    group = parser.add_argument_group(
+        "thresholds", f"A missed threshold is printed with how far off it was,\nand the exit status is "
+                      f"{THRESHOLDS_MISSED} (the result is written first).")
+    for name, text in (
+        ("max_p99_ms", "p99 latency must be at most this, ms"),
+        ("max_p50_ms", "p50 latency must be at most this, ms"),
+        ("max_error_rate", "failed calls over calls that ended must be at most this share (0 to 1)"),
+        ("min_throughput", "answered requests per second must be at least this"),
+        ("min_fps", "video: every stream must have answered at least this many frames per second"),
+        ("max_late_frames", "video: frames answered after their 1/FPS deadline, at most this many"),
+        ("max_dropped_frames", "video: frames dropped because the previous one was in flight, at most"),
+    ):
+        if workload == "image" and name in Thresholds.VIDEO_ONLY:
+            parser.set_defaults(**{name: None})
+            continue
+        group.add_argument(flag(name), dest=name, type=_non_negative, metavar="N", help=text)
 
 
 def _common_args(parser: argparse.ArgumentParser, workload: str) -> None:
@@ -53,6 +114,10 @@ def _common_args(parser: argparse.ArgumentParser, workload: str) -> None:
     parser.add_argument("--no-batch-dim", action="store_true", help="the model has max_batch_size 0")
     parser.add_argument("--resolution", default="480p", help="synthetic images/frames: 480p, 1080p, 4k or WxH")
     parser.add_argument("--workers", type=int, default=0, help="worker processes (default: one per core)")
+    parser.add_argument("--connections", type=int, default=1,
+                        help="gRPC connections per worker; its requests (or cameras) take them in turn")
+    parser.add_argument("-H", "--header", dest="metadata", action="append", type=_header, default=[],
+                        metavar="KEY:VALUE", help="gRPC metadata sent with every call (repeat for several)")
     parser.add_argument("--warmup", type=float, default=1.0, help="seconds of load left out of the figures")
     parser.add_argument("--timeout", type=float, default=30.0, help="per-request deadline, seconds")
     parser.add_argument("--window", type=int, default=1, help="stability window, seconds")
@@ -63,8 +128,11 @@ def _common_args(parser: argparse.ArgumentParser, workload: str) -> None:
     parser.add_argument("--metrics-address", default="127.0.0.1", help="address to serve them on (0.0.0.0 in a pod)")
     parser.add_argument("--output", "-o", type=Path, default=Path(f"loadtest-{workload}.json"),
                         help="where to write the result JSON")
+    parser.add_argument("--print-result", action="store_true",
+                        help="also print the result as one JSON line, last, so it outlives a pod in its log")
     parser.add_argument("--html", type=Path, help="also write the HTML report here")
     parser.add_argument("--quiet", action="store_true", help="no progress display")
+    _threshold_args(parser, workload)
 
 
 def _image_args(parser: argparse.ArgumentParser) -> None:
@@ -107,7 +175,8 @@ def _common(args) -> dict:
     return {"url": args.url, "tensor": _tensor(args), "workers": args.workers, "warmup_s": args.warmup,
             "timeout_s": args.timeout, "window_s": args.window, "slo_ms": args.slo_ms,
             "metrics_urls": args.metrics_url, "metrics_port": args.metrics_port,
-            "metrics_address": args.metrics_address, "quiet": args.quiet}
+            "metrics_address": args.metrics_address, "quiet": args.quiet, "connections": args.connections,
+            "metadata": tuple(args.metadata)}
 
 
 def image_options(args) -> runs.ImageOptions:
@@ -135,13 +204,30 @@ def video_options(args) -> runs.VideoOptions:
                              clip_frames=args.clip_frames, miss_tolerance=args.miss_tolerance, codec=args.codec)
 
 
-def _finish(result: RunResult, args) -> int:
+def _thresholds(args) -> Thresholds:
+    return Thresholds(**{name: getattr(args, name) for name in Thresholds.__dataclass_fields__})
+
+
+def _gate(result: RunResult, thresholds: Thresholds) -> int:
+    """Print every missed threshold; the exit status a CI job gates on."""
+    misses = check(thresholds, result)
+    for miss in misses:
+        print(f"threshold {miss}", file=sys.stderr)
+    if thresholds.asked and not misses:
+        print(f"thresholds met: {', '.join(flag(name) for name in thresholds.asked)}", file=sys.stderr)
+    return THRESHOLDS_MISSED if misses else 0
+
+
+def _finish(result: RunResult, args, thresholds: Thresholds) -> int:
     result.save(args.output)
     report.render_text(result)
     if args.html:
         args.html.write_text(report.render_html(result))
     Console(stderr=True).print(f"result: {args.output}" + (f", report: {args.html}" if args.html else ""))
-    return 0
+    status = _gate(result, thresholds)
+    if args.print_result:
+        print(result.to_json_line(), flush=True)
+    return status
 
 
 def _guarded(run):
@@ -157,44 +243,55 @@ def _guarded(run):
     return wrapper
 
 
+def _workload_thresholds(args) -> Thresholds:
+    thresholds = _thresholds(args)
+    thresholds.require_workload(args.workload)
+    return thresholds
+
+
 @_guarded
 def _image(args) -> int:
-    return _finish(runs.run_image(image_options(args)), args)
+    thresholds = _workload_thresholds(args)
+    return _finish(runs.run_image(image_options(args)), args, thresholds)
 
 
 @_guarded
 def _video(args) -> int:
-    return _finish(runs.run_video(video_options(args)), args)
+    thresholds = _workload_thresholds(args)
+    return _finish(runs.run_video(video_options(args)), args, thresholds)
 
 
 @_guarded
 def _sweep(args) -> int:
+    """Thresholds, when given, are checked on the result of the level the sweep settles on."""
     if not args.slo_ms:
         raise ValueError("a sweep needs --slo-ms, the p99 latency to stay under")
+    thresholds = _workload_thresholds(args)
     if args.workload == "image":
         options = image_options(args)
         start = args.start or 50.0
         search = SweepOptions(args.slo_ms, start, args.limit, args.trial)
-        return _finish(sweep_image(options, search, runs.image_bodies(options)), args)
+        return _finish(sweep_image(options, search, runs.image_bodies(options)), args, thresholds)
     options = video_options(args)
     search = SweepOptions(args.slo_ms, args.start or 1, args.limit, args.trial)
-    return _finish(sweep_video(options, search, runs.video_bodies(options)), args)
+    return _finish(sweep_video(options, search, runs.video_bodies(options)), args, thresholds)
 
 
 @_guarded
 def _report(args) -> int:
+    thresholds = _thresholds(args)
     results = [RunResult.load(path) for path in args.results]
     result = results[0] if len(results) == 1 else merge_results(results)
     if args.format == "text":
         console = Console(file=args.output.open("w")) if args.output else Console()
         report.render_text(result, console)
-        return 0
-    text = report.render_json(result) if args.format == "json" else report.render_html(result)
-    if args.output:
-        args.output.write_text(text)
     else:
-        print(text)
-    return 0
+        text = report.render_json(result) if args.format == "json" else report.render_html(result)
+        if args.output:
+            args.output.write_text(text)
+        else:
+            print(text)
+    return _gate(result, thresholds)
 
 
 @_guarded

@@ -16,6 +16,7 @@ from typing import Callable
 
 import grpc
 
+from loadtest.channels import Channels
 from loadtest.payloads import sequence_header
 from loadtest.records import DROPPED, OK, RequestResult
 from loadtest.shape import Shape
@@ -30,38 +31,32 @@ Emit = Callable[[RequestResult], None]
 now_ns = time.monotonic_ns
 
 
-def open_channel(url: str) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(url, options=[
-        ("grpc.max_send_message_length", -1),
-        ("grpc.max_receive_message_length", -1),
-    ])
-
-
 async def sleep_until(deadline_ns: int) -> None:
     delay = deadline_ns - now_ns()
     if delay > 0:
         await asyncio.sleep(delay / 1e9)
 
 
-async def timed_call(call, body: bytes, timeout_s: float) -> tuple[int, str]:
+async def timed_call(call, body: bytes, timeout_s: float, metadata=None) -> tuple[int, str]:
     """Send one unary call: when it left, and how it ended (OK or the gRPC status code's name)."""
     sent = now_ns()
     try:
-        await call(body, timeout=timeout_s)
+        await call(body, timeout=timeout_s, metadata=metadata)
     except grpc.aio.AioRpcError as exc:
         return sent, exc.code().name
     return sent, OK
 
 
 class Unary:
-    """One ModelInfer call with bytes in and bytes out."""
+    """One ModelInfer call with bytes in and bytes out, each on the worker's next channel."""
 
-    def __init__(self, channel: grpc.aio.Channel, timeout_s: float):
-        self.call = channel.unary_unary(INFER)
-        self.timeout_s = timeout_s
+    def __init__(self, channels: Channels, timeout_s: float):
+        self.calls = {id(channel): channel.unary_unary(INFER) for channel in channels.channels}
+        self.channels, self.timeout_s = channels, timeout_s
 
     async def __call__(self, body: bytes, scheduled_ns: int, emit: Emit, stream: int = -1, deadline_ns: int = 0):
-        sent, status = await timed_call(self.call, body, self.timeout_s)
+        call = self.calls[id(self.channels.next())]
+        sent, status = await timed_call(call, body, self.timeout_s, self.channels.metadata)
         emit(RequestResult(scheduled_ns, sent, now_ns(), status, stream, deadline_ns))
 
 
@@ -127,8 +122,10 @@ class Camera:
     per frame with the same sequence parameters), to compare the two.
     """
 
-    def __init__(self, channel: grpc.aio.Channel, plan: CameraPlan, mode: str, emit: Emit, timeout_s: float):
-        self.channel, self.plan, self.mode, self.emit = channel, plan, mode, emit
+    def __init__(self, channels: Channels, plan: CameraPlan, mode: str, emit: Emit, timeout_s: float):
+        # Cameras take the worker's channels in turn, so its streams spread evenly over them.
+        self.channel, self.plan, self.mode, self.emit = channels.next(), plan, mode, emit
+        self.metadata = channels.metadata
         self.timeout_s = timeout_s
         self.in_flight: deque[tuple[int, int]] = deque()  # (scheduled, sent) of frames awaiting answers
         self.idle = asyncio.Event()
@@ -137,7 +134,7 @@ class Camera:
         self.skipped: list[int] = []  # encoded video: slots dropped since the last send
         self.call = None
         self.reader: asyncio.Task | None = None
-        self.infer = channel.unary_unary(INFER)
+        self.infer = self.channel.unary_unary(INFER)
         self.unary_tasks: set[asyncio.Task] = set()  # held so the loop cannot garbage-collect them
 
     async def run(self) -> None:
@@ -175,7 +172,7 @@ class Camera:
             task.add_done_callback(self.unary_tasks.discard)
             return
         if self.call is None:
-            self.call = self.channel.stream_stream(STREAM_INFER)(timeout=self.timeout_s)
+            self.call = self.channel.stream_stream(STREAM_INFER)(timeout=self.timeout_s, metadata=self.metadata)
             self.reader = asyncio.create_task(self._read(self.call))
         self.in_flight.append((scheduled, now_ns()))
         try:
@@ -184,7 +181,7 @@ class Camera:
             pass  # the reader sees the same failure and settles the frame
 
     async def _unary(self, body: bytes, scheduled: int) -> None:
-        sent, status = await timed_call(self.infer, body, self.timeout_s)
+        sent, status = await timed_call(self.infer, body, self.timeout_s, self.metadata)
         self._settle(scheduled, sent, status)
 
     async def _read(self, call) -> None:

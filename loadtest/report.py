@@ -24,31 +24,30 @@ def _latency_row(summary: dict) -> list[str]:
 def _describe(result: RunResult) -> str:
     config = result.config
     if result.kind == "video":
-        return f"video {config['streams']} streams × {config['fps']:g} FPS ({config['mode']})"
-    stages = config.get("shape") or [{"level": config.get("level", 0)}]
-    level = max(stage["level"] for stage in stages)
-    what = f"{level:g} req/s" if config.get("loop") == "open" else f"concurrency {level:g}"
+        return f"video {config.streams} streams × {config.fps:g} FPS ({config.mode})"
+    stages = config.shape.stages
+    what = f"{config.peak:g} req/s" if config.loop == "open" else f"concurrency {config.peak:g}"
     if len(stages) > 1:
         what = f"{len(stages)} stages up to {what}"
-    return f"image {config.get('loop', '')} loop, {what}, batch {config.get('batch_size', 1)}"
+    return f"image {config.loop} loop, {what}, batch {config.batch_size}"
 
 
 def render_text(result: RunResult, console: Console | None = None) -> None:
     console = console or Console()
     summary = summarize(result)
     config = result.config
-    console.print(f"[bold]{_describe(result)}[/bold] → {config['model']} at {config['url']}")
+    console.print(f"[bold]{_describe(result)}[/bold] → {config.model} at {config.url}")
     table = Table("sent", "ok", "errors", "send/s", "answered/s", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms")
     table.add_row(str(summary["sent"]), str(summary["ok"]), str(summary["errors"]), f"{summary['send_rate']:.1f}",
                   f"{summary['throughput']:.1f}", *_latency_row(summary))
     console.print(table)
     stable = summary["stability"]
     console.print("stable: yes" if stable["stable"] else f"stable: no ({stable['reason']})")
-    if config.get("generator_cpu_s"):
-        console.print(f"generator CPU: {config['generator_cpu_s']:.1f} s over {config.get('workers', 1)} workers")
+    if result.generator_cpu_s:
+        console.print(f"generator CPU: {result.generator_cpu_s:.1f} s over {config.workers} workers")
     if "video" in summary:
         video = summary["video"]
-        console.print(f"streams sustained at {config['fps']:g} FPS: {video['sustained']} of {video['streams']}; "
+        console.print(f"streams sustained at {config.fps:g} FPS: {video['sustained']} of {video['streams']}; "
                       f"late frames {video['late']}, dropped frames {video['dropped']}")
         streams = Table("stream", "slots", "answered", "late", "dropped", "errors", "p99 ms", "jitter ms", "sustained")
         for row in video["per_stream"]:
@@ -71,8 +70,9 @@ def render_trials(trials: list[dict], console: Console) -> None:
 
 
 def render_json(result: RunResult) -> str:
-    return json.dumps({"kind": result.kind, "config": result.config, "servers": result.servers,
-                       "trials": result.trials, "summary": summarize(result)}, indent=1)
+    data = result.to_dict()
+    del data["recorder"]
+    return json.dumps(data, indent=1)
 
 
 def render_compare(results: list[tuple[str, RunResult]], console: Console | None = None) -> None:
@@ -142,7 +142,7 @@ _SCRIPT = """document.addEventListener('DOMContentLoaded',function(){var n=docum
 
 def _summary_table(result: RunResult) -> str:
     summary = summarize(result)
-    rows = [("workload", _describe(result)), ("model", result.config["model"]), ("target", result.config["url"]),
+    rows = [("workload", _describe(result)), ("model", result.config.model), ("target", result.config.url),
             ("started", result.started_at), ("sent", summary["sent"]), ("ok", summary["ok"]),
             ("errors", summary["errors"]), ("send rate /s", f"{summary['send_rate']:.1f}"),
             ("answered /s", f"{summary['throughput']:.1f}")]

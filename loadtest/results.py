@@ -2,35 +2,57 @@
 
 The recorder is the source of truth; the summary is recomputed from it whenever a result is loaded,
 so results merged from several pods summarize exactly like one big run.
+
+Format version 2 holds the config as a typed record (`loadtest.run_config`) and the run's facts
+(generator CPU, how many results were merged, a sweep's outcome) beside it; version 1 files, which
+kept those facts inside the config dict, still load.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from loadtest.records import DROPPED, OK, Recorder
+from loadtest.run_config import RunConfig, config_from_dict, from_v1
 
 FORMAT = "tritonfleet.loadtest.result"
-VERSION = 1
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
 PERCENTILES = (50, 90, 95, 99, 99.9)
+
+
+@dataclass(frozen=True)
+class SweepOutcome:
+    slo_ms: float  # the p99 the sweep had to stay under
+    best: float  # the highest level that met it (0: none did)
 
 
 @dataclass
 class RunResult:
     kind: str  # "image" or "video"
-    config: dict
+    config: RunConfig
     recorder: Recorder
     started_at: str = ""
     servers: dict = field(default_factory=dict)  # {"source": ..., "requests": {server: count}}
     trials: list = field(default_factory=list)  # sweep: one summary per trial
+    generator_cpu_s: float = 0.0  # CPU the workers spent generating load, start-up left out
+    merged_from: int = 1  # results merged into this one (the pods of one Job)
+    sweep: SweepOutcome | None = None
+
+    def __post_init__(self):
+        if self.config.KIND != self.kind:
+            raise ValueError(f"a {self.kind} result cannot carry a {self.config.KIND or 'generic'} config")
 
     def to_dict(self) -> dict:
         return {
             "format": FORMAT, "version": VERSION, "kind": self.kind, "started_at": self.started_at,
-            "config": self.config, "servers": self.servers, "trials": self.trials,
+            "config": self.config.to_dict(), "servers": self.servers, "trials": self.trials,
+            "generator_cpu_s": self.generator_cpu_s, "merged_from": self.merged_from,
+            "sweep": dataclasses.asdict(self.sweep) if self.sweep else None,
             "summary": summarize(self), "recorder": self.recorder.to_dict(),
         }
 
@@ -38,23 +60,43 @@ class RunResult:
     def from_dict(cls, data: dict) -> "RunResult":
         if data.get("format") != FORMAT:
             raise ValueError(f"not a load-test result (format {data.get('format')!r}, want {FORMAT!r})")
-        if data.get("version") != VERSION:
-            raise ValueError(f"result version {data.get('version')} is not supported (this reads {VERSION})")
-        return cls(kind=data["kind"], config=data["config"], recorder=Recorder.from_dict(data["recorder"]),
+        version = data.get("version")
+        if version not in READABLE_VERSIONS:
+            raise ValueError(f"result version {version} is not supported (this reads {READABLE_VERSIONS})")
+        kind = data["kind"]
+        # Version 1 kept the run's facts inside the config.
+        facts = data["config"] if version == 1 else data
+        config = from_v1(kind, data["config"]) if version == 1 else config_from_dict(kind, data["config"])
+        sweep = facts.get("sweep")
+        return cls(kind=kind, config=config, recorder=Recorder.from_dict(data["recorder"]),
                    started_at=data.get("started_at", ""), servers=data.get("servers", {}),
-                   trials=data.get("trials", []))
+                   trials=data.get("trials", []), generator_cpu_s=float(facts.get("generator_cpu_s", 0.0)),
+                   merged_from=int(facts.get("merged_from", 1)), sweep=SweepOutcome(**sweep) if sweep else None)
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=1))
 
+    def to_json_line(self) -> str:
+        """The whole result on one line: the last line of a pod's log, which outlives the pod."""
+        return json.dumps(self.to_dict(), separators=(",", ":"))
+
     @classmethod
     def load(cls, path: str | Path) -> "RunResult":
+        """A saved result, or a captured log whose last line is one (`--print-result`)."""
         try:
-            return cls.from_dict(json.loads(Path(path).read_text()))
+            text = Path(path).read_text()
         except OSError as exc:
             raise ValueError(f"cannot read result {path}: {exc.strerror}") from None
+        try:
+            return cls.from_dict(json.loads(text))
         except json.JSONDecodeError as exc:
-            raise ValueError(f"{path} is not JSON: {exc}") from None
+            lines = text.rstrip().splitlines()
+            if len(lines) > 1 and lines[-1].startswith("{"):
+                try:
+                    return cls.from_dict(json.loads(lines[-1]))
+                except json.JSONDecodeError:
+                    pass
+            raise ValueError(f"{path} is neither a result nor a log ending in one: {exc}") from None
 
 
 def merge_results(results: list[RunResult]) -> RunResult:
@@ -71,10 +113,11 @@ def merge_results(results: list[RunResult]) -> RunResult:
         for name, count in result.servers.get("requests", {}).items():
             servers[name] = servers.get(name, 0) + count
     first = results[0]
-    config = dict(first.config, merged_from=len(results))
     source = first.servers.get("source", "")
-    return RunResult(first.kind, config, recorder, first.started_at,
-                     {"source": source, "requests": servers} if servers else {})
+    return RunResult(first.kind, first.config, recorder, first.started_at,
+                     {"source": source, "requests": servers} if servers else {},
+                     generator_cpu_s=sum(result.generator_cpu_s for result in results),
+                     merged_from=sum(result.merged_from for result in results))
 
 
 def measured_seconds(recorder: Recorder) -> int:
@@ -136,11 +179,10 @@ def summarize(result: RunResult) -> dict:
         "latency_ms": {f"p{p:g}": latency.get_value_at_percentile(p) / 1000 for p in PERCENTILES} if ok else {},
         "mean_ms": latency.get_mean_value() / 1000 if ok else 0.0,
         "max_ms": latency.get_max_value() / 1000 if ok else 0.0,
-        "stability": stability(recorder, int(result.config.get("window_s", 1))),
+        "stability": stability(recorder, result.config.window_s),
     }
     if result.kind == "video":
-        summary["video"] = _stream_summary(recorder, float(result.config.get("slo_ms") or 0),
-                                           float(result.config.get("miss_tolerance", 0.01)))
+        summary["video"] = _stream_summary(recorder, result.config.slo_ms, result.config.miss_tolerance)
     if result.servers.get("requests"):
         total = sum(result.servers["requests"].values()) or 1
         summary["server_share"] = {name: count / total for name, count in sorted(result.servers["requests"].items())}

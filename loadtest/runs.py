@@ -8,9 +8,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from loadtest import payloads, server_share, video_source
+from loadtest.channels import validate_metadata
 from loadtest.engine import default_workers, run_workers
 from loadtest.live import LiveMetrics, serve_metrics
 from loadtest.results import RunResult
+from loadtest.run_config import ImageConfig, RunConfig, VideoConfig
 from loadtest.shape import Shape, Stage
 from loadtest.worker import WorkerSpec
 
@@ -28,6 +30,13 @@ class CommonOptions:
     metrics_port: int = 0  # serve the harness's own metrics here; 0: off
     metrics_address: str = "127.0.0.1"
     quiet: bool = False
+    connections: int = 1  # gRPC connections each worker spreads its requests over
+    metadata: tuple[tuple[str, str], ...] = ()  # (key, value) sent with every call
+
+    def __post_init__(self):
+        if self.connections < 1:
+            raise ValueError(f"--connections must be at least 1, got {self.connections}")
+        validate_metadata(self.metadata)
 
 
 @dataclass
@@ -89,11 +98,10 @@ def run_image(options: ImageOptions, bodies: list[bytes] | None = None) -> RunRe
         shape = Shape((Stage(options.warmup_s, first), *shape.stages))
     spec = WorkerSpec("image", options.url, bodies or image_bodies(options), shape, loop=options.loop,
                       poisson=options.poisson, seed=options.seed, warmup_s=options.warmup_s,
-                      timeout_s=options.timeout_s)
-    config = _config(options, workload="image", loop=options.loop, poisson=options.poisson,
-                     shape=options.shape.describe(), level=first, source=options.source,
-                     resolution=options.resolution)
-    return _run(spec, options, config, "image")
+                      timeout_s=options.timeout_s, connections=options.connections, metadata=options.metadata)
+    config = ImageConfig(**_common_config(options), loop=options.loop, poisson=options.poisson,
+                         shape=options.shape, source=options.source, resolution=options.resolution)
+    return _run(spec, options, config)
 
 
 def run_video(options: VideoOptions, bodies: list[bytes] | None = None) -> RunResult:
@@ -104,24 +112,25 @@ def run_video(options: VideoOptions, bodies: list[bytes] | None = None) -> RunRe
     shape = Shape.constant(options.streams, options.warmup_s + options.duration_s)
     spec = WorkerSpec("video", options.url, bodies or video_bodies(options), shape, warmup_s=options.warmup_s,
                       timeout_s=options.timeout_s, streams=options.streams, fps=options.fps,
-                      video_mode=options.mode, catch_up=_catch_up(options))
-    config = _config(options, workload="video", streams=options.streams, fps=options.fps, mode=options.mode,
-                     duration_s=options.duration_s, miss_tolerance=options.miss_tolerance,
-                     source=" ".join(filter(None, (options.codec, options.video_file or f"synthetic {options.resolution}"))))
-    return _run(spec, options, config, "video")
+                      video_mode=options.mode, catch_up=_catch_up(options), connections=options.connections, metadata=options.metadata)
+    config = VideoConfig(**_common_config(options), streams=options.streams, fps=options.fps, mode=options.mode,
+                         duration_s=options.duration_s, miss_tolerance=options.miss_tolerance,
+                         source=" ".join(filter(None, (options.codec, options.video_file or f"synthetic {options.resolution}"))))
+    return _run(spec, options, config)
 
 
-def _config(options: CommonOptions, **extra) -> dict:
-    tensor = dataclasses.asdict(options.tensor)
-    return {"url": options.url, **tensor, "warmup_s": options.warmup_s, "window_s": options.window_s,
-            "slo_ms": options.slo_ms, "timeout_s": options.timeout_s, **extra}
+def _common_config(options: CommonOptions) -> dict:
+    return {"url": options.url, **dataclasses.asdict(options.tensor), "warmup_s": options.warmup_s,
+            "window_s": options.window_s, "slo_ms": options.slo_ms, "timeout_s": options.timeout_s,
+            "connections": options.connections, "metadata_keys": tuple(key for key, _ in options.metadata)}
 
 
-def _run(spec: WorkerSpec, options: CommonOptions, config: dict, workload: str) -> RunResult:
+def _run(spec: WorkerSpec, options: CommonOptions, config: RunConfig) -> RunResult:
+    workload = config.KIND
     workers = options.workers or default_workers()
     if workload == "video":
         workers = min(workers, spec.streams)
-    config["workers"] = workers
+    config = dataclasses.replace(config, workers=workers)
     live = LiveMetrics(workload, options.tensor.model)
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     before = server_share.snapshot(options.metrics_urls, options.tensor.model) if options.metrics_urls else {}
@@ -134,5 +143,4 @@ def _run(spec: WorkerSpec, options: CommonOptions, config: dict, workload: str) 
     if options.metrics_urls:
         after = server_share.snapshot(options.metrics_urls, options.tensor.model)
         servers = server_share.share(before, after, options.metrics_urls)
-    config["generator_cpu_s"] = round(live.generator_cpu_s, 3)
-    return RunResult(workload, config, recorder, started, servers)
+    return RunResult(workload, config, recorder, started, servers, generator_cpu_s=round(live.generator_cpu_s, 3))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
-from loadtest.results import RunResult, summarize
+from loadtest.results import RunResult, SweepOutcome, summarize
 from loadtest.runs import ImageOptions, VideoOptions, run_image, run_video
 from loadtest.shape import Shape
 
@@ -78,7 +78,7 @@ def _search(run_at: Callable[[float, float], RunResult], sweep: SweepOptions, in
             failed = middle
     chosen = results.get(best) or results[trials[-1]["level"]]
     chosen.trials = trials
-    chosen.config = dict(chosen.config, sweep={"slo_ms": sweep.slo_ms, "best": best})
+    chosen.sweep = SweepOutcome(sweep.slo_ms, best)
     return chosen
 
 

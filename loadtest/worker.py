@@ -1,4 +1,4 @@
-"""One worker process: its own event loop and gRPC channel, its share of the load, its own recorder.
+"""One worker process: its own event loop and gRPC channels, its share of the load, its own recorder.
 
 The parent gives every worker the same start time (the monotonic clock is system-wide on Linux), so
 their schedules interleave exactly and their timelines merge second by second.
@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 
 import uvloop
 
-from loadtest.generators import Camera, CameraPlan, Unary, closed_loop, open_channel, open_loop
+from loadtest.channels import Channels
+from loadtest.generators import Camera, CameraPlan, Unary, closed_loop, open_loop
 from loadtest.live import LiveDelta
 from loadtest.records import Recorder, RequestResult
 from loadtest.shape import Shape, arrival_offsets_ns
@@ -42,6 +43,8 @@ class WorkerSpec:
     fps: float = 0.0
     video_mode: str = "stream"
     catch_up: object | None = None  # encoded video: loadtest.video_source.UnitRequests
+    connections: int = 1  # gRPC channels (each its own TCP connection) this worker spreads calls over
+    metadata: tuple[tuple[str, str], ...] = ()  # sent with every call
     correlation_base: int = field(default_factory=lambda: random.randrange(1, 2**31) << 16)
 
     def my_streams(self) -> list[int]:
@@ -64,9 +67,9 @@ def worker_main(start_queue, report_queue) -> None:
 
 
 async def _run(spec: WorkerSpec, start_queue, report_queue) -> None:
-    channel = open_channel(spec.url)
+    channels = Channels(spec.url, spec.connections, spec.metadata)
     try:
-        await asyncio.wait_for(channel.channel_ready(), timeout=CONNECT_TIMEOUT_S)
+        await asyncio.wait_for(channels.ready(), timeout=CONNECT_TIMEOUT_S)
     except asyncio.TimeoutError:
         report_queue.put(("error", spec.index, f"cannot connect to {spec.url} within {CONNECT_TIMEOUT_S:.0f} s"))
         return
@@ -88,21 +91,21 @@ async def _run(spec: WorkerSpec, start_queue, report_queue) -> None:
     cpu_start = time.process_time()
     try:
         if spec.workload == "video":
-            await _video(spec, channel, t0_ns, emit, live)
+            await _video(spec, channels, t0_ns, emit, live)
         elif spec.loop == "closed":
-            await closed_loop(Unary(channel, spec.timeout_s), spec.bodies, spec.shape, spec.share, t0_ns, emit)
+            await closed_loop(Unary(channels, spec.timeout_s), spec.bodies, spec.shape, spec.share, t0_ns, emit)
         else:
             offsets = arrival_offsets_ns(spec.shape, spec.poisson, spec.seed)[spec.index :: spec.workers]
-            await open_loop(Unary(channel, spec.timeout_s), spec.bodies, offsets, t0_ns, emit)
+            await open_loop(Unary(channels, spec.timeout_s), spec.bodies, offsets, t0_ns, emit)
     finally:
         ticker.cancel()
-        await channel.close()
+        await channels.close()
     report_queue.put(("tick", spec.index, live.take()))
     # The CPU this worker spent generating load (start-up left out): what the benchmark divides by.
     report_queue.put(("done", spec.index, {"recorder": recorder.to_dict(), "cpu_s": time.process_time() - cpu_start}))
 
 
-async def _video(spec: WorkerSpec, channel, t0_ns: int, emit, live: LiveDelta) -> None:
+async def _video(spec: WorkerSpec, channels, t0_ns: int, emit, live: LiveDelta) -> None:
     period_ns = int(1e9 / spec.fps)
     frames = int(spec.shape.duration_s * spec.fps)
 
@@ -112,7 +115,7 @@ async def _video(spec: WorkerSpec, channel, t0_ns: int, emit, live: LiveDelta) -
                           t0_ns + period_ns * stream // max(spec.streams, 1), spec.bodies, spec.catch_up)
         live.streams_active += 1
         try:
-            await Camera(channel, plan, spec.video_mode, emit, spec.shape.duration_s + spec.timeout_s).run()
+            await Camera(channels, plan, spec.video_mode, emit, spec.shape.duration_s + spec.timeout_s).run()
         finally:
             live.streams_active -= 1
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -10,7 +11,9 @@ from models.profiles import MODEL_REPOSITORY, PROFILES_FILE, ProfileError, rende
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "render-models", help="write model_repository/ with a profile of deploy/model-profiles.yaml applied"
+        "render-models", help="write model_repository/ with a profile of deploy/model-profiles.yaml applied",
+        epilog="example:\n  tritonfleet render-models --profile gpu --out build/model_repository",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--profile", required=True, help="profile name, e.g. cpu or gpu")
     parser.add_argument("--out", type=Path, required=True, help="output directory (replaced)")

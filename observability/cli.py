@@ -9,7 +9,9 @@ from pathlib import Path
 
 def register(subparsers) -> None:
     live = subparsers.add_parser(
-        "dashboard", help="serve the Grafana dashboards' panels live from Prometheus on a loopback page")
+        "dashboard", help="serve the Grafana dashboards' panels live from Prometheus on a loopback page",
+        epilog="example:\n  tritonfleet dashboard --prometheus http://127.0.0.1:9090 --port 8765",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     live.add_argument("--prometheus", required=True, help="Prometheus base URL, e.g. http://127.0.0.1:9090")
     live.add_argument("--port", type=int, default=8765, help="loopback port of the page (0: any free port)")
     live.add_argument("--rate-interval", default="1m", help="window of rate() in the panels' queries")
@@ -17,7 +19,9 @@ def register(subparsers) -> None:
     live.set_defaults(func=run_dashboard)
 
     render = subparsers.add_parser(
-        "render-dashboards", help="write Grafana JSON, Prometheus rules and the runbook; optionally panel PNGs")
+        "render-dashboards", help="write Grafana JSON, Prometheus rules and the runbook; optionally panel PNGs",
+        epilog="example:\n  tritonfleet render-dashboards --check",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     render.add_argument("--check", action="store_true",
                         help="write nothing; exit 1 if a generated file is missing or out of date")
     render.add_argument("--prometheus", help="with --png-dir: Prometheus to read the panels' data from")

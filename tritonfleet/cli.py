@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import logging
 import signal
 import sys
@@ -41,8 +42,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tritonfleet", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="tritonfleet", description=__doc__.splitlines()[0],
+                                     epilog="example:\n  tritonfleet demo\n  tritonfleet loadtest image --help",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     subparsers = parser.add_subparsers(metavar="COMMAND")
     _register_stack_commands(subparsers)
     for module_name in PART_CLIS:
@@ -56,19 +60,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def version() -> str:
+    try:
+        return importlib.metadata.version("tritonfleet")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed; run `make install`)"
+
+
+def _example(text: str) -> dict:
+    """add_parser keywords for an epilog with an example, kept as written."""
+    return {"epilog": f"example:\n  {text}", "formatter_class": argparse.RawDescriptionHelpFormatter}
+
+
 def _register_stack_commands(subparsers) -> None:
-    servers = subparsers.add_parser("servers", help="start N real Triton servers on a model repository until Ctrl-C")
+    servers = subparsers.add_parser("servers", help="start N real Triton servers on a model repository until Ctrl-C",
+                                    **_example("tritonfleet servers -n 2 -- --log-verbose=1"))
     servers.add_argument("-n", "--count", type=int, default=2)
     servers.add_argument("--model-repository", type=Path, default=MODEL_REPOSITORY)
     servers.add_argument("--workdir", type=Path, default=RUN_DIR / "servers")
     servers.add_argument("triton_args", nargs="*", help="extra tritonserver flags, after --")
     servers.set_defaults(func=cmd_servers)
 
-    for name, func, text in (
-        ("up", cmd_up, "run the local stack (deploy/stack.yaml) until Ctrl-C"),
-        ("demo", cmd_demo, "start the stack, run a short load through it, print a report, stop"),
+    for name, func, text, example in (
+        ("up", cmd_up, "run the local stack (deploy/stack.yaml) until Ctrl-C", "tritonfleet up --stack deploy/stack.yaml"),
+        ("demo", cmd_demo, "start the stack, run a short load through it, print a report, stop",
+         "tritonfleet demo --reports reports/"),
     ):
-        sub = subparsers.add_parser(name, help=text)
+        sub = subparsers.add_parser(name, help=text, **_example(example))
         sub.add_argument("--stack", type=Path, default=DEFAULT_STACK, help="stack file (default: %(default)s)")
         sub.add_argument("--workdir", type=Path, default=RUN_DIR / name, help="logs and data")
         sub.set_defaults(func=func)

@@ -38,7 +38,7 @@ def harness_round(url: str, body: bytes, seconds: float, concurrency: int) -> di
     result = run_image(ImageOptions(url=url, tensor=TensorSpec("tiny_image"), shape=Shape.constant(concurrency, seconds),
                                     loop="closed", warmup_s=0, workers=1, quiet=True), bodies=[body])
     answered = sum(result.recorder.statuses.values())
-    cpu = result.config["generator_cpu_s"]
+    cpu = result.generator_cpu_s
     return {"requests": answered, "cpu_s": cpu, "per_cpu_s": answered / cpu, "rate": answered / seconds}
 
 

@@ -10,6 +10,8 @@ import pytest
 
 from loadtest.report import render_html
 from loadtest.results import RunResult
+from loadtest.run_config import ImageConfig, VideoConfig
+from loadtest.shape import Shape
 from tests.loadtest.test_records import recorded, synthetic_results
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -28,8 +30,8 @@ def chromium(tmp_path, *args: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("kind", ["image", "video"])
 def test_report_renders_in_chromium_without_errors(tmp_path, kind):
-    config = {"url": "127.0.0.1:8001", "model": "m", "loop": "open", "level": 200, "batch_size": 1,
-              "streams": 3, "fps": 10, "mode": "stream", "slo_ms": 100}
+    config = (VideoConfig("127.0.0.1:8001", "m", streams=3, fps=10, slo_ms=100) if kind == "video"
+              else ImageConfig("127.0.0.1:8001", "m", shape=Shape.constant(200, 10), slo_ms=100))
     result = RunResult(kind, config, recorded(synthetic_results(3000, 9, kind == "video")), "2026-11-25T00:00:00+00:00",
                        {"source": "gateway", "requests": {"triton-0:8001": 1400, "triton-1:8001": 1600}})
     page = tmp_path / "report.html"

@@ -9,6 +9,7 @@ import pytest
 
 from loadtest.records import DROPPED, OK, Recorder, RequestResult
 from loadtest.results import RunResult, merge_results, summarize
+from loadtest.run_config import ImageConfig, VideoConfig
 from loadtest.shape import Shape, arrival_offsets_ns
 
 MS = 1_000_000
@@ -62,7 +63,7 @@ def test_warm_up_is_left_out():
 
 @pytest.mark.parametrize("video", [False, True], ids=["image", "video"])
 def test_result_survives_json_round_trip(tmp_path, video):
-    config = {"url": "x:1", "model": "m", "streams": 3, "fps": 10, "mode": "stream", "slo_ms": 50}
+    config = VideoConfig("x:1", "m", streams=3, fps=10, slo_ms=50) if video else ImageConfig("x:1", "m", slo_ms=50)
     result = RunResult("video" if video else "image", config, recorded(synthetic_results(2000, 3, video)),
                        "2026-11-25T00:00:00+00:00", {"source": "triton", "requests": {"a": 10, "b": 30}})
     path = tmp_path / "run.json"
@@ -74,13 +75,14 @@ def test_result_survives_json_round_trip(tmp_path, video):
 
 
 def test_merge_results_adds_counts_and_server_requests():
-    first = RunResult("image", {"model": "m"}, recorded(synthetic_results(500, 4)), servers={"requests": {"a": 5}})
-    second = RunResult("image", {"model": "m"}, recorded(synthetic_results(700, 5)), servers={"requests": {"a": 1, "b": 2}})
+    first = RunResult("image", ImageConfig("x:1", "m"), recorded(synthetic_results(500, 4)), servers={"requests": {"a": 5}})
+    second = RunResult("image", ImageConfig("x:1", "m"), recorded(synthetic_results(700, 5)),
+                       servers={"requests": {"a": 1, "b": 2}})
     merged = merge_results([first, second])
     assert merged.recorder.sent == first.recorder.sent + second.recorder.sent
     assert merged.servers["requests"] == {"a": 6, "b": 2}
     with pytest.raises(ValueError, match="different workloads"):
-        merge_results([first, RunResult("video", {}, Recorder())])
+        merge_results([first, RunResult("video", VideoConfig("x:1", "m"), Recorder())])
 
 
 def test_loading_something_else_is_a_clear_error(tmp_path):
