@@ -60,6 +60,16 @@ def _ack(connection: UpstreamConnection, payload: bytes) -> None:
     connection.data_received(frame(PING, ACK, 0, payload))
 
 
+async def _until(condition, timeout_s: float = 10.0) -> bool:
+    """Whether `condition()` came true within `timeout_s`, the event loop running meanwhile."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            return False
+        await asyncio.sleep(0.01)
+    return True
+
+
 def test_a_silent_pod_is_pinged_at_most_twice_until_it_answers_a_call():
     async def scenario():
         connection, transport = _connection_with_a_waiting_call()
@@ -100,8 +110,10 @@ def test_an_unanswered_ping_drops_the_connection_and_an_answered_one_does_not():
         answered.keepalive(timeout_s=0.05)
         silent.keepalive(timeout_s=0.05)
         _ack(answered, answered_transport.pings()[-1])
-        await asyncio.sleep(0.2)
-        assert silent_transport.aborted and not answered_transport.aborted
+        # The answered PING's timer is gone at once: nothing is left that could drop its connection.
+        assert answered._ping_timer is None
+        assert await _until(lambda: silent_transport.aborted), "the unanswered PING never dropped its connection"
+        assert not answered_transport.aborted
         assert "did not answer a PING within 0.05 s" in silent._lost_reason
 
     asyncio.run(scenario())
@@ -124,7 +136,7 @@ def test_a_connection_that_does_not_open_in_time_hands_its_queued_calls_back():
         connection = door._connect("127.0.0.1", port)
         call = object()
         connection._queued.append((call, [], [b""], True))
-        await asyncio.sleep(1.0)
+        await _until(lambda: handed_back)
         return handed_back
 
     try:
