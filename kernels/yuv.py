@@ -8,8 +8,9 @@ three planes. `nv12_to_tensor(y, uv, size)` and `i420_to_tensor(y, u, v, size)` 
 1. each plane is resized to the output geometry (`size`, or with `letterbox=True` the largest
    size that keeps the frame's aspect ratio, centred and padded with `pad_value`), antialiased
    exactly as `torch.nn.functional.interpolate(..., mode="bilinear", antialias=True)`; chroma is
-   taken as centred between its luma samples (JPEG/MPEG-1 siting; H.264's default left siting
-   lies a quarter of a luma pixel away, far below one output pixel after a downscale);
+   taken as centred between its luma samples, as FFmpeg's swscale upsamples it (the tests check
+   the conversion against swscale's); H.264's default left siting lies a quarter of a luma pixel
+   away, far below one output pixel after a downscale;
 2. the resized Y, U, V are converted to RGB with the BT.601 or BT.709 matrix, limited (studio,
    Y 16-235) or full range, and clamped to [0, 255];
 3. RGB is scaled to [0, 1] and normalized per channel with `mean` and `std`.
