@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -25,7 +24,7 @@ from pathlib import Path
 import yaml
 
 from tritonfleet.paths import REPO_ROOT
-from tritonfleet.processes import spawn, terminate
+from tritonfleet.processes import ChildProcess, ProcessExited, accepts_connections
 from tritonfleet.stack_config import ServiceSpec, StackConfig
 from tritonfleet.triton_server import LOOPBACK, TritonServer, free_port, start_fleet, stop_all
 
@@ -49,21 +48,21 @@ class Process:
     log_path: Path
     ready_url: str | None = None
     ready_port: int | None = None
-    process: subprocess.Popen | None = None
+    child: ChildProcess | None = None
     _started_at: float = 0.0
 
+    @property
+    def process(self) -> subprocess.Popen | None:
+        return self.child.process if self.child else None
+
     def start(self, timeout: float = 60.0) -> None:
-        self.process = spawn(self.argv, self.log_path)
+        self.child = ChildProcess(self.name, self.argv, self.log_path)
         self._started_at = time.monotonic()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                tail = "\n".join(self.log_path.read_text(errors="replace").splitlines()[-10:])
-                raise StackError(f"{self.name} exited with code {self.process.returncode}:\n{tail}")
-            if self._ready():
-                return
-            time.sleep(0.1)
-        raise StackError(f"{self.name} was not ready after {timeout:.0f} s (log: {self.log_path})")
+        try:
+            self.child.wait_until(self._ready, timeout)
+        except (ProcessExited, TimeoutError) as exc:
+            self.stop()
+            raise StackError(str(exc)) from None
 
     def _ready(self) -> bool:
         if self.ready_url:
@@ -73,21 +72,20 @@ class Process:
             except (urllib.error.URLError, OSError):
                 return False
         if self.ready_port:
-            with socket.socket() as sock:
-                sock.settimeout(0.5)
-                return sock.connect_ex((LOOPBACK, self.ready_port)) == 0
+            return accepts_connections(f"{LOOPBACK}:{self.ready_port}")
         # Nothing to probe: a process that stays up for a moment counts as started.
         return time.monotonic() - self._started_at >= SETTLE_SECONDS
 
     def is_running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+        return self.child is not None and self.child.is_running()
 
     def restart(self) -> None:
         self.stop()
         self.start()
 
     def stop(self) -> None:
-        terminate(self.process)
+        if self.child is not None:
+            self.child.stop()
 
 
 @dataclass

@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from tritonfleet.paths import DEFAULT_STACK, REPO_ROOT
+from tritonfleet.processes import command_lines_containing
 
 pytestmark = pytest.mark.slow
 
@@ -30,5 +31,5 @@ def test_demo_runs_image_and_video_load_through_the_gateway_and_stops_everything
         shares = result["servers"]["requests"]
         assert len(shares) == 2 and all(count > 0 for count in shares.values()), shares
         assert "<svg" in (reports / f"demo-{workload}.html").read_text()
-    leftover = subprocess.run(["pgrep", "-af", str(workdir)], capture_output=True, text=True).stdout
+    leftover = command_lines_containing(str(workdir))
     assert not leftover, leftover

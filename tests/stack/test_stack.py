@@ -15,6 +15,7 @@ import urllib.request
 import pytest
 
 from tritonfleet.paths import DEFAULT_STACK, REPO_ROOT
+from tritonfleet.processes import command_lines_containing
 from tritonfleet.stack import Stack, StackError
 from tritonfleet.stack_config import load_stack_config, parse_stack_config
 
@@ -108,7 +109,7 @@ def test_a_failing_service_stops_the_ones_started_before_it(tmp_path):
     with pytest.raises(StackError, match="crash exited with code 3"):
         stack.start()
     assert stack.services == []
-    assert "http.server" not in subprocess.run(["pgrep", "-af", str(tmp_path)], capture_output=True, text=True).stdout
+    assert not [line for line in command_lines_containing(str(tmp_path)) if "http.server" in line]
 
 
 def test_an_unknown_placeholder_is_named(tmp_path):
@@ -146,5 +147,5 @@ def test_up_runs_until_ctrl_c_and_stops_everything(tmp_path):
     )
     up.send_signal(signal.SIGINT)
     assert up.wait(timeout=90) == 0
-    leftover = subprocess.run(["pgrep", "-af", str(workdir)], capture_output=True, text=True).stdout
+    leftover = command_lines_containing(str(workdir))
     assert not leftover, leftover

@@ -19,6 +19,7 @@ from tritonclient.utils import InferenceServerException
 from kernels.preprocess import preprocess_reference
 from tritonfleet import triton_metrics
 from tritonfleet.paths import MODEL_REPOSITORY, REPO_ROOT
+from tritonfleet.processes import command_lines_containing
 from tritonfleet.triton_install import TritonInstall
 from tritonfleet.triton_server import (
     ModelLoadError,
@@ -153,8 +154,7 @@ def test_backend_directory_holds_the_stub_for_this_python(tmp_path):
 
 
 def processes_mentioning(text: str) -> list[str]:
-    out = subprocess.run(["pgrep", "-af", text], capture_output=True, text=True).stdout
-    return [line for line in out.splitlines() if "pgrep" not in line]
+    return command_lines_containing(text)
 
 
 def wait_until(predicate, timeout: float) -> bool:
