@@ -23,6 +23,7 @@ from typing import Callable
 
 import torch
 
+from kernels.yuv import i420_to_tensor, nv12_to_tensor
 from models.classifier import INPUT_SIZE
 from models.video import FrameIn, FrameResult, StreamError, VideoAnalyzer
 from models.video_decode import CorruptAccessUnit, Decoder, Picture, has_picture_data, is_keyframe, nal_types
@@ -173,11 +174,6 @@ class CameraAnalyzer(VideoAnalyzer):
 
 def pictures_to_pixels(pictures: list[Picture]) -> torch.Tensor:
     """Decoded 4:2:0 pictures -> the classifier's normalized NCHW input, one kernel call per kind."""
-    try:
-        from kernels.yuv import i420_to_tensor, nv12_to_tensor
-    except ImportError:
-        return _interim_pixels(pictures)
-
     rows: list[torch.Tensor | None] = [None] * len(pictures)
     groups: dict[tuple, list[int]] = {}
     for i, p in enumerate(pictures):
@@ -194,19 +190,6 @@ def pictures_to_pixels(pictures: list[Picture]) -> torch.Tensor:
         for row, i in enumerate(members):
             rows[i] = pixels[row]
     return torch.stack(rows)
-
-
-def _interim_pixels(pictures):
-    from models.pipeline import preprocess_frames
-
-    frames = []
-    for p in pictures:
-        y = p.luma.float() - 16
-        u = p.u.float().repeat_interleave(2, 0).repeat_interleave(2, 1)[: y.shape[0], : y.shape[1]] - 128
-        v = p.v.float().repeat_interleave(2, 0).repeat_interleave(2, 1)[: y.shape[0], : y.shape[1]] - 128
-        rgb = torch.stack([1.164 * y + 1.596 * v, 1.164 * y - 0.392 * u - 0.813 * v, 1.164 * y + 2.017 * u], -1)
-        frames.append(rgb.clamp(0, 255).to(torch.uint8))
-    return preprocess_frames(frames)
 
 
 def luma_frame(picture: Picture) -> torch.Tensor:

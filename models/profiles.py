@@ -21,7 +21,7 @@ MODEL_REPOSITORY = REPO_ROOT / "model_repository"
 
 KINDS = {"KIND_CPU": mc.ModelInstanceGroup.KIND_CPU, "KIND_GPU": mc.ModelInstanceGroup.KIND_GPU}
 FIELDS = {"kind", "count", "max_batch_size", "preferred_batch_sizes", "max_queue_delay_us",
-          "max_queue_size", "queue_timeout_us", "warmup"}
+          "max_queue_size", "queue_timeout_us", "warmup", "parameters"}
 # Triton's queue policy and warmup belong to the dynamic batcher's models: the sequence batcher
 # has no queue policy, and a warmup request to it would need a sequence's control inputs.
 DYNAMIC_ONLY = {"max_queue_size", "queue_timeout_us", "warmup"}
@@ -47,6 +47,9 @@ class ModelProfile:
     # Zero-filled warmup requests Triton sends each instance before the model is ready, so a new
     # pod turns ready only once its kernels are compiled: input name -> dims (without the batch).
     warmup: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    # Values for parameters the model's config already has (a GPU holds more decoder sessions
+    # than two CPU cores): name -> string value.
+    parameters: tuple[tuple[str, str], ...] = ()
 
 
 def load_profile(name: str, path: Path = PROFILES_FILE) -> dict[str, ModelProfile]:
@@ -73,6 +76,7 @@ def _model_profile(profile: str, model: str, values: dict) -> ModelProfile:
         max_queue_size=values.get("max_queue_size"),
         queue_timeout_us=values.get("queue_timeout_us"),
         warmup=_warmup(where, values.get("warmup")),
+        parameters=tuple((str(k), str(v)) for k, v in (values.get("parameters") or {}).items()),
     )
     if entry.kind is not None and entry.kind not in KINDS:
         raise ProfileError(f"{where}: kind must be one of {sorted(KINDS)}, got {entry.kind!r}")
@@ -118,6 +122,11 @@ def apply_profile(config: mc.ModelConfig, entry: ModelProfile) -> mc.ModelConfig
         group.kind = KINDS[entry.kind or "KIND_CPU"]
         group.count = int(entry.count or 1)
     _apply_dynamic_only(out, entry)
+    unknown = [name for name, _ in entry.parameters if name not in out.parameters]
+    if unknown:
+        raise ProfileError(f"model {config.name!r}: parameters {unknown} are not in its config.pbtxt")
+    for name, value in entry.parameters:
+        out.parameters[name].string_value = value
     batcher = _batcher(out)
     if batcher is not None:
         del batcher.preferred_batch_size[:]

@@ -13,7 +13,7 @@ import tritonclient.grpc as grpcclient
 from models.camera import CameraAnalyzer, CameraFrameIn, luma_frame
 from models.classifier import Classifier, ClassifierSettings
 from models.pipeline import ImagePipeline
-from models.video import VideoSettings
+from models.video import FrameResult, VideoSettings
 from models.video_decode import PyAVDecoder
 
 ENCODERS = {"h264": "libx264", "hevc": "libx265"}
@@ -53,15 +53,19 @@ def encode_clip(codec: str, frames: int = 30, height: int = 240, width: int = 32
 
 
 def offline_motion(codec: str, units: list[bytes], settings: VideoSettings = VideoSettings()) -> list[float]:
+    return [result.motion for result in offline_analysis(codec, units, settings)]
+
+
+def offline_analysis(codec: str, units: list[bytes], settings: VideoSettings = VideoSettings()) -> list[FrameResult]:
     """Decode the clip in-process and run the camera analysis on it, one picture at a time."""
     decoder = PyAVDecoder(codec)
     pictures = [p for unit in units for p in decoder.decode(unit)] + decoder.flush()
     analyzer = CameraAnalyzer(ImagePipeline(Classifier(ClassifierSettings(seed=0)), k=5), settings)
-    motion = []
+    results = []
     for index, picture in enumerate(pictures):
         frame = CameraFrameIn(stream=1, frame=luma_frame(picture), start=index == 0, end=False, picture=picture)
-        motion.append(analyzer.step([frame])[0].motion)
-    return motion
+        results.append(analyzer.step([frame])[0])
+    return results
 
 
 def units_input(units: list[bytes]) -> grpcclient.InferInput:

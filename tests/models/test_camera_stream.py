@@ -18,8 +18,9 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from models.camera import CameraStreams, DecoderLimit
+from models.profiles import PROFILES_FILE, ProfileError, render_configs
 from models.video import StreamError
-from tests.models.camera_clips import codec_input, encode_clip, offline_motion, units_input
+from tests.models.camera_clips import codec_input, encode_clip, offline_analysis, offline_motion, units_input
 from tritonfleet.paths import MODEL_REPOSITORY
 from tritonfleet.triton_server import start_fleet, stop_all
 
@@ -63,6 +64,8 @@ def outputs(result) -> dict:
         "index": result.as_numpy("FRAME_INDEX")[0].tolist(),
         "motion": result.as_numpy("MOTION")[0].tolist(),
         "labels": result.as_numpy("LABELS")[0],
+        "classified": result.as_numpy("CLASSIFIED")[0].tolist(),
+        "scores": result.as_numpy("SCORES")[0],
     }
 
 
@@ -88,9 +91,13 @@ def test_a_clip_decodes_to_the_same_analysis_as_offline(client, clips, codec):
     assert [i for r in got for i in r["index"]] == list(range(len(units)))
     assert sum(r["decoded"] for r in got) == len(units)
     assert all(r["labels"].shape == (r["decoded"], 5) for r in got)
+    offline = offline_analysis(codec, units)
     motion = [m for r in got for m in r["motion"]]
-    np.testing.assert_allclose(motion, offline_motion(codec, units), rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(motion, [f.motion for f in offline], rtol=1e-5, atol=1e-4)
     assert max(motion) > 0.1  # the box moves: a clip of equal frames would prove nothing
+    # Classified from the decoded colour planes, as offline: the same scores, on the same frames.
+    assert [c for r in got for c in r["classified"]] == [f.classified for f in offline]
+    np.testing.assert_allclose(got[0]["scores"][0], offline[0].scores.numpy(), rtol=1e-4, atol=1e-6)
 
 
 def test_a_sequence_joined_between_keyframes_waits_for_one(client, clips):
@@ -207,3 +214,13 @@ def test_silent_streams_give_their_decoder_back():
     assert list(streams.streams) == [2] and FakeDecoder.closed == 1
     with pytest.raises(StreamError, match="idled out"):
         streams.get(1)
+
+
+def test_the_gpu_profile_gives_the_camera_model_its_decoder_budget(tmp_path):
+    gpu = render_configs("gpu")["camera_stream"]
+    assert gpu.parameters["MAX_DECODERS"].string_value == "160"
+    assert render_configs("cpu")["camera_stream"].parameters["MAX_DECODERS"].string_value == "16"
+    profiles = tmp_path / "profiles.yaml"
+    profiles.write_text(PROFILES_FILE.read_text().replace("MAX_DECODERS:", "MAX_DECODER:"))
+    with pytest.raises(ProfileError, match=r"parameters \['MAX_DECODER'\] are not in its config.pbtxt"):
+        render_configs("gpu", profiles=profiles)
