@@ -28,7 +28,6 @@ from kernels.temporal import _temporal_autotuned, temporal_update_reference, tem
 from kernels.yuv import _yuv_autotuned, nv12_to_tensor_reference, nv12_to_tensor_triton, split_nv12
 
 GB = 1e9
-OPERATIONS = ["preprocess", "postprocess", "temporal", "yuv"]
 
 
 def time_call(fn) -> float:
@@ -196,52 +195,55 @@ def table(rows, copy_gbs) -> list[str]:
     return lines
 
 
+def cases() -> dict:
+    """operation -> (benchmark, its shapes); --quick runs each operation's first shape only."""
+    return {
+        "preprocess": (bench_preprocess, [
+            (64, 1080, 1920, (224, 224), False), (256, 480, 640, (224, 224), False),
+            (16, 2160, 3840, (640, 640), True),
+        ]),
+        "postprocess": (bench_softmax_topk, [(4096, 1000, 5), (4096, 1000, 16), (256, 21843, 5), (256, 21843, 16)]),
+        "temporal": (bench_temporal, [(32, 1080, 1920, (4, 4))]),
+        # Equal bytes per batch (~50 MB of NV12): 16 1080p frames or 4 4K frames, to a classifier's
+        # 224x224 and a detector's 640x640 letterbox.
+        "yuv": (bench_yuv, [
+            (n, h, w, size, letterbox, dtype)
+            for n, h, w in ((16, 1080, 1920), (4, 2160, 3840))
+            for size, letterbox in (((224, 224), False), ((640, 640), True))
+            for dtype in (torch.float16, torch.float32)
+        ]),
+    }
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", help="also write every figure here")
     parser.add_argument("--quick", action="store_true", help="one shape per operation (a smoke run)")
-    parser.add_argument("--only", choices=OPERATIONS, action="append", help="repeatable; default: all")
+    parser.add_argument("--only", choices=list(cases()), action="append", help="repeatable; default: all")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("needs a CUDA GPU", file=sys.stderr)
         return 2
     torch.manual_seed(0)
-    only = set(args.only or OPERATIONS)
+    only = set(args.only or cases())
     copy_gbs = copy_bandwidth()
     print(f"device copy bandwidth: {copy_gbs:,.0f} GB/s (read + write)", flush=True)
-    rows: list[dict] = []
-    if "preprocess" in only:
-        shapes = [(64, 1080, 1920, (224, 224), False), (256, 480, 640, (224, 224), False),
-                  (16, 2160, 3840, (640, 640), True)]
-        for shape in shapes[:1] if args.quick else shapes:
-            _guarded(bench_preprocess, rows, *shape, args.quick)
-            print(table(rows, copy_gbs)[-1] if rows else "", flush=True)
-    if "postprocess" in only:
-        shapes = [(4096, 1000, 5), (4096, 1000, 16), (256, 21843, 5), (256, 21843, 16)]
-        for shape in shapes[:1] if args.quick else shapes:
-            _guarded(bench_softmax_topk, rows, *shape, args.quick)
-            print(table(rows, copy_gbs)[-1] if rows else "", flush=True)
-    if "temporal" in only:
-        _guarded(bench_temporal, rows, 32, 1080, 1920, (4, 4), args.quick)
-        print(table(rows, copy_gbs)[-1] if rows else "", flush=True)
-    if "yuv" in only:
-        # Equal bytes per batch (~50 MB of NV12): 16 1080p frames or 4 4K frames, to a classifier's
-        # 224x224 and a detector's 640x640 letterbox.
-        shapes = [
-            (n, h, w, size, letterbox, dtype)
-            for n, h, w in ((16, 1080, 1920), (4, 2160, 3840))
-            for size, letterbox in (((224, 224), False), ((640, 640), True))
-            for dtype in (torch.float16, torch.float32)
-        ]
-        for shape in shapes[:1] if args.quick else shapes:
-            _guarded(bench_yuv, rows, *shape, args.quick)
-            print(table(rows, copy_gbs)[-1] if rows else "", flush=True)
     meta = {
         "gpu": torch.cuda.get_device_name(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "torch": torch.__version__, "triton": triton.__version__, "python": platform.python_version(),
         "copy_gb_s": copy_gbs, "command": " ".join(["python3", "bench/kernels/run.py", *(argv or sys.argv[1:])]),
     }
+    rows: list[dict] = []
+    for operation, (bench, shapes) in cases().items():
+        if operation not in only:
+            continue
+        for shape in shapes[:1] if args.quick else shapes:
+            _guarded(bench, rows, *shape, args.quick)
+            print(table(rows, copy_gbs)[-1] if rows else "", flush=True)
+            if args.json:
+                # Saved after every row, so a run cut short by a time limit keeps what it measured.
+                _save(args.json, meta, rows)
     print(json.dumps(meta))
     print("\n".join(table(rows, copy_gbs)))
     for r in rows:
@@ -253,10 +255,12 @@ def main(argv=None) -> int:
 
     for fn in (_resize_normalize_kernel, _softmax_topk_kernel, _temporal_kernel, _yuv_kernel):
         print(fn.__name__, "; ".join(compiled_stats(fn)))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"meta": meta, "rows": rows}, f, indent=1)
     return 0
+
+
+def _save(path: str, meta: dict, rows: list[dict]) -> None:
+    with open(path, "w") as f:
+        json.dump({"meta": meta, "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":
