@@ -10,6 +10,7 @@ kept those facts inside the config dict, still load.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import statistics
@@ -100,7 +101,12 @@ class RunResult:
 
 
 def merge_results(results: list[RunResult]) -> RunResult:
-    """One result from several (the pods of one Job, or repeated runs of one configuration)."""
+    """One result from several (the pods of one Job, or repeated runs of one configuration).
+
+    Timelines line up by seconds since each run's own start; counts add and percentiles come from
+    the merged histograms. Camera streams stay apart: each run's streams are numbered after the
+    previous run's, so every stream of every pod keeps its own row (and its own FPS).
+    """
     if not results:
         raise ValueError("nothing to merge")
     kinds = {result.kind for result in results}
@@ -109,15 +115,27 @@ def merge_results(results: list[RunResult]) -> RunResult:
     recorder = Recorder()
     servers: dict[str, int] = {}
     for result in results:
-        recorder.merge(result.recorder)
+        recorder.merge(_streams_after(result.recorder, len(recorder.streams) and max(recorder.streams) + 1))
         for name, count in result.servers.get("requests", {}).items():
             servers[name] = servers.get(name, 0) + count
     first = results[0]
     source = first.servers.get("source", "")
-    return RunResult(first.kind, first.config, recorder, first.started_at,
+    config = first.config
+    if first.kind == "video":
+        config = dataclasses.replace(config, streams=len(recorder.streams))
+    return RunResult(first.kind, config, recorder, first.started_at,
                      {"source": source, "requests": servers} if servers else {},
                      generator_cpu_s=sum(result.generator_cpu_s for result in results),
                      merged_from=sum(result.merged_from for result in results))
+
+
+def _streams_after(recorder: Recorder, first: int) -> Recorder:
+    """The same recorder seen with its stream numbers starting at `first` (nothing is copied)."""
+    if not first or not recorder.streams:
+        return recorder
+    view = copy.copy(recorder)
+    view.streams = {first + stream: stats for stream, stats in recorder.streams.items()}
+    return view
 
 
 def measured_seconds(recorder: Recorder) -> int:

@@ -48,6 +48,29 @@ The rule ships as values for the adapter's chart, `files/prometheus-adapter-valu
 (`helm install prometheus-adapter prometheus-community/prometheus-adapter -f` that file); CI runs
 it with promtool against recorded Triton series.
 
+## Load-test Job: several pods, results that outlive them, a CI gate
+
+`loadtest.pods: N` renders an Indexed Job (`parallelism = completions = N`): the N generators are
+created at once and each runs the whole `loadtest.args` load. Each pod prints its result as one
+JSON line, the last line of its log, and writes it to `pod-<index>.json` (on
+`loadtest.results.persistentVolumeClaim` when set, in a `<release>-<revision>` folder). Thresholds in
+`args` (`--max-p99-ms`, `--max-error-rate`, `--min-fps`, ...) make a pod exit 99 when missed, which
+fails the Job at once (a pod failure policy: no retry). Gather and merge the pods' results:
+
+```bash
+job=fleet-tritonfleet-loadtest
+kubectl -n inference wait --for=condition=complete job/$job --timeout=15m
+for i in 0 1 2 3; do
+  kubectl -n inference logs --tail=-1 -l batch.kubernetes.io/job-name=$job,batch.kubernetes.io/job-completion-index=$i > pod-$i.json
+done
+tritonfleet loadtest report pod-*.json --format html -o loadtest.html --max-p99-ms 66 --min-fps 14
+```
+
+`report` reads a saved result or a captured log ending in one. Merging adds the counts and the
+latency histograms second by second from each pod's own start (percentiles come from the merged
+histograms, never averaged), keeps every pod's camera streams as streams of their own, sums the
+servers' shares, and checks the thresholds on the merged run.
+
 ## Values
 
 | Key | Type | Default | Description |

@@ -84,13 +84,22 @@ def test_a_result_and_its_config_must_agree_on_the_workload():
         RunResult("video", ImageConfig("x:1", "m"), recorded([]))
 
 
-def test_merged_results_add_their_facts_and_keep_the_config():
+def test_merged_pods_keep_every_camera_stream_apart_and_add_their_facts():
     config = VideoConfig("gw:8001", "m", streams=3, fps=10)
     pods = [RunResult("video", config, recorded(synthetic_results(300, seed, True)), generator_cpu_s=1.0)
             for seed in (1, 2, 3)]
     merged = merge_results(pods)
-    assert merged.config == config and merged.merged_from == 3 and merged.generator_cpu_s == 3.0
-    assert merge_results([merged, pods[0]]).merged_from == 4
+    assert (merged.merged_from, merged.generator_cpu_s) == (3, 3.0)
+    assert merged.config == VideoConfig("gw:8001", "m", streams=9, fps=10)
+    # Pod k's stream s is stream 3k + s of the merged run, with exactly that pod's counts.
+    rows = summarize(merged)["video"]["per_stream"]
+    assert [row["stream"] for row in rows] == list(range(9))
+    for index, pod in enumerate(pods):
+        for stream, stats in pod.recorder.streams.items():
+            merged_stats = merged.recorder.streams[3 * index + stream]
+            assert (merged_stats.slots, merged_stats.answered) == (stats.slots, stats.answered)
+    again = merge_results([merged, pods[0]])
+    assert again.merged_from == 4 and again.config.streams == 12
 
 
 def test_the_config_is_frozen():
