@@ -22,6 +22,7 @@ from models.profiles import PROFILES_FILE, ProfileError, render_configs
 from models.video import StreamError
 from tests.models.camera_clips import codec_input, encode_clip, offline_analysis, offline_motion, units_input
 from tritonfleet.paths import MODEL_REPOSITORY
+from tritonfleet.proxies import GatewayProcess
 from tritonfleet.triton_server import start_fleet, stop_all
 
 MODEL = "camera_stream"
@@ -224,3 +225,27 @@ def test_the_gpu_profile_gives_the_camera_model_its_decoder_budget(tmp_path):
     profiles.write_text(PROFILES_FILE.read_text().replace("MAX_DECODERS:", "MAX_DECODER:"))
     with pytest.raises(ProfileError, match=r"parameters \['MAX_DECODER'\] are not in its config.pbtxt"):
         render_configs("gpu", profiles=profiles)
+
+
+def test_a_camera_streams_h264_through_the_gateway(camera_server, clips, tmp_path):
+    """The README's camera service: one bidirectional stream through the gateway, a sequence on it."""
+    units = clips["h264"][:12]
+    answers: queue.Queue = queue.Queue()
+    with GatewayProcess([camera_server.grpc_url], tmp_path / "gateway.log") as gateway:
+        with grpcclient.InferenceServerClient(gateway.url) as through_gateway:
+            through_gateway.start_stream(callback=lambda result, error: answers.put((result, error)))
+            try:
+                for i, unit in enumerate(units):
+                    through_gateway.async_stream_infer(
+                        MODEL, [units_input([unit]), codec_input("h264")],
+                        sequence_id=51, sequence_start=i == 0, sequence_end=i == len(units) - 1,
+                    )
+                got = [answers.get(timeout=120) for _ in units]
+            finally:
+                through_gateway.stop_stream()
+    assert [error for _, error in got] == [None] * len(units)
+    results = [outputs(result) for result, _ in got]
+    assert [i for r in results for i in r["index"]] == list(range(len(units)))
+    np.testing.assert_allclose(
+        [m for r in results for m in r["motion"]], offline_motion("h264", units), rtol=1e-5, atol=1e-4
+    )
