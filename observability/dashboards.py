@@ -22,9 +22,13 @@ from grafanalib.core import (
 )
 from grafanalib._gen import DashboardEncoder
 
+from observability import selectors as sel
+
 DATASOURCE = "${datasource}"
 RATE = "$__rate_interval"
-MODEL = 'model=~"$model"'
+MODEL = sel.MODEL_VARIABLE
+BY_MODEL, BY_BACKEND, BY_INSTANCE, BY_CODE = (
+    sel.sum_by(label) for label in (sel.MODEL, sel.BACKEND, sel.INSTANCE, sel.CODE))
 PANEL_WIDTH, PANEL_HEIGHT, STAT_HEIGHT = 12, 8, 4
 
 
@@ -47,11 +51,11 @@ def stat(title: str, unit: str, expr: str, description: str = "") -> Stat:
 
 def per_request(duration_metric: str) -> str:
     """Average of a Triton duration counter per successful request, in milliseconds, by model."""
-    return (f"sum by (model) (rate({duration_metric}{{{MODEL}}}[{RATE}])) / 1000"
-            f" / sum by (model) (rate(nv_inference_request_success{{{MODEL}}}[{RATE}]))")
+    return (f"{BY_MODEL} (rate({duration_metric}{{{MODEL}}}[{RATE}])) / 1000"
+            f" / {BY_MODEL} (rate(nv_inference_request_success{{{MODEL}}}[{RATE}]))")
 
 
-def quantile(q: float, histogram: str, selector: str = "", by: str = "model") -> str:
+def quantile(q: float, histogram: str, selector: str = "", by: str = sel.MODEL) -> str:
     matchers = f"{{{selector}}}" if selector else ""
     return f"histogram_quantile({q}, sum by (le, {by}) (rate({histogram}_bucket{matchers}[{RATE}])))"
 
@@ -75,7 +79,7 @@ def templating(with_model: bool) -> Templating:
     if with_model:
         variables.append(Template(
             name="model", label="Model", dataSource=DATASOURCE, includeAll=True, multi=True,
-            query="label_values(nv_inference_request_success, model)", allValue=".+", default="$__all"))
+            query=f"label_values(nv_inference_request_success, {sel.MODEL})", allValue=".+", default="$__all"))
     return Templating(list=variables)
 
 
@@ -89,19 +93,19 @@ def dashboard(uid: str, title: str, description: str, panels: list, with_model: 
 def overview() -> Dashboard:
     return dashboard("tritonfleet-overview", "tritonfleet / Fleet overview",
                      "Triton pods, traffic, latency and errors of the whole fleet.", [
-        stat("Triton pods up", "none", 'sum(up{job="triton"})'),
+        stat("Triton pods up", "none", f"sum({sel.up(sel.TRITON)})"),
         stat("Inferences / s", "reqps", f"sum(rate(nv_inference_request_success[{RATE}]))"),
         stat("Failed requests / s", "reqps", f"sum(rate(nv_inference_request_failure[{RATE}]))"),
         stat("Gateway backends up", "none", "sum(tritonfleet_gateway_backend_up)"),
         series("Inference rate by model", "reqps",
-               target(f"sum by (model) (rate(nv_inference_request_success{{{MODEL}}}[{RATE}]))", "{{model}}")),
+               target(f"{BY_MODEL} (rate(nv_inference_request_success{{{MODEL}}}[{RATE}]))", "{{model}}")),
         series("Average request latency by model", "ms",
                target(per_request("nv_inference_request_duration_us"), "{{model}}")),
         series("Pending requests per Triton pod", "none",
-               target("sum by (instance) (nv_inference_pending_request_count)", "{{instance}}"),
+               target(f"{BY_INSTANCE} (nv_inference_pending_request_count)", "{{instance}}"),
                description="Queued requests per pod, summed over its models: what autoscaling targets."),
         series("Gateway requests by status", "reqps",
-               target(f"sum by (code) (rate(tritonfleet_gateway_requests_total[{RATE}]))", "{{code}}")),
+               target(f"{BY_CODE} (rate(tritonfleet_gateway_requests_total[{RATE}]))", "{{code}}")),
     ], with_model=True)
 
 
@@ -109,8 +113,8 @@ def models() -> Dashboard:
     return dashboard("tritonfleet-models", "tritonfleet / Models",
                      "Per-model throughput, latency breakdown, queueing and dynamic batching.", [
         series("Throughput by model", "reqps",
-               target(f"sum by (model) (rate(nv_inference_count{{{MODEL}}}[{RATE}]))", "{{model}} inferences"),
-               target(f"sum by (model) (rate(nv_inference_exec_count{{{MODEL}}}[{RATE}]))", "{{model}} executions")),
+               target(f"{BY_MODEL} (rate(nv_inference_count{{{MODEL}}}[{RATE}]))", "{{model}} inferences"),
+               target(f"{BY_MODEL} (rate(nv_inference_exec_count{{{MODEL}}}[{RATE}]))", "{{model}} executions")),
         series("Latency breakdown per request", "ms",
                target(per_request("nv_inference_queue_duration_us"), "{{model}} queue"),
                target(per_request("nv_inference_compute_input_duration_us"), "{{model}} input"),
@@ -119,18 +123,18 @@ def models() -> Dashboard:
         series("Queue time per request", "ms",
                target(per_request("nv_inference_queue_duration_us"), "{{model}}")),
         series("Average batch size", "none",
-               target(f"sum by (model) (rate(nv_inference_count{{{MODEL}}}[{RATE}]))"
-                      f" / sum by (model) (rate(nv_inference_exec_count{{{MODEL}}}[{RATE}]))", "{{model}}"),
+               target(f"{BY_MODEL} (rate(nv_inference_count{{{MODEL}}}[{RATE}]))"
+                      f" / {BY_MODEL} (rate(nv_inference_exec_count{{{MODEL}}}[{RATE}]))", "{{model}}"),
                description="Inferences per model execution: how well dynamic batching fills batches."),
         series("Pending requests by model", "none",
-               target(f"sum by (model) (nv_inference_pending_request_count{{{MODEL}}})", "{{model}}")),
+               target(f"{BY_MODEL} (nv_inference_pending_request_count{{{MODEL}}})", "{{model}}")),
         series("Failed requests by model", "reqps",
-               target(f"sum by (model) (rate(nv_inference_request_failure{{{MODEL}}}[{RATE}]))", "{{model}}")),
+               target(f"{BY_MODEL} (rate(nv_inference_request_failure{{{MODEL}}}[{RATE}]))", "{{model}}")),
     ], with_model=True)
 
 
 def gateway() -> Dashboard:
-    by_backend = f"sum by (backend) (rate(tritonfleet_gateway_requests_total[{RATE}]))"
+    by_backend = f"{BY_BACKEND} (rate(tritonfleet_gateway_requests_total[{RATE}]))"
     return dashboard("tritonfleet-gateway", "tritonfleet / Gateway balance",
                      "How evenly the gateway spreads requests over Triton pods, and what it costs.", [
         series("Requests per backend", "reqps", target(by_backend, "{{backend}}")),
@@ -138,39 +142,39 @@ def gateway() -> Dashboard:
                target(f"{by_backend} / ignoring (backend) group_left sum({by_backend})", "{{backend}}"),
                description="Even balance: every backend near 1/N."),
         series("In-flight requests per backend", "none",
-               target("sum by (backend) (tritonfleet_gateway_inflight)", "{{backend}}")),
+               target(f"{BY_BACKEND} (tritonfleet_gateway_inflight)", "{{backend}}")),
         series("Backends up", "none",
-               target("sum by (backend) (tritonfleet_gateway_backend_up)", "{{backend}}")),
+               target(f"{BY_BACKEND} (tritonfleet_gateway_backend_up)", "{{backend}}")),
         series("Gateway latency p50 / p99", "s",
                target(quantile(0.5, "tritonfleet_gateway_request_duration_seconds"), "{{model}} p50"),
                target(quantile(0.99, "tritonfleet_gateway_request_duration_seconds"), "{{model}} p99")),
         series("Gateway overhead p99", "s",
                target(quantile(0.99, "tritonfleet_gateway_overhead_seconds"), "{{model}}")),
         series("Retries and ejections", "ops",
-               target(f"sum by (model) (rate(tritonfleet_gateway_retries_total[{RATE}]))", "retries {{model}}"),
-               target(f"sum by (backend) (rate(tritonfleet_gateway_ejections_total[{RATE}]))", "ejections {{backend}}")),
+               target(f"{BY_MODEL} (rate(tritonfleet_gateway_retries_total[{RATE}]))", "retries {{model}}"),
+               target(f"{BY_BACKEND} (rate(tritonfleet_gateway_ejections_total[{RATE}]))", "ejections {{backend}}")),
         series("Open streams", "none", target("sum(tritonfleet_gateway_active_streams)", "streams")),
     ])
 
 
 def video() -> Dashboard:
-    video_requests = 'tritonfleet_loadtest_requests_total{workload="video"}'
-    video_answered = 'tritonfleet_loadtest_requests_total{workload="video",status="ok"}'
+    video_requests = f"tritonfleet_loadtest_requests_total{{{sel.VIDEO}}}"
+    video_answered = f"tritonfleet_loadtest_requests_total{{{sel.VIDEO},{sel.ANSWERED}}}"
     return dashboard("tritonfleet-video", "tritonfleet / Video streams",
                      "Camera streams as the load generator sees them: frame rate, lateness, drops.", [
         series("Video frames per second", "fps",
-               target(f"sum by (model) (rate({video_answered}[{RATE}]))", "{{model}} answered")),
+               target(f"{BY_MODEL} (rate({video_answered}[{RATE}]))", "{{model}} answered")),
         series("Late frames per second", "fps",
-               target(f"sum by (model) (rate(tritonfleet_loadtest_frames_late_total[{RATE}]))", "{{model}}")),
+               target(f"{BY_MODEL} (rate(tritonfleet_loadtest_frames_late_total[{RATE}]))", "{{model}}")),
         series("Dropped frames per second", "fps",
-               target(f"sum by (model) (rate(tritonfleet_loadtest_frames_dropped_total[{RATE}]))", "{{model}}")),
+               target(f"{BY_MODEL} (rate(tritonfleet_loadtest_frames_dropped_total[{RATE}]))", "{{model}}")),
         series("Late frame ratio", "percentunit",
-               target(f"sum by (model) (rate(tritonfleet_loadtest_frames_late_total[{RATE}]))"
-                      f" / sum by (model) (rate({video_requests}[{RATE}]))", "{{model}}")),
+               target(f"{BY_MODEL} (rate(tritonfleet_loadtest_frames_late_total[{RATE}]))"
+                      f" / {BY_MODEL} (rate({video_requests}[{RATE}]))", "{{model}}")),
         series("Frame latency p99", "s",
-               target(quantile(0.99, "tritonfleet_loadtest_latency_seconds", 'workload="video"'), "{{model}}")),
+               target(quantile(0.99, "tritonfleet_loadtest_latency_seconds", sel.VIDEO), "{{model}}")),
         series("Open camera streams", "none",
-               target("sum by (model) (tritonfleet_loadtest_streams_active)", "{{model}}")),
+               target(f"{BY_MODEL} (tritonfleet_loadtest_streams_active)", "{{model}}")),
     ])
 
 

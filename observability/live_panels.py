@@ -9,10 +9,8 @@ from __future__ import annotations
 import re
 
 from observability.dashboards import all_dashboards
+from observability.selectors import job_of
 
-# Metric-name prefixes, to tell which part of the system a query needs data from.
-SOURCES = {"nv_inference_": "triton", 'up{job="triton"}': "triton",
-           "tritonfleet_gateway_": "gateway", "tritonfleet_loadtest_": "loadtest"}
 
 
 def fill_variables(expr: str, rate_interval: str, model: str = ".+") -> str:
@@ -20,7 +18,8 @@ def fill_variables(expr: str, rate_interval: str, model: str = ".+") -> str:
 
 
 def sources(expr: str) -> set[str]:
-    return {source for prefix, source in SOURCES.items() if prefix in expr}
+    """Which parts of the system (Prometheus jobs) a query needs data from."""
+    return job_of(expr)
 
 
 def legend(template: str, labels: dict) -> str:

@@ -1,18 +1,21 @@
 """The Prometheus alert rules, defined once here and rendered to YAML by `render-dashboards`.
 
 Every alert carries a severity, a summary, a description and a runbook link; the runbook entries are
-generated from the same definitions. Jobs are named `triton`, `gateway` and `loadtest`, in the local
-stack's Prometheus config and in the chart's ServiceMonitors alike.
+generated from the same definitions. Job and label names come from observability/selectors.py.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from observability import selectors as sel
+
 RUNBOOK_BASE = "https://github.com/tritonfleet/tritonfleet/blob/main/deploy/prometheus/RUNBOOK.md"
 WINDOW = "5m"
-GATEWAY_FAILED = 'tritonfleet_gateway_requests_total{code!="OK"}'
-VIDEO_FRAMES = 'tritonfleet_loadtest_requests_total{workload="video"}'
+GATEWAY_FAILED = f"tritonfleet_gateway_requests_total{{{sel.NOT_OK}}}"
+VIDEO_FRAMES = f"tritonfleet_loadtest_requests_total{{{sel.VIDEO}}}"
+# Alerts are per model and namespace, so one alert names one model of one deployment.
+PER_MODEL = (sel.NAMESPACE, sel.MODEL)
 
 
 @dataclass(frozen=True)
@@ -40,16 +43,16 @@ class Alert:
         }
 
 
-def ratio(numerator: str, denominator: str, by: str = "namespace, model") -> str:
+def ratio(numerator: str, denominator: str, by: tuple[str, ...] = PER_MODEL) -> str:
     """Sum both sides by model first, then divide: one busy pod outweighs an idle one."""
-    return (f"sum by ({by}) (rate({numerator}[{WINDOW}]))\n"
-            f"  /\nsum by ({by}) (rate({denominator}[{WINDOW}]))")
+    return (f"{sel.sum_by(*by)} (rate({numerator}[{WINDOW}]))\n"
+            f"  /\n{sel.sum_by(*by)} (rate({denominator}[{WINDOW}]))")
 
 
 ALERTS = (
     Alert(
         name="TritonPodDown",
-        expr='up{job="triton"} == 0',
+        expr=f"{sel.up(sel.TRITON)} == 0",
         duration="1m",
         severity="critical",
         summary="Triton server {{ $labels.instance }} is down",
@@ -61,7 +64,7 @@ ALERTS = (
     ),
     Alert(
         name="TritonModelNoReadyBackend",
-        expr="max by (namespace, model) (tritonfleet_gateway_backend_model_ready) == 0",
+        expr=f"max by ({', '.join(PER_MODEL)}) (tritonfleet_gateway_backend_model_ready) == 0",
         duration="1m",
         severity="critical",
         summary="No Triton pod has model {{ $labels.model }} ready",
@@ -105,7 +108,7 @@ ALERTS = (
     ),
     Alert(
         name="GatewayDown",
-        expr='up{job="gateway"} == 0',
+        expr=f"{sel.up(sel.GATEWAY)} == 0",
         duration="1m",
         severity="critical",
         summary="Gateway {{ $labels.instance }} is down",
@@ -125,7 +128,7 @@ ALERTS = (
     ),
     Alert(
         name="VideoFramesDropped",
-        expr=f"sum by (namespace, model) (rate(tritonfleet_loadtest_frames_dropped_total[{WINDOW}])) > 0",
+        expr=f"{sel.sum_by(*PER_MODEL)} (rate(tritonfleet_loadtest_frames_dropped_total[{WINDOW}])) > 0",
         duration="10m",
         severity="warning",
         summary="Video frames of {{ $labels.model }} are being dropped",

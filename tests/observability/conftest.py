@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
+from observability.selectors import JOBS
+from tritonfleet.processes import ChildProcess
 from tritonfleet.triton_server import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -25,7 +25,7 @@ class PrometheusProcess:
         self.workdir = workdir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.process: subprocess.Popen | None = None
+        self.child: ChildProcess | None = None
         (workdir / "targets").mkdir(parents=True, exist_ok=True)
         for name in ("prometheus.yml", "tritonfleet.rules.yaml"):
             shutil.copy(PROMETHEUS_DIR / name, workdir / name)
@@ -37,32 +37,28 @@ class PrometheusProcess:
         tmp.replace(path)  # atomic, so Prometheus never reads half a file
 
     def start(self) -> None:
-        log = open(self.workdir / "prometheus.log", "wb")
-        self.process = subprocess.Popen(
+        self.child = ChildProcess(
+            "prometheus",
             ["prometheus", f"--config.file={self.workdir / 'prometheus.yml'}",
              f"--storage.tsdb.path={self.workdir / 'data'}", f"--web.listen-address=127.0.0.1:{self.port}"],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            self.workdir / "prometheus.log",
         )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"prometheus exited: {(self.workdir / 'prometheus.log').read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.2)
-        raise RuntimeError("prometheus did not become ready in 30 s")
+        try:
+            self.child.wait_until(self.is_ready, 30.0, interval=0.2)
+        except BaseException:
+            self.stop()
+            raise
+
+    def is_ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as response:
+                return response.status == 200
+        except OSError:
+            return False
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.child is not None:
+            self.child.stop()
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +66,7 @@ def prometheus(tmp_path_factory):
     if not shutil.which("prometheus"):
         pytest.skip("the prometheus binary is not installed (make system installs it)")
     server = PrometheusProcess(tmp_path_factory.mktemp("prometheus"))
-    for job in ("triton", "gateway", "loadtest"):
+    for job in JOBS:
         server.set_targets(job, [])
     server.start()
     yield server

@@ -16,10 +16,14 @@ import pytest
 import yaml
 
 from observability.cli import register
+from observability import selectors
 from observability.dashboards import all_dashboards
 from observability.live_server import make_server
 from observability.render import generated_files
 from observability.rules import ALERTS
+from tests.chart.chart_render import render
+from tritonfleet.paths import DEFAULT_STACK
+from tritonfleet.stack_config import load_stack_config
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS_DIR = REPO_ROOT / "deploy/prometheus"
@@ -62,7 +66,8 @@ def test_promtool_rule_tests_fire_each_alert_and_none_on_a_healthy_fleet():
 
 def test_promtool_rule_tests_can_fail(tmp_path):
     """The same tests against rules whose pod-down threshold never trips must fail."""
-    rules = (PROMETHEUS_DIR / "tritonfleet.rules.yaml").read_text().replace('up{job="triton"} == 0', 'up{job="triton"} < 0')
+    pod_down = selectors.up(selectors.TRITON)
+    rules = (PROMETHEUS_DIR / "tritonfleet.rules.yaml").read_text().replace(f"{pod_down} == 0", f"{pod_down} < 0")
     (tmp_path / "tests").mkdir()
     (tmp_path / "tritonfleet.rules.yaml").write_text(rules)
     shutil.copy(PROMETHEUS_DIR / "tests/tritonfleet.rules.test.yaml", tmp_path / "tests")
@@ -145,3 +150,29 @@ def test_live_server_serves_the_page_and_relays_only_range_queries(prometheus):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_the_chart_scrapes_each_part_under_the_job_name_the_queries_select_on():
+    objects = render(sets=("monitoring.prometheusOperator=true", "loadtest.enabled=true"))
+    monitors = [o for o in objects if o["kind"] in ("ServiceMonitor", "PodMonitor")]
+    jobs = {relabel["replacement"]
+            for monitor in monitors
+            for endpoint in monitor["spec"].get("endpoints", []) + monitor["spec"].get("podMetricsEndpoints", [])
+            for relabel in endpoint.get("relabelings", []) if relabel.get("targetLabel") == selectors.JOB}
+    assert jobs == set(selectors.JOBS)
+
+
+def test_every_panel_query_reads_from_a_known_job():
+    for board in all_dashboards().values():
+        for panel in board["panels"]:
+            for target in panel["targets"]:
+                assert selectors.job_of(target["expr"]), (board["uid"], panel["title"], target["expr"])
+    assert selectors.job_of(f'sum({selectors.up(selectors.GATEWAY)})') == {selectors.GATEWAY}
+    assert selectors.job_of("sum(rate(nv_inference_count[1m])) / sum(tritonfleet_gateway_inflight)") == {
+        selectors.TRITON, selectors.GATEWAY}
+
+
+def test_the_local_stack_names_its_scrape_jobs_as_the_queries_do():
+    # The stack's Prometheus names each job after its service (tritonfleet/stack.py).
+    scraped = [s.name for s in load_stack_config(DEFAULT_STACK).services if s.kind == "triton" or s.metrics_path]
+    assert scraped and set(scraped) <= set(selectors.JOBS), scraped

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from observability import selectors
 from observability.live_panels import live_dashboards
 from observability.live_server import make_server
 from observability.png import KEY_PANELS, render_key_panels
@@ -43,22 +44,34 @@ def stack(prometheus, tmp_path_factory):
     try:
         gateway, address, gateway_metrics = live_stack.start_gateway([s.grpc_url for s in servers], workdir)
         ports = {"image": free_port(), "video": free_port()}
-        prometheus.set_targets("triton", [s.metrics_url.split("//")[-1].split("/")[0] for s in servers])
-        prometheus.set_targets("gateway", [gateway_metrics])
-        prometheus.set_targets("loadtest", [f"127.0.0.1:{port}" for port in ports.values()])
+        prometheus.set_targets(selectors.TRITON, [s.metrics_url.split("//")[-1].split("/")[0] for s in servers])
+        prometheus.set_targets(selectors.GATEWAY, [gateway_metrics])
+        prometheus.set_targets(selectors.LOADTEST, [f"127.0.0.1:{port}" for port in ports.values()])
         loads = [live_stack.start_loadtest(w, address, port, LOAD_SECONDS, workdir) for w, port in ports.items()]
         for load in loads:
-            load.wait(timeout=LOAD_SECONDS + 90)
-        failed = [(load.args[4], load.returncode) for load in loads if load.returncode != 0]
+            load.process.wait(timeout=LOAD_SECONDS + 90)
+        failed = [(load.name, load.process.returncode) for load in loads if load.process.returncode != 0]
         assert not failed, f"load generator runs failed: {failed} (logs in {workdir})"
-        time.sleep(3)  # one more Triton and gateway scrape after the load
-        yield {"prometheus": prometheus, "servers": servers, "api": PrometheusAPI(prometheus.url)}
+        api = PrometheusAPI(prometheus.url)
+        # The load's last counts are in Prometheus once every target has been scraped after it ended.
+        wait_for_scrapes_after(api, time.time())
+        yield {"prometheus": prometheus, "servers": servers, "api": api}
     finally:
         for load in loads:
-            live_stack.stop_process(load)
+            load.stop()
         if gateway is not None:
-            live_stack.stop_process(gateway)
+            gateway.stop()
         stop_all(servers)
+
+
+def wait_for_scrapes_after(api: PrometheusAPI, moment: float, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        oldest = api.query("min(timestamp(up))")
+        if oldest and float(oldest[0]["value"][1]) > moment:
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"Prometheus did not scrape every target within {timeout:.0f} s after the load")
 
 
 def panels_from(source: str) -> list[tuple[str, dict]]:
@@ -70,7 +83,7 @@ def finite_points(result: list[dict]) -> int:
     return sum(1 for series in result for _, v in series["values"] if math.isfinite(float(v)))
 
 
-@pytest.mark.parametrize("source", ["triton", "gateway", "loadtest"])
+@pytest.mark.parametrize("source", selectors.JOBS)
 def test_every_panel_query_returns_data(stack, source):
     api = stack["api"]
     end = time.time()
@@ -87,8 +100,8 @@ def test_every_panel_query_returns_data(stack, source):
 
 def test_targets_are_scraped_under_the_job_names_the_rules_use(stack):
     end = time.time()
-    scraped = {r["metric"]["job"] for r in stack["api"].query_range("up == 1", end - 60, end, 2)}
-    assert scraped == {"triton", "gateway", "loadtest"}
+    scraped = {r["metric"][selectors.JOB] for r in stack["api"].query_range("up == 1", end - 60, end, 2)}
+    assert scraped == set(selectors.JOBS)
 
 
 class PanelStates(HTMLParser):
@@ -120,7 +133,7 @@ def test_live_page_draws_the_panels_in_headless_chromium(stack, tmp_path):
         server.server_close()
     parser = PanelStates()
     parser.feed(dom)
-    triton_panels = [title for _, panel in panels_from("triton") for title in [panel["title"]]]
+    triton_panels = [title for _, panel in panels_from(selectors.TRITON) for title in [panel["title"]]]
     assert set(triton_panels) <= set(parser.panels), "the page lacks panels of the dashboards"
     not_drawn = {t: parser.panels[t].get("data-state") for t in triton_panels
                  if parser.panels[t].get("data-state") != "ok" or int(parser.panels[t].get("data-points", 0)) == 0}
