@@ -16,6 +16,7 @@ import threading
 from pathlib import Path
 
 from tritonfleet.paths import DEFAULT_STACK, MODEL_REPOSITORY, REPO_ROOT, RUN_DIR
+from tritonfleet.prerequisites import MissingPrerequisite
 from tritonfleet.stack import Stack, StackError
 from tritonfleet.stack_config import StackConfigError, load_stack_config
 from tritonfleet.triton_server import TritonServerError, start_fleet, stop_all
@@ -36,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return args.func(args)
-    except (StackConfigError, StackError, TritonServerError) as exc:
+    except (StackConfigError, StackError, TritonServerError, MissingPrerequisite) as exc:
         print(f"tritonfleet: {exc}", file=sys.stderr)
         return 1
 
