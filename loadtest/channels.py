@@ -1,8 +1,9 @@
 """The gRPC connections one worker opens, and the custom metadata every call carries.
 
 `--connections N` gives a worker N channels, each with its own TCP connection, and spreads its
-requests over them in turn, as ghz's `--connections` does: over one HTTP/2 connection a worker
-meets one server-side reader, and a balancer that picks per connection sees one client.
+requests over them in turn, as ghz's `--connections` does: otherwise all of a worker's calls share
+one HTTP/2 connection, and a balancer that picks per connection (an L4 load balancer, a Service's
+kube-proxy) sends them all to one pod.
 `-H key:value` adds metadata (an auth token, a tenant or routing key) to every call, unary and
 streaming.
 """

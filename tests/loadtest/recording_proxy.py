@@ -1,8 +1,9 @@
-"""A real gRPC server in front of Triton that records each inference call's metadata and peer address.
+"""A real gRPC server in front of Triton that records each call's metadata and peer address.
 
-It forwards ModelInfer and ModelStreamInfer as raw bytes to one Triton server, so the load generator
-sees real answers, while the test sees what arrived on the wire: the custom metadata of every call
-and which TCP connection (the peer's address and port) carried it.
+It forwards every KServe v2 call as raw bytes to one Triton server (ModelStreamInfer as a stream,
+the rest unary), so clients and gateways see real answers and real health, while the test sees
+what arrived on the wire: the custom metadata of every call and which TCP connection (the peer's
+address and port) carried it.
 """
 
 from __future__ import annotations
@@ -34,10 +35,7 @@ class RecordingProxy:
         # Each open stream holds a thread; enough for the tests' camera counts and concurrencies.
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=32), options=[
             ("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)])
-        self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {
-            "ModelInfer": grpc.unary_unary_rpc_method_handler(self._infer),
-            "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(self._stream_infer),
-        }),))
+        self.server.add_generic_rpc_handlers((_Forwarding(self),))
         port = self.server.add_insecure_port("127.0.0.1:0")
         self.url = f"127.0.0.1:{port}"
 
@@ -54,14 +52,34 @@ class RecordingProxy:
         with self._lock:
             self.calls.append(Call(method, context.peer(), metadata))
 
-    def _infer(self, request: bytes, context) -> bytes:
-        self._record("ModelInfer", context)
-        return self.upstream.unary_unary(f"/{SERVICE}/ModelInfer")(request, timeout=context.time_remaining())
+    def unary(self, method: str):
+        def forward(request: bytes, context) -> bytes:
+            self._record(method, context)
+            try:
+                return self.upstream.unary_unary(f"/{SERVICE}/{method}")(request, timeout=context.time_remaining())
+            except grpc.RpcError as exc:
+                context.abort(exc.code(), exc.details())
+        return forward
 
-    def _stream_infer(self, requests, context):
-        self._record("ModelStreamInfer", context)
-        yield from self.upstream.stream_stream(f"/{SERVICE}/ModelStreamInfer")(requests)
+    def stream(self, method: str):
+        def forward(requests, context):
+            self._record(method, context)
+            yield from self.upstream.stream_stream(f"/{SERVICE}/{method}")(requests)
+        return forward
 
     def recorded(self, method: str) -> list[Call]:
         with self._lock:
             return [call for call in self.calls if call.method == method]
+
+
+class _Forwarding(grpc.GenericRpcHandler):
+    def __init__(self, proxy: RecordingProxy):
+        self.proxy = proxy
+
+    def service(self, handler_call_details):
+        service, _, method = handler_call_details.method.lstrip("/").partition("/")
+        if service != SERVICE:
+            return None  # UNIMPLEMENTED, as Triton itself answers
+        if method == "ModelStreamInfer":
+            return grpc.stream_stream_rpc_method_handler(self.proxy.stream(method))
+        return grpc.unary_unary_rpc_method_handler(self.proxy.unary(method))

@@ -1,7 +1,8 @@
 """`-H key:value` metadata and `--connections N`, seen from the server side of real gRPC connections.
 
 The load generator talks to a recording proxy (a real gRPC server that forwards every call to a real
-Triton server), which notes each call's metadata and the TCP connection it came on.
+Triton server), which notes each call's metadata and the TCP connection it came on; with the real
+gateway between them, the proxy is the gateway's backend and sees what the gateway passed on.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from loadtest.results import RunResult, summarize
 from loadtest.runs import VideoOptions, run_video
 from tests.loadtest.recording_proxy import RecordingProxy
 from tritonfleet.cli import main as cli_main
+from tritonfleet.proxies import GatewayProcess
 
 TOKEN = "Bearer s3cr3t-token"
 
@@ -53,6 +55,21 @@ def test_metadata_arrives_on_camera_streams(proxy, mode, method):
     # One stream call per camera, or one unary call per answered frame.
     assert len(calls) == (2 if mode == "stream" else summarize(result)["ok"])
     assert {call.metadata for call in calls} == {(("x-camera-site", "dock-7"),)}
+
+
+@pytest.mark.parametrize("data_plane", ["frames", "grpc"])
+def test_the_gateway_passes_the_metadata_on_to_the_pod(proxy, tmp_path, data_plane):
+    with GatewayProcess([proxy.url], tmp_path / "gateway.log", "--data-plane", data_plane) as gateway:
+        assert image_cli(gateway.url, tmp_path / "run.json", "--rate", "10", "--workers", "1",
+                         "-H", "x-tenant:team-a", "-H", f"authorization:{TOKEN}") == 0
+        run_video(VideoOptions(url=gateway.url, tensor=TensorSpec("tiny_stream", "FRAME"), streams=1, fps=10,
+                               duration_s=1, warmup_s=0, workers=1, quiet=True, metadata=(("x-tenant", "team-b"),)))
+    unary = proxy.recorded("ModelInfer")
+    assert len(unary) == 10
+    for call in unary:
+        assert ("x-tenant", "team-a") in call.metadata and ("authorization", TOKEN) in call.metadata
+    [stream] = proxy.recorded("ModelStreamInfer")
+    assert ("x-tenant", "team-b") in stream.metadata
 
 
 @pytest.mark.parametrize("workers, connections", [(1, 1), (1, 3), (2, 2)])

@@ -17,7 +17,8 @@ IMPOSSIBLE_MS, UNMISSABLE_MS = "0.000001", "60000"
 
 
 def load(kind: str, url: str, output, *extra: str) -> int:
-    model = {"image": ["--model", "tiny_image"], "video": ["--model", "tiny_stream", "--datatype", "BYTES", "--fps", "10", "--streams", "2"]}
+    model = {"image": ["--model", "tiny_image"],
+             "video": ["--model", "tiny_stream", "--datatype", "BYTES", "--fps", "10", "--streams", "2"]}
     return cli_main(["loadtest", kind, "--url", url, *model[kind], "--workers", "1", "--warmup", "0", "--quiet",
                      "--duration", "1", "-o", str(output), *extra])
 
@@ -97,8 +98,9 @@ def test_a_model_slower_than_the_frame_period_misses_every_video_limit(tiny_serv
     # tiny_stream_slow answers in 150 ms: at 10 FPS every answer is late and the slot after it is
     # dropped, so no stream reaches 10 FPS whatever the host's speed.
     output = tmp_path / "video.json"
-    code = cli_main(["loadtest", "video", "--url", tiny_server.grpc_url, "--model", "tiny_stream_slow", "--datatype", "BYTES", "--fps", "10",
-                     "--streams", "2", "--duration", "2", "--warmup", "0", "--workers", "1", "--quiet",
+    code = cli_main(["loadtest", "video", "--url", tiny_server.grpc_url, "--model", "tiny_stream_slow",
+                     "--datatype", "BYTES", "--fps", "10", "--streams", "2", "--duration", "2", "--warmup", "0",
+                     "--workers", "1", "--quiet",
                      "-o", str(output), "--min-fps", "10", "--max-late-frames", "0", "--max-dropped-frames", "0"])
     assert code == THRESHOLDS_MISSED
     missed = misses(capsys.readouterr().err)
