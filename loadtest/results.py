@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from loadtest.records import DROPPED, OK, Recorder
-from loadtest.run_config import RunConfig, config_from_dict, from_v1
+from loadtest.run_config import ImageConfig, VideoConfig, config_from_dict, from_v1
 
 FORMAT = "tritonfleet.loadtest.result"
 VERSION = 2
@@ -35,7 +35,7 @@ class SweepOutcome:
 @dataclass
 class RunResult:
     kind: str  # "image" or "video"
-    config: RunConfig
+    config: ImageConfig | VideoConfig
     recorder: Recorder
     started_at: str = ""
     servers: dict = field(default_factory=dict)  # {"source": ..., "requests": {server: count}}

@@ -106,13 +106,13 @@ V1_RUN_FACTS = ("generator_cpu_s", "merged_from", "sweep")
 _V1_DERIVED = ("workload", "level")
 
 
-def config_from_dict(kind: str, data: dict) -> RunConfig:
+def config_from_dict(kind: str, data: dict) -> "ImageConfig | VideoConfig":
     if kind not in CONFIGS:
         raise ValueError(f"unknown workload {kind!r} in result (want one of {sorted(CONFIGS)})")
     return CONFIGS[kind].from_dict(data)
 
 
-def from_v1(kind: str, data: dict) -> RunConfig:
+def from_v1(kind: str, data: dict) -> "ImageConfig | VideoConfig":
     """A version-1 result's config dict: the same settings, plus run facts and derived keys."""
     settings = {key: value for key, value in data.items() if key not in V1_RUN_FACTS + _V1_DERIVED}
     return config_from_dict(kind, settings)
