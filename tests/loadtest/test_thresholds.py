@@ -118,3 +118,13 @@ def test_camera_streams_that_keep_up_meet_min_fps(tiny_server, tmp_path, capsys)
     # A fast model at 10 FPS: the floor is a tenth of the asked rate, far from any scheduling jitter.
     code = load("video", tiny_server.grpc_url, tmp_path / "video.json", "--min-fps", "1", "--max-error-rate", "0")
     assert code == 0, capsys.readouterr().err
+
+
+def test_a_sweep_checks_the_thresholds_on_the_level_it_settles_on(tiny_server, tmp_path, capsys):
+    output = tmp_path / "sweep.json"
+    code = cli_main(["loadtest", "sweep", "image", "--url", tiny_server.grpc_url, "--model", "tiny_image",
+                     "--workers", "1", "--warmup", "0", "--quiet", "--slo-ms", UNMISSABLE_MS, "--start", "20",
+                     "--limit", "20", "--trial", "1", "-o", str(output), "--max-p99-ms", IMPOSSIBLE_MS])
+    assert code == THRESHOLDS_MISSED
+    assert set(misses(capsys.readouterr().err)) == {"--max-p99-ms"}
+    assert RunResult.load(output).sweep.slo_ms == float(UNMISSABLE_MS)
