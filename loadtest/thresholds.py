@@ -25,8 +25,8 @@ class Thresholds:
     max_error_rate: float | None = None  # failed calls / calls that ended (dropped frames are not calls)
     min_throughput: float | None = None  # answered requests per measured second
     min_fps: float | None = None  # video: the slowest stream's answered frames per second
-    max_late_frames: int | None = None  # video: frames answered after their 1/FPS deadline, all streams
-    max_dropped_frames: int | None = None  # video: frames never sent because the previous was in flight
+    max_late_frames: float | None = None  # video: frames answered after their 1/FPS deadline, all streams
+    max_dropped_frames: float | None = None  # video: frames never sent because the previous was in flight
 
     VIDEO_ONLY = ("min_fps", "max_late_frames", "max_dropped_frames")
 
@@ -46,7 +46,7 @@ class Thresholds:
         """Refuse limits that mean nothing for this workload, before any load is sent."""
         video_only = [name for name in self.asked if name in self.VIDEO_ONLY]
         if video_only and kind != "video":
-            raise ValueError(f"{', '.join(flag(name) for name in video_only)} apply to video runs, not a {kind} run")
+            raise ValueError(f"{', '.join(flag(name) for name in video_only)} apply to video runs, not to {kind} runs")
 
 
 @dataclass(frozen=True)

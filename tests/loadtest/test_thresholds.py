@@ -73,7 +73,7 @@ def test_report_gates_on_a_saved_run(saved_image, capsys):
 
 def test_video_limits_on_an_image_result_are_a_clear_error(saved_image, capsys):
     assert cli_main(["loadtest", "report", str(saved_image), "--min-fps", "10"]) == 2
-    assert "--min-fps apply to video runs, not a image run" in capsys.readouterr().err
+    assert "--min-fps apply to video runs, not to image runs" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
         cli_main(["loadtest", "image", "--url", "127.0.0.1:1", "--max-late-frames", "0"])
     assert exit_info.value.code == 2
