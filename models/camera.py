@@ -228,7 +228,7 @@ class CameraService:
                 frame_indices=[i for i, _ in entries],
                 frames=[r for _, r in entries],
             )
-        for position, request in enumerate(requests):
+        for request in requests:
             if request.end:
                 self.streams.close(request.stream)
                 self.analyzer.streams.pop(request.stream, None)

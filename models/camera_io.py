@@ -5,6 +5,7 @@ Imported only inside the Python-backend stub.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import triton_python_backend_utils as pb_utils
 
@@ -92,8 +93,6 @@ def result_tensors(result: CameraResult, labels: list[str], k: int, grid: tuple[
 
 
 def _labels_output(frames, labels: list[str], k: int):
-    import numpy as np
-
     rows = [[labels[i].encode() for i in f.indices.tolist()] for f in frames]
     return pb_utils.Tensor("LABELS", np.array(rows, dtype=np.object_).reshape(1, len(frames), k))
 

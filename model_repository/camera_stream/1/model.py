@@ -7,6 +7,7 @@ decoder limit only ever affect their own request.
 """
 
 import torch
+import triton_python_backend_utils as pb_utils
 
 from models import camera_io, triton_io
 from models.video import settings_from_parameters
@@ -52,7 +53,7 @@ class TritonPythonModel:
         if isinstance(result, Exception):
             return camera_io.error_response(result)
         try:
-            return camera_io.pb_utils.InferenceResponse(
+            return pb_utils.InferenceResponse(
                 output_tensors=camera_io.result_tensors(result, self.labels, self.k, self.grid)
             )
         except Exception as exc:  # one request's outputs that cannot be built fail only that request
