@@ -7,15 +7,15 @@
 # puts the running interpreter's folder there). Its pybind11 predates numpy 2 and copies BYTES
 # tensors wrongly under it (every byte becomes the first one), so the stub needs numpy<2 while the
 # machine's interpreter carries numpy 2. ENV is a virtual environment over the machine's Python
-# whose site-packages hold numpy 1.26.4 (from SITE, the unpacked wheels) and, after it through a
-# .pth file, everything else the machine's interpreter has (torch, torchvision, triton).
+# whose site-packages see, through a .pth file, SITE first (the unpacked wheels: numpy 1.26.4,
+# PyNvVideoCodec, PyAV, tritonclient) and then everything the machine's interpreter has (torch,
+# torchvision, triton), so the stubs import the carried packages.
 set -euo pipefail
-site=${1:?usage: gpu_env.sh SITE [ENV]}
+site=$(realpath "${1:?usage: gpu_env.sh SITE [ENV]}")
 env=${2:-/tmp/stub-env}
 purelib='import sysconfig; print(sysconfig.get_paths()["purelib"])'
 base=$(python3 -c "$purelib")
 python3 -m venv --without-pip "$env"
 target=$("$env/bin/python3" -c "$purelib")
-cp -r "$site"/numpy "$site"/numpy.libs "$site"/numpy-*.dist-info "$target/"
-echo "$base" >"$target/machine-interpreter.pth"
+printf '%s\n%s\n' "$site" "$base" >"$target/carried-then-machine.pth"
 "$env/bin/python3" -c 'import numpy, torch; print("stub env:", numpy.__version__, numpy.__file__, "torch", torch.__version__)'

@@ -1,0 +1,276 @@
+"""The fleet on one GPU machine: the project's load generator -> the gateway -> Triton (KIND_GPU).
+
+    PYTHONPATH=/tmp/gpu/site:. /tmp/gpu/stub-env/bin/python3 -m bench.gpu.run_fleet \\
+        --repo /tmp/gpu/repository --out $OUT [--image-concurrency 32 64] [--camera-streams 60 120]
+
+(after `bench/gpu/setup_device.sh`). Starts one tritonserver on the rendered gpu repository with
+`tritonfleet.triton_server.start_fleet`, then `tritonfleet gateway` (static discovery of that
+server, several worker processes), and runs `tritonfleet loadtest image` (1080p JPEGs through
+image_pipeline, closed loop) and `tritonfleet loadtest video --codec h264` (camera streams through
+camera_stream) at each level twice in a row: straight at Triton's gRPC port and through the
+gateway, so both see the same server state. After every run Triton's own per-model statistics
+(queue and compute time per execution, batch size) are recorded with it. Every step is bounded by
+`--budget-s`; results go to OUT/fleet.json as they come (steps skipped for time are noted).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import shutil
+
+import tritonclient.grpc as grpcclient
+from google.protobuf import text_format
+from PIL import Image
+
+from bench.models.load import camera_picture
+from loadtest.results import RunResult, summarize
+from models.profiles import KINDS, read_config
+from tritonfleet.processes import spawn, terminate
+from tritonfleet.triton_server import free_port, start_fleet, stop_all
+
+# GPU tensors cross between the server and the Python-backend stubs through this pool: the default
+# 64 MB holds less than one dynamic batch of 1080p frames, and a full pool makes Triton copy to the host.
+SERVER_ARGS = ["--cuda-memory-pool-byte-size=0:8589934592", "--pinned-memory-pool-byte-size=1073741824"]
+IMAGE_MODELS = ("image_preprocess", "image_classifier", "image_postprocess")
+
+
+class Record:
+    def __init__(self, out: Path, budget_s: float, label: str = ""):
+        self.label = label
+        self.path = out / (f"fleet-{label}.json" if label else "fleet.json")
+        self.deadline = time.monotonic() + budget_s
+        self.data = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "python": platform.python_version(),
+                     "gpu": _gpu(), "cpus": os.cpu_count(), "runs": [], "notes": []}
+        self.save()
+
+    def left(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def add(self, run: dict) -> None:
+        if self.label:
+            run["label"] = f"{self.label}/{run['label']}"
+        self.data["runs"].append(run)
+        print(json.dumps({k: v for k, v in run.items() if k != "triton"}), flush=True)
+        self.save()
+
+    def note(self, text: str) -> None:
+        self.data["notes"].append(text)
+        print(text, flush=True)
+        self.save()
+
+    def save(self) -> None:
+        self.path.write_text(json.dumps(self.data, indent=1))
+
+
+def _gpu() -> str:
+    try:
+        return subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+                              capture_output=True, text=True, timeout=20).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def tritonfleet(*args: str) -> list[str]:
+    return [sys.executable, "-m", "tritonfleet.cli", *args]
+
+
+def wait_ready(url: str, models: list[str], timeout: float) -> None:
+    """Until the server (or the gateway in front of it) says every model is ready, or TimeoutError."""
+    deadline = time.monotonic() + timeout
+    with grpcclient.InferenceServerClient(url) as client:
+        while time.monotonic() < deadline:
+            try:
+                if client.is_server_ready() and all(client.is_model_ready(m) for m in models):
+                    return
+            except Exception:  # not listening yet
+                pass
+            time.sleep(0.2)
+    raise TimeoutError(f"{url} not ready for {models} after {timeout:.0f} s")
+
+
+def start_gateway(backend: str, workers: int, workdir: Path, models: list[str]):
+    port = free_port()
+    command = tritonfleet("gateway", "--listen", f"127.0.0.1:{port}", "--discovery", "static", "--backend", backend,
+                          "--metrics-port", "0", "--workers", str(workers), "--log-level", "WARNING")
+    process = spawn(command, workdir / "gateway.log")
+    try:
+        wait_ready(f"127.0.0.1:{port}", models, 60)
+    except BaseException:
+        terminate(process, 10)
+        raise
+    return process, f"127.0.0.1:{port}"
+
+
+def triton_statistics(url: str, models: tuple[str, ...]) -> dict:
+    """Triton's cumulative per-model figures: executions, inferences, ns in queue and compute."""
+    out = {}
+    with grpcclient.InferenceServerClient(url) as client:
+        for model in models:
+            stats = client.get_inference_statistics(model, as_json=True)["model_stats"][0]
+            infer = stats["inference_stats"]
+            out[model] = {"executions": int(stats.get("execution_count", 0)), "inferences": int(stats.get("inference_count", 0)),
+                          "requests": int(infer.get("success", {}).get("count", 0)),
+                          **{f"{phase}_ns": int(infer.get(phase, {}).get("ns", 0))
+                             for phase in ("queue", "compute_input", "compute_infer", "compute_output")}}
+    return out
+
+
+def per_execution(before: dict, after: dict) -> dict:
+    """What one run added to Triton's statistics: executions, items per execution, and ms per request in each
+    phase (Triton counts every request of a batch with the batch's whole compute time)."""
+    out = {}
+    for model, now in after.items():
+        then = before.get(model, {})
+        executions = now["executions"] - then.get("executions", 0)
+        requests = now["requests"] - then.get("requests", 0)
+        if executions <= 0 or requests <= 0:
+            continue
+        out[model] = {"executions": executions, "requests": requests,
+                      "batch": round((now["inferences"] - then.get("inferences", 0)) / executions, 1),
+                      **{phase.replace("_ns", "_ms"): round((now[phase] - then.get(phase, 0)) / requests / 1e6, 2)
+                         for phase in ("queue_ns", "compute_input_ns", "compute_infer_ns", "compute_output_ns")}}
+    return out
+
+
+def loadtest(record: Record, workdir: Path, label: str, url: str, triton_url: str, models: tuple[str, ...],
+             args: list[str], timeout: float) -> None:
+    output = workdir / f"{label}.json"
+    before = triton_statistics(triton_url, models)
+    command = tritonfleet("loadtest", *args, "--url", url, "--output", str(output), "--quiet")
+    began = time.monotonic()
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    run = {"label": label, "url": url, "command": " ".join(command[2:]), "wall_s": round(time.monotonic() - began, 1),
+           "rc": done.returncode}
+    if done.returncode != 0 or not output.exists():
+        run["stderr"] = done.stderr[-2000:]
+    else:
+        summary = summarize(RunResult.load(output))
+        summary.pop("stability", None)
+        if "video" in summary:
+            summary["video"].pop("per_stream", None)
+        run["summary"] = summary
+    run["triton"] = per_execution(before, triton_statistics(triton_url, models))
+    record.add(run)
+
+
+def write_pictures(folder: Path, count: int) -> None:
+    """1080p camera-like pictures (gradients, boxes, sensor noise), losslessly: the load generator JPEG-encodes them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for seed in range(count):
+        Image.fromarray(camera_picture(1080, 1920, seed)).save(folder / f"camera-{seed}.png")
+
+
+def with_instances(repo: Path, dest: Path, overrides: list[str]) -> Path:
+    """A copy of the repository with MODEL=KIND:COUNT instance groups (to compare layouts in one run)."""
+    if not overrides:
+        return repo
+    shutil.rmtree(dest, ignore_errors=True)
+    shutil.copytree(repo, dest)
+    for override in overrides:
+        model, _, group = override.partition("=")
+        kind, _, count = group.partition(":")
+        path = dest / model / "config.pbtxt"
+        config = read_config(path)
+        del config.instance_group[:]
+        config.instance_group.add(kind=KINDS[kind], count=int(count))
+        path.write_text(text_format.MessageToString(config))
+    return dest
+
+
+def image_runs(record, workdir, direct, gateway, levels, duration, workers, batch):
+    pictures = workdir / "pictures"
+    write_pictures(pictures, 8)
+    common = ["image", "--resolution", "1080p", "--source", str(pictures), "--images", "8",
+              "--batch-size", str(batch), "--duration", str(duration), "--warmup", "2", "--workers", str(workers)]
+    # First calls of each batch shape compile kernels and choose cuDNN algorithms: kept out of the figures.
+    loadtest(record, workdir, f"image-b{batch}-warmup", direct, direct, IMAGE_MODELS, [*common, "--concurrency", str(max(levels))], 180)
+    for level in levels:
+        for route, url in (("direct", direct), ("gateway", gateway)):
+            if url is None:
+                continue
+            if record.left() < duration + 40:
+                record.note(f"image: skipped concurrency {level} {route} (time budget)")
+                continue
+            loadtest(record, workdir, f"image-b{batch}-c{level}-{route}", url, direct, IMAGE_MODELS,
+                     [*common, "--concurrency", str(level)], duration + 120)
+
+
+def camera_runs(record, workdir, direct, gateway, levels, duration, workers, codec, source):
+    common = ["video", "--model", "camera_stream", "--codec", codec, "--source", source, "--resolution", "1080p",
+              "--fps", "30", "--duration", str(duration), "--warmup", "2", "--workers", str(workers), "--slo-ms", "100"]
+    for level in levels:
+        for route, url in (("direct", direct), ("gateway", gateway)):
+            if url is None:
+                continue
+            if record.left() < duration + 60:
+                record.note(f"camera: skipped {level} streams {route} (time budget)")
+                continue
+            loadtest(record, workdir, f"camera-{codec}-s{level}-{route}", url, direct, ("camera_stream",),
+                     [*common, "--streams", str(level)], duration + 180)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repo", type=Path, required=True, help="the rendered gpu model repository")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/gpu/fleet"))
+    parser.add_argument("--budget-s", type=float, default=480)
+    parser.add_argument("--duration", type=float, default=8.0, help="seconds of each load run")
+    parser.add_argument("--gateway-workers", type=int, default=4)
+    parser.add_argument("--load-workers", type=int, default=4, help="load generator processes")
+    parser.add_argument("--image-batch", type=int, nargs="*", default=[1], help="images per request (one sweep each)")
+    parser.add_argument("--image-concurrency", type=int, nargs="*", default=[32, 64, 128])
+    parser.add_argument("--camera-streams", type=int, nargs="*", default=[], help="camera runs (needs camera_stream)")
+    parser.add_argument("--camera-codec", default="h264")
+    parser.add_argument("--camera-source", default="synthetic")
+    parser.add_argument("--models", nargs="*", default=[], help="load only these (and what their ensembles need)")
+    parser.add_argument("--instances", nargs="*", default=[], metavar="MODEL=KIND:COUNT",
+                        help="serve a copy of the repository with these instance groups")
+    parser.add_argument("--no-gateway", action="store_true", help="direct runs only")
+    parser.add_argument("--label", default="", help="prefix of this run's labels (several runs in one file)")
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    record = Record(args.out, args.budget_s, args.label)
+    began = time.monotonic()
+    models = args.models or sorted(p.parent.name for p in args.repo.glob("*/config.pbtxt"))
+    explicit = ["--model-control-mode=explicit", *(f"--load-model={m}" for m in models)] if args.models else []
+    repo = with_instances(args.repo, args.workdir / f"repository-{args.label or 'main'}", args.instances)
+    record.note(f"{args.label}: instances {args.instances or 'as rendered'}")
+    args.workdir = args.workdir / args.label if args.label else args.workdir
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    servers = start_fleet(1, repo, args.workdir, extra_args=SERVER_ARGS + explicit, timeout=300)
+    gateway = None
+    try:
+        direct = servers[0].grpc_url
+        record.note(f"triton ready in {time.monotonic() - began:.0f} s with {models}")
+        through = None
+        if not args.no_gateway:
+            gateway, through = start_gateway(direct, args.gateway_workers, args.workdir, models)
+            record.note(f"gateway ready at {through} with {args.gateway_workers} workers")
+        for batch in args.image_batch if args.image_concurrency else []:
+            image_runs(record, args.workdir, direct, through, args.image_concurrency, args.duration, args.load_workers, batch)
+        if args.camera_streams:
+            camera_runs(record, args.workdir, direct, through, args.camera_streams, args.duration, args.load_workers,
+                        args.camera_codec, args.camera_source)
+    finally:
+        if gateway is not None:
+            terminate(gateway, 10)
+        stop_all(servers)
+        for log in (servers[0].log_path, args.workdir / "gateway.log"):
+            if log.exists():
+                tail = "\n".join(log.read_text(errors="replace").splitlines()[-300:])
+                (args.out / (f"{args.label}-{log.name}" if args.label else log.name)).write_text(tail)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
