@@ -49,6 +49,9 @@ def free_port(host: str = LOOPBACK) -> int:
 
 def check_port_free(port: int, host: str = LOOPBACK) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As Triton's own listeners do: the connections a crashed server left in TIME_WAIT do not hold
+        # the port for a restart, a process listening on it does.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError as exc:
