@@ -44,7 +44,7 @@ def build_service(args: dict) -> tuple[CameraService, list[str], torch.device]:
     pipeline, labels = build_from_parameters(params, lambda p: triton_io.model_file(args, p), device)
     settings = settings_from_parameters(params)
     streams = CameraStreams(
-        decoder_factory(params.get("DECODER", "auto"), device),
+        decoder_factory(params.get("DECODER", "auto"), device, low_latency=_nvdec_low_latency(params)),
         max_decoders=int(params.get("MAX_DECODERS", "16")),
         idle_timeout_s=settings.idle_timeout_s,
     )
@@ -53,6 +53,13 @@ def build_service(args: dict) -> tuple[CameraService, list[str], torch.device]:
         decode_threads=int(params.get("DECODE_THREADS", "1")),
     )
     return service, labels, device
+
+
+def _nvdec_low_latency(params: dict) -> bool:
+    latency = params.get("NVDEC_LATENCY", "native")
+    if latency not in ("native", "low"):
+        raise ValueError(f"NVDEC_LATENCY must be native or low, got {latency!r}")
+    return latency == "low"
 
 
 def camera_request(request) -> CameraRequest:

@@ -175,13 +175,17 @@ class NvDecDecoder:
 
     Decoded surfaces belong to the decoder and are reused, so each picture is copied out (on the
     instance's CUDA stream, which the decoder also works on, so the copy follows the decode).
+    NVDEC's native display latency holds two pictures back (measured on an H200); `low_latency`
+    hands each picture out with its own access unit, which is right for the I/P-only streams of
+    cameras and wrong for streams with B-frames, whose pictures must be reordered.
     """
 
-    def __init__(self, codec: str, device: torch.device):
+    def __init__(self, codec: str, device: torch.device, low_latency: bool = False):
         import PyNvVideoCodec as nvc
 
         self._nvc = nvc
         self._device = device
+        self._low_latency = low_latency
         torch.cuda.set_device(device)
         stream = torch.cuda.current_stream(device)
         self._decoder = nvc.CreateDecoder(
@@ -190,6 +194,7 @@ class NvDecDecoder:
             cudacontext=_current_cuda_context(),
             cudastream=stream.cuda_stream,
             usedevicememory=True,
+            latency=nvc.DisplayDecodeLatencyType.LOW if low_latency else nvc.DisplayDecodeLatencyType.NATIVE,
         )
 
     def decode(self, access_unit: bytes) -> list[Picture]:
@@ -197,6 +202,9 @@ class NvDecDecoder:
         packet = self._nvc.PacketData()
         packet.bsl = int(source.size)
         packet.bsl_data = int(source.ctypes.data)
+        if self._low_latency:
+            # One picture per access unit: the decoder may hand it out without waiting for the next.
+            packet.decode_flag = int(self._nvc.VideoPacketFlag.ENDOFPICTURE)
         return self._pictures(packet)
 
     def flush(self) -> list[Picture]:
@@ -241,10 +249,11 @@ def nvdec_available() -> bool:
     return True
 
 
-def decoder_factory(choice: str, device: torch.device) -> Callable[[str], Decoder]:
+def decoder_factory(choice: str, device: torch.device, low_latency: bool = False) -> Callable[[str], Decoder]:
     """`choice` "auto" | "pyav" | "nvdec" -> a function codec -> new decoder session.
 
-    "auto" takes NVDEC on a GPU instance when PyNvVideoCodec is installed, PyAV otherwise.
+    "auto" takes NVDEC on a GPU instance when PyNvVideoCodec is installed, PyAV otherwise;
+    `low_latency` is NVDEC's (see NvDecDecoder). PyAV's decoders hand out I/P pictures at once.
     """
     if choice not in ("auto", "pyav", "nvdec"):
         raise ValueError(f"DECODER must be auto, pyav or nvdec, got {choice!r}")
@@ -252,5 +261,5 @@ def decoder_factory(choice: str, device: torch.device) -> Callable[[str], Decode
     if use_nvdec:
         if device.type != "cuda":
             raise ValueError("DECODER nvdec needs a KIND_GPU instance")
-        return lambda codec: NvDecDecoder(codec, device)
+        return lambda codec: NvDecDecoder(codec, device, low_latency)
     return PyAVDecoder
