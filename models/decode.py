@@ -4,12 +4,17 @@ On CPU Pillow decodes (libjpeg-turbo inside its wheel). On a GPU, JPEGs go throu
 `torchvision.io.decode_jpeg(device="cuda")` when torchvision is installed, so the decoded pixels
 never cross PCIe; anything else falls back to Pillow and is copied up. TRITONFLEET_GPU_JPEG=0 turns
 nvJPEG off (to compare the two).
+
+nvJPEG's throughput grows with the batch (on an H200, 729 1080p images/s one at a time, 4,139 at
+64, 4,766 at 256), so `Decoder.decode_requests` hands every JPEG of a whole dynamic batch, across
+requests, to one call.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import warnings
 
 import numpy as np
 import torch
@@ -62,6 +67,28 @@ class Decoder:
     def uses_gpu_jpeg(self) -> bool:
         return self._gpu_jpeg is not None
 
+    def decode_requests(self, requests: list[list[bytes]]) -> list[list[torch.Tensor] | ImageDecodeError]:
+        """Decode the images of several requests: per request its frames, or the error of its bad image.
+
+        On the GPU every JPEG of every request goes to nvJPEG in one batch. When that batch fails,
+        each request is decoded on its own, so a corrupt image fails only the request that sent it.
+        """
+        flat = [data for items in requests for data in items]
+        if self._gpu_jpeg is not None and len(flat) > 1 and all(data.startswith(JPEG_MAGIC) for data in flat):
+            try:
+                frames = iter(self._gpu_jpeg(flat, self.device))
+            except RuntimeError:
+                pass
+            else:
+                return [[next(frames) for _ in items] for items in requests]
+        results: list[list[torch.Tensor] | ImageDecodeError] = []
+        for items in requests:
+            try:
+                results.append(self.decode_many(items))
+            except ImageDecodeError as exc:
+                results.append(exc)
+        return results
+
     def decode_many(self, items: list[bytes]) -> list[torch.Tensor]:
         """Decode a request's images; on the GPU its JPEGs go to nvJPEG as one batch.
 
@@ -94,7 +121,11 @@ def _gpu_jpeg_decoder():
     def decode(data, device: torch.device):
         """One JPEG -> (H, W, 3); a list of JPEGs -> a list, decoded in one nvJPEG batch."""
         items = data if isinstance(data, list) else [data]
-        encoded = [torch.frombuffer(bytearray(item), dtype=torch.uint8) for item in items]
+        with warnings.catch_warnings():
+            # nvJPEG only reads the encoded bytes: viewing the read-only request buffers spares a copy
+            # of every image, and torch's warning about writes through such a view does not apply.
+            warnings.simplefilter("ignore", UserWarning)
+            encoded = [torch.frombuffer(item, dtype=torch.uint8) for item in items]
         decoded = decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device)
         frames = [chw.permute(1, 2, 0) for chw in decoded]
         return frames if isinstance(data, list) else frames[0]

@@ -1,7 +1,9 @@
 """Triton Python-backend model: encoded images or raw frames -> normalized NCHW pixels.
 
-Every request of the batch is decoded on its own (a corrupt image fails only its request); all
-decoded frames then go through `kernels.preprocess` in one call, whatever their sizes.
+The JPEGs of every request in the dynamic batch are decoded in one call (one nvJPEG batch on a GPU
+instance; a corrupt image fails only its request); all decoded frames then go through
+`kernels.preprocess` in one call, whatever their sizes, and the pixels leave through DLPack, so on
+a GPU instance they stay on the device for the classifier.
 """
 
 import torch
@@ -33,12 +35,7 @@ class TritonPythonModel:
         return triton_io.responses_for(requests, self._run_batch, self.device)
 
     def _run_batch(self, requests):
-        frames_per_request = []
-        for request in requests:
-            try:
-                frames_per_request.append(self._frames(request))
-            except ValueError as exc:
-                frames_per_request.append(exc)
+        frames_per_request = self._frames_per_request(requests)
         good = [frames for frames in frames_per_request if not isinstance(frames, Exception)]
         flat = [frame for frames in good for frame in frames]
         pixels = iter(torch.split(preprocess_frames(flat), [len(f) for f in good])) if flat else iter(())
@@ -47,13 +44,30 @@ class TritonPythonModel:
             for item in frames_per_request
         ]
 
-    def _frames(self, request) -> list[torch.Tensor]:
+    def _frames_per_request(self, requests) -> list:
+        """Each request's frames, or the ValueError that request earned; encoded images decoded together."""
+        results, encoded_at, encoded = [], [], []
+        for request in requests:
+            try:
+                images, frames = self._inputs(request)
+            except ValueError as exc:
+                results.append(exc)
+                continue
+            if images is not None:
+                encoded_at.append(len(results))
+                encoded.append(images)
+                results.append(None)
+            else:
+                results.append(list(frames))
+        for index, frames in zip(encoded_at, self.decoder.decode_requests(encoded)):
+            results[index] = frames
+        return results
+
+    def _inputs(self, request):
         encoded = triton_io.input_bytes(request, "IMAGE")
         frames = triton_io.input_tensor(request, "FRAMES", self.device)
         if (encoded is None) == (frames is None):
             raise ValueError("send exactly one of IMAGE (encoded JPEG/PNG) or FRAMES (uint8 N x H x W x 3)")
-        if encoded is not None:
-            return self.decoder.decode_many(encoded)
-        if frames.shape[1] == 0 or frames.shape[2] == 0:
+        if frames is not None and (frames.shape[1] == 0 or frames.shape[2] == 0):
             raise ValueError(f"FRAMES must not be empty, got shape {tuple(frames.shape)}")
-        return list(frames)
+        return encoded, frames
