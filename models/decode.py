@@ -21,6 +21,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 JPEG_MAGIC = b"\xff\xd8\xff"
+JPEG_END = b"\xff\xd9"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # A 1080p frame is 2 MP; this bounds a decompression bomb while leaving room for 8K stills.
 MAX_PIXELS = 64 * 1024 * 1024
@@ -38,6 +39,15 @@ def image_format(data: bytes) -> str:
     if data.startswith(PNG_MAGIC):
         return "png"
     raise ImageDecodeError(f"not a JPEG or PNG image (first bytes {data[:8]!r})")
+
+
+def whole_jpeg(data: bytes) -> bool:
+    """A JPEG that ends with its end-of-image marker: what nvJPEG may decode.
+
+    nvJPEG decodes a truncated JPEG without an error, into a partly black picture (seen on an H200),
+    so JPEGs cut short (or followed by trailing bytes) go to Pillow, which reports them as corrupt.
+    """
+    return data.startswith(JPEG_MAGIC) and data.endswith(JPEG_END)
 
 
 def decode_cpu(data: bytes) -> torch.Tensor:
@@ -70,31 +80,41 @@ class Decoder:
     def decode_requests(self, requests: list[list[bytes]]) -> list[list[torch.Tensor] | ImageDecodeError]:
         """Decode the images of several requests: per request its frames, or the error of its bad image.
 
-        On the GPU every JPEG of every request goes to nvJPEG in one batch. When that batch fails,
-        each request is decoded on its own, so a corrupt image fails only the request that sent it.
+        On the GPU every whole JPEG of every request goes to nvJPEG in one batch; anything else is
+        decoded on its own. When the batch fails, each request is decoded on its own, so a corrupt
+        image fails only the request that sent it.
         """
-        flat = [data for items in requests for data in items]
-        if self._gpu_jpeg is not None and len(flat) > 1 and all(data.startswith(JPEG_MAGIC) for data in flat):
-            try:
-                frames = iter(self._gpu_jpeg(flat, self.device))
-            except RuntimeError:
-                pass
-            else:
-                return [[next(frames) for _ in items] for items in requests]
+        batched = self._batch_decode([data for items in requests for data in items])
+        frames = iter(batched or ())
         results: list[list[torch.Tensor] | ImageDecodeError] = []
         for items in requests:
+            # This request's share of the batch is taken first, so a bad image in it cannot shift the next request's.
+            mine = [next(frames) if batched is not None and whole_jpeg(data) else None for data in items]
             try:
-                results.append(self.decode_many(items))
+                if batched is None:
+                    results.append(self.decode_many(items))
+                else:
+                    results.append([frame if frame is not None else self.decode(data) for frame, data in zip(mine, items)])
             except ImageDecodeError as exc:
                 results.append(exc)
         return results
+
+    def _batch_decode(self, items: list[bytes]) -> list[torch.Tensor] | None:
+        """nvJPEG's frames of the whole JPEGs among `items`, in order; None when there is no batch or it failed."""
+        whole = [data for data in items if whole_jpeg(data)] if self._gpu_jpeg is not None else []
+        if len(whole) < 2:
+            return None
+        try:
+            return self._gpu_jpeg(whole, self.device)
+        except RuntimeError:
+            return None
 
     def decode_many(self, items: list[bytes]) -> list[torch.Tensor]:
         """Decode a request's images; on the GPU its JPEGs go to nvJPEG as one batch.
 
         A batch that fails is decoded again one by one, so the error names the bad image.
         """
-        if self._gpu_jpeg is None or len(items) < 2 or any(image_format(d) != "jpeg" for d in items):
+        if self._gpu_jpeg is None or len(items) < 2 or not all(whole_jpeg(d) for d in items):
             return [self.decode(data) for data in items]
         try:
             return self._gpu_jpeg(items, self.device)
@@ -102,7 +122,7 @@ class Decoder:
             return [self.decode(data) for data in items]
 
     def decode(self, data: bytes) -> torch.Tensor:
-        if self._gpu_jpeg is not None and image_format(data) == "jpeg":
+        if self._gpu_jpeg is not None and image_format(data) == "jpeg" and whole_jpeg(data):
             try:
                 return self._gpu_jpeg(data, self.device)
             except RuntimeError as exc:
