@@ -1,7 +1,7 @@
 """The fleet on one GPU machine: the project's load generator -> the gateway -> Triton (KIND_GPU).
 
     PYTHONPATH=/tmp/gpu/site:. /tmp/gpu/stub-env/bin/python3 -m bench.gpu.run_fleet \\
-        --repo /tmp/gpu/repository --out $OUT [--image-concurrency 32 64] [--camera-streams 60 120]
+        --repo /tmp/gpu/repository --out $OUT [--image-runs 1:32,64 8:16] [--camera-streams 60 120]
 
 (after `bench/gpu/setup_device.sh`). Starts one tritonserver on the rendered gpu repository with
 `tritonfleet.triton_server.start_fleet`, then `tritonfleet gateway` (static discovery of that
@@ -226,8 +226,8 @@ def main(argv=None) -> int:
     parser.add_argument("--duration", type=float, default=8.0, help="seconds of each load run")
     parser.add_argument("--gateway-workers", type=int, default=4)
     parser.add_argument("--load-workers", type=int, default=4, help="load generator processes")
-    parser.add_argument("--image-batch", type=int, nargs="*", default=[1], help="images per request (one sweep each)")
-    parser.add_argument("--image-concurrency", type=int, nargs="*", default=[32, 64, 128])
+    parser.add_argument("--image-runs", nargs="*", default=["1:32,64,128", "8:8,16,32"], metavar="BATCH:C1,C2",
+                        help="images per request and the concurrencies (requests in flight) to run it at")
     parser.add_argument("--camera-streams", type=int, nargs="*", default=[], help="camera runs (needs camera_stream)")
     parser.add_argument("--camera-codec", default="h264")
     parser.add_argument("--camera-source", default="synthetic")
@@ -256,8 +256,10 @@ def main(argv=None) -> int:
         if not args.no_gateway:
             gateway, through = start_gateway(direct, args.gateway_workers, args.workdir, models)
             record.note(f"gateway ready at {through} with {args.gateway_workers} workers")
-        for batch in args.image_batch if args.image_concurrency else []:
-            image_runs(record, args.workdir, direct, through, args.image_concurrency, args.duration, args.load_workers, batch)
+        for spec in args.image_runs:
+            batch, _, levels = spec.partition(":")
+            image_runs(record, args.workdir, direct, through, [int(c) for c in levels.split(",")], args.duration,
+                       args.load_workers, int(batch))
         if args.camera_streams:
             camera_runs(record, args.workdir, direct, through, args.camera_streams, args.duration, args.load_workers,
                         args.camera_codec, args.camera_source)

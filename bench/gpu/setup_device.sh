@@ -5,7 +5,8 @@
 #     bench/gpu/setup_device.sh [CARRY] [ROOT]       (defaults: .gpu-carry, /tmp/gpu)
 #
 # Parts unpack into ROOT/site (one site folder for everything), so a part carried by an earlier
-# call on the same warm machine stays usable. Afterwards run Python as
+# call on the same warm machine stays usable. The stubs' environment and the repository need the
+# base part (numpy<2, tritonclient); without it only the other parts are unpacked. Afterwards run Python as
 #     PYTHONPATH=ROOT/site:. ROOT/stub-env/bin/python3 ...
 # (bench/gpu/run_fleet.py does). Prints what the machine has, for the record.
 set -euo pipefail
@@ -18,10 +19,16 @@ for archive in "$carry"/*/*.tar.xz; do
   python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2], filter="tar")' "$archive" "$site"
   echo "unpacked $archive"
 done
-bench/models/gpu_env.sh "$site" "$root/stub-env"
-PYTHONPATH="$site:." "$root/stub-env/bin/python3" -m tritonfleet.cli render-models --profile gpu --out "$root/repository"
+if [ -d "$site/pytriton" ]; then
+  bench/models/gpu_env.sh "$site" "$root/stub-env"
+  PYTHONPATH="$site:." "$root/stub-env/bin/python3" -m tritonfleet.cli render-models --profile gpu --out "$root/repository"
+  python=$root/stub-env/bin/python3
+else
+  python=python3
+fi
+python3 -c 'import grpc, google.protobuf as p, numpy; print("machine\x27s own: grpc", grpc.__version__, "protobuf", p.__version__, "numpy", numpy.__version__)' || true
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-PYTHONPATH="$site:." "$root/stub-env/bin/python3" - <<'EOF'
+PYTHONPATH="$site:." "$python" - <<'EOF'
 import importlib, platform
 versions = {"python": platform.python_version()}
 for name in ("numpy", "torch", "torchvision", "triton", "grpc", "google.protobuf", "tritonclient", "av", "PyNvVideoCodec"):
