@@ -6,18 +6,22 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
+from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import psutil
 import pytest
 import tritonclient.grpc as grpcclient
+import tritonclient.grpc.aio as aioclient
 from kubernetes import client
 
 from gateway.backends import BackendPool
+from gateway.discovery import DnsDiscovery
 from gateway.kubernetes_discovery import EndpointSliceDiscovery, endpoints_of
 from gateway.metrics import GatewayMetrics
 from tests.gateway.fake_kubernetes import FakeKubernetesApiServer, endpoint_slice
 from tests.gateway.helpers import GatewayProcess, add_one_inputs, served_counts
+from tests.gateway.polling import metric, wait_for
 
 
 def slice_objects(*endpoints):
@@ -97,53 +101,162 @@ class Load:
         self.thread.join()
 
 
-def wait_for(condition, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def connections_to(gateway: GatewayProcess, port: int) -> list:
     """The gateway process's open TCP connections to `port` on loopback."""
     return [c for c in psutil.Process(gateway.process.pid).net_connections(kind="tcp")
             if c.raddr and c.raddr.port == port and c.status == psutil.CONN_ESTABLISHED]
 
 
+def sent_to(gateway: GatewayProcess, server) -> float:
+    """Requests the gateway finished on one pod, by its own count."""
+    return metric(gateway.metrics_url, "tritonfleet_gateway_requests_total", backend=server.grpc_url)
+
+
+def backend_up(gateway: GatewayProcess, server) -> float:
+    return metric(gateway.metrics_url, "tritonfleet_gateway_backend_up", backend=server.grpc_url)
+
+
+def put_slice(api_server: FakeKubernetesApiServer, index: int, server, **state) -> None:
+    """One EndpointSlice per loopback "pod" (one IP, its own port); `state`: ready, serving, terminating."""
+    ip, _, port = server.grpc_url.rpartition(":")
+    api_server.put(endpoint_slice(f"triton-{index}", "triton", int(port), [{"ip": ip, **(state or {"ready": True})}]))
+
+
+def kubernetes_gateway(api_server: FakeKubernetesApiServer, tmp_path) -> GatewayProcess:
+    kubeconfig = tmp_path / "kubeconfig"
+    api_server.kubeconfig(kubeconfig)
+    return GatewayProcess([], tmp_path / "gateway.log", "--discovery", "kubernetes", "--kubernetes-service", "triton",
+                          env={"KUBECONFIG": str(kubeconfig)})
+
+
+TERMINATING = {"ready": False, "serving": True, "terminating": True}
+
+
 @pytest.mark.slow
 def test_pods_come_and_go_through_endpointslices_without_failed_requests(fleet3, tmp_path):
     a, b, c = fleet3
-    ip_port = [s.grpc_url.rpartition(":") for s in fleet3]
     with FakeKubernetesApiServer() as api_server:
-        # A loopback "pod" is one IP with its own port: one slice per server.
-        for index, (ip, _, port) in enumerate(ip_port[:2]):
-            api_server.put(endpoint_slice(f"triton-{index}", "triton", int(port), [{"ip": ip, "ready": True}]))
-        kubeconfig = tmp_path / "kubeconfig"
-        api_server.kubeconfig(kubeconfig)
-        with GatewayProcess([], tmp_path / "gateway.log", "--discovery", "kubernetes",
-                            "--kubernetes-service", "triton", env={"KUBECONFIG": str(kubeconfig)}) as gateway:
+        put_slice(api_server, 0, a)
+        put_slice(api_server, 1, b)
+        with kubernetes_gateway(api_server, tmp_path) as gateway:
             load = Load(gateway.url)
             try:
                 before = served_counts(fleet3, "add_one")
-                ip, _, port = ip_port[2]
-                api_server.put(endpoint_slice("triton-2", "triton", int(port), [{"ip": ip, "ready": True}]))
+                put_slice(api_server, 2, c)
                 assert wait_for(lambda: served_counts([c], "add_one")[0] > before[2] + 20), "new pod got no traffic"
-                ip, _, port = ip_port[0]
-                api_server.put(endpoint_slice("triton-0", "triton", int(port), [
-                    {"ip": ip, "ready": False, "serving": True, "terminating": True}]))
-                time.sleep(1.0)  # the change reaches the gateway
-                drained_at = served_counts([a], "add_one")[0]
-                time.sleep(1.0)
-                assert served_counts([a], "add_one")[0] == drained_at, "terminating pod still got new requests"
-                assert connections_to(gateway, int(port)), "the gateway never connected to the first pod"
+                put_slice(api_server, 0, a, **TERMINATING)
+                assert wait_for(lambda: backend_up(gateway, a) == 0), "the gateway never saw the pod terminating"
+                # The one request that may have been on its way there when it turned terminating has
+                # been answered once the (sequential) load has had two more answers.
+                sent = load.sent
+                assert wait_for(lambda: load.sent >= sent + 2)
+                drained_at = sent_to(gateway, a)
+                assert wait_for(lambda: load.sent >= sent + 100), "the load stalled"
+                assert sent_to(gateway, a) == drained_at, "terminating pod still got new requests"
+                assert connections_to(gateway, int(a.ports.grpc)), "the gateway never connected to the first pod"
                 api_server.delete("triton-0")
                 # Gone from the fleet: the gateway closes its connections to it (front door and grpcio).
-                assert wait_for(lambda: not connections_to(gateway, int(port))), connections_to(gateway, int(port))
+                assert wait_for(lambda: not connections_to(gateway, int(a.ports.grpc))), \
+                    connections_to(gateway, int(a.ports.grpc))
             finally:
                 load.stop()
             assert load.sent > 50 and not load.failures, load.failures[:3]
+
+
+@pytest.mark.slow
+def test_a_terminating_pod_finishes_the_call_it_has_and_gets_no_new_ones(fleet3, tmp_path):
+    a, b, _ = fleet3
+    with FakeKubernetesApiServer() as api_server:
+        put_slice(api_server, 0, a)
+        put_slice(api_server, 1, b)
+        with kubernetes_gateway(api_server, tmp_path) as gateway, ThreadPoolExecutor(1) as pool:
+            assert wait_for(lambda: backend_up(gateway, a) == backend_up(gateway, b) == 1)
+            call = pool.submit(slow_call, gateway.url, 3000)
+            busy = lambda pod: metric(gateway.metrics_url, "tritonfleet_gateway_inflight", backend=pod.grpc_url)  # noqa: E731
+            assert wait_for(lambda: busy(a) + busy(b) == 1), "the slow call never reached a pod"
+            index, pod = (0, a) if busy(a) else (1, b)
+            put_slice(api_server, index, pod, **TERMINATING)
+            assert wait_for(lambda: backend_up(gateway, pod) == 0), "the gateway never saw the pod terminating"
+            before = sent_to(gateway, pod)
+            # Many at once: the other pod queues them deep, so the picker would send some to this one
+            # (one call outstanding) if it still took new requests.
+            answers = concurrent_add_one(gateway.url, 200)
+            assert answers == [[2.0, 3.0, 4.0]] * 200
+            assert sent_to(gateway, pod) == before, "a terminating pod got a new request"
+            # The call it had when it turned terminating is answered there, whole.
+            assert call.result(timeout=30) == [2.0]
+            assert sent_to(gateway, pod) == before + 1
+
+
+def concurrent_add_one(url: str, count: int) -> list:
+    """`count` add_one calls all in flight at once on one channel; their outputs."""
+    async def run():
+        async with aioclient.InferenceServerClient(url) as aio:
+            tensor = aioclient.InferInput("INPUT0", [3], "FP32")
+            tensor.set_data_from_numpy(np.array([1.0, 2.0, 3.0], dtype=np.float32))
+            replies = await asyncio.gather(*(aio.infer("add_one", [tensor]) for _ in range(count)))
+            return [reply.as_numpy("OUTPUT0").tolist() for reply in replies]
+
+    return asyncio.run(run())
+
+
+def slow_call(url: str, delay_ms: int) -> list:
+    """One `slow` call that keeps its pod busy `delay_ms`; its answer."""
+    client_ = grpcclient.InferenceServerClient(url)
+    value = grpcclient.InferInput("INPUT0", [1], "FP32")
+    value.set_data_from_numpy(np.array([1.0], dtype=np.float32))
+    delay = grpcclient.InferInput("DELAY_MS", [1], "INT32")
+    delay.set_data_from_numpy(np.array([delay_ms], dtype=np.int32))
+    try:
+        return client_.infer("slow", [value, delay], client_timeout=60).as_numpy("OUTPUT0").tolist()
+    finally:
+        client_.close()
+
+
+class ScriptedDns(DnsDiscovery):
+    """DNS discovery whose lookups answer from a script, one entry per lookup (an exception: a failed
+    lookup); the real resolver cannot be pointed at changing records on this machine (no DNS server
+    of ours, /etc/hosts is the host's). The real lookup is test_dns_discovery_resolves_a_name's."""
+
+    def __init__(self, pool: BackendPool, answers: list):
+        super().__init__(pool, "triton-headless.default.svc:8001", interval_s=0.01)
+        self.answers = answers
+        self.lookups = 0
+
+    async def resolve(self) -> set[str]:
+        answer = self.answers[min(self.lookups, len(self.answers) - 1)]
+        self.lookups += 1
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+def test_dns_discovery_re_resolves_and_keeps_the_last_pods_when_a_lookup_fails():
+    first, second = {"10.0.0.1:8001", "10.0.0.2:8001"}, {"10.0.0.2:8001", "10.0.0.3:8001"}
+    script = [first, first, second, OSError("Temporary failure in name resolution"), second]
+
+    async def scenario():
+        pool = BackendPool(GatewayMetrics())
+        discovery = ScriptedDns(pool, script)
+        task = asyncio.create_task(discovery.run())
+        seen = []
+        try:
+            for _ in range(500):
+                if not seen or seen[-1] != set(pool.backends):
+                    seen.append(set(pool.backends))
+                if discovery.lookups > len(script):
+                    break
+                await asyncio.sleep(0.005)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await pool.close()
+        return seen, discovery.lookups
+
+    seen, lookups = asyncio.run(scenario())
+    # Looked up again and again; the pool followed the records, and the failed lookup left it alone.
+    assert lookups > len(script)
+    assert [s for s in seen if s] == [first, second], seen
 
 
 @pytest.mark.slow
