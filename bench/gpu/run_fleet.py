@@ -5,9 +5,9 @@
 
 (after `bench/gpu/setup_device.sh`). Starts one tritonserver on the rendered gpu repository with
 `tritonfleet.triton_server.start_fleet`, then `tritonfleet gateway` (static discovery of that
-server, several worker processes), and runs `tritonfleet loadtest image` (1080p JPEGs through
-image_pipeline, closed loop) and `tritonfleet loadtest video --codec h264` (camera streams through
-camera_stream) at each level twice in a row: straight at Triton's gRPC port and through the
+server, several worker processes), and runs `tritonfleet loadtest video --codec h264` (camera
+streams through camera_stream, open loop at 30 FPS) and `tritonfleet loadtest image` (1080p JPEGs
+through image_pipeline, closed loop) at each level twice in a row: straight at Triton's gRPC port and through the
 gateway, so both see the same server state. After every run Triton's own per-model statistics
 (queue and compute time per execution, batch size) are recorded with it. Every step is bounded by
 `--budget-s`; results go to OUT/fleet.json as they come (steps skipped for time are noted).
@@ -256,13 +256,13 @@ def main(argv=None) -> int:
         if not args.no_gateway:
             gateway, through = start_gateway(direct, args.gateway_workers, args.workdir, models)
             record.note(f"gateway ready at {through} with {args.gateway_workers} workers")
+        if args.camera_streams:
+            camera_runs(record, args.workdir, direct, through, args.camera_streams, args.duration, args.load_workers,
+                        args.camera_codec, args.camera_source)
         for spec in args.image_runs:
             batch, _, levels = spec.partition(":")
             image_runs(record, args.workdir, direct, through, [int(c) for c in levels.split(",")], args.duration,
                        args.load_workers, int(batch))
-        if args.camera_streams:
-            camera_runs(record, args.workdir, direct, through, args.camera_streams, args.duration, args.load_workers,
-                        args.camera_codec, args.camera_source)
     finally:
         if gateway is not None:
             terminate(gateway, 10)
