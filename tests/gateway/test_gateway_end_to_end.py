@@ -17,6 +17,7 @@ from tritonclient.grpc import service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from tests.gateway.helpers import add_one_inputs, served_counts
+from tests.gateway.polling import metric
 from tritonfleet.proxies import start_haproxy
 
 pytestmark = pytest.mark.slow
@@ -144,6 +145,10 @@ def test_metrics_follow_the_contract(gateway3, fleet3):
     for family in ("request_duration_seconds_bucket", "overhead_seconds_bucket", "retries_total",
                    "ejections_total", "active_streams", 'bytes_total{direction="in"}', 'bytes_total{direction="out"}'):
         assert f"tritonfleet_gateway_{family}" in text, family
+    # A healthy fleet needs no retry and ejects no pod; test_gateway_resilience.py kills a pod and
+    # checks that both counters move.
+    assert metric(gateway3.metrics_url, "tritonfleet_gateway_retries_total") == 0
+    assert metric(gateway3.metrics_url, "tritonfleet_gateway_ejections_total") == 0
 
 
 def test_gateway_readiness_for_a_raw_v2_client(gateway3):
