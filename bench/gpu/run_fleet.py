@@ -168,12 +168,15 @@ def write_pictures(folder: Path, count: int) -> None:
         Image.fromarray(camera_picture(1080, 1920, seed)).save(folder / f"camera-{seed}.png")
 
 
-def with_instances(repo: Path, dest: Path, overrides: list[str]) -> Path:
-    """A copy of the repository with MODEL=KIND:COUNT instance groups (to compare layouts in one run)."""
-    if not overrides:
+def with_instances(repo: Path, dest: Path, overrides: list[str], extra: list[Path]) -> Path:
+    """A copy of the repository with MODEL=KIND:COUNT instance groups (to compare layouts in one run)
+    and the `extra` model folders beside its own."""
+    if not overrides and not extra:
         return repo
     shutil.rmtree(dest, ignore_errors=True)
     shutil.copytree(repo, dest)
+    for folder in extra:
+        shutil.copytree(folder, dest / folder.name)
     for override in overrides:
         model, _, group = override.partition("=")
         kind, _, count = group.partition(":")
@@ -185,13 +188,15 @@ def with_instances(repo: Path, dest: Path, overrides: list[str]) -> Path:
     return dest
 
 
-def image_runs(record, workdir, direct, gateway, levels, duration, workers, batch):
+def image_runs(record, workdir, direct, gateway, levels, duration, workers, batch, model):
     pictures = workdir / "pictures"
     write_pictures(pictures, 8)
-    common = ["image", "--resolution", "1080p", "--source", str(pictures), "--images", "8",
+    name = "" if model == "image_pipeline" else f"{model}-"
+    common = ["image", "--model", model, "--resolution", "1080p", "--source", str(pictures), "--images", "8",
               "--batch-size", str(batch), "--duration", str(duration), "--warmup", "2", "--workers", str(workers)]
     # First calls of each batch shape compile kernels and choose cuDNN algorithms: kept out of the figures.
-    loadtest(record, workdir, f"image-b{batch}-warmup", direct, direct, IMAGE_MODELS, [*common, "--concurrency", str(max(levels))], 180)
+    models = IMAGE_MODELS if model == "image_pipeline" else (model,)
+    loadtest(record, workdir, f"{name}image-b{batch}-warmup", direct, direct, models, [*common, "--concurrency", str(max(levels))], 180)
     for level in levels:
         for route, url in (("direct", direct), ("gateway", gateway)):
             if url is None:
@@ -199,7 +204,7 @@ def image_runs(record, workdir, direct, gateway, levels, duration, workers, batc
             if record.left() < duration + 40:
                 record.note(f"image: skipped concurrency {level} {route} (time budget)")
                 continue
-            loadtest(record, workdir, f"image-b{batch}-c{level}-{route}", url, direct, IMAGE_MODELS,
+            loadtest(record, workdir, f"{name}image-b{batch}-c{level}-{route}", url, direct, models,
                      [*common, "--concurrency", str(level)], duration + 120)
 
 
@@ -235,6 +240,8 @@ def main(argv=None) -> int:
     parser.add_argument("--instances", nargs="*", default=[], metavar="MODEL=KIND:COUNT",
                         help="serve a copy of the repository with these instance groups")
     parser.add_argument("--no-gateway", action="store_true", help="direct runs only")
+    parser.add_argument("--extra-models", type=Path, nargs="*", default=[], help="model folders served beside the repository's")
+    parser.add_argument("--image-model", default="image_pipeline")
     parser.add_argument("--label", default="", help="prefix of this run's labels (several runs in one file)")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -243,7 +250,7 @@ def main(argv=None) -> int:
     began = time.monotonic()
     models = args.models or sorted(p.parent.name for p in args.repo.glob("*/config.pbtxt"))
     explicit = ["--model-control-mode=explicit", *(f"--load-model={m}" for m in models)] if args.models else []
-    repo = with_instances(args.repo, args.workdir / f"repository-{args.label or 'main'}", args.instances)
+    repo = with_instances(args.repo, args.workdir / f"repository-{args.label or 'main'}", args.instances, args.extra_models)
     record.note(f"{args.label}: instances {args.instances or 'as rendered'}")
     args.workdir = args.workdir / args.label if args.label else args.workdir
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -262,7 +269,7 @@ def main(argv=None) -> int:
         for spec in args.image_runs:
             batch, _, levels = spec.partition(":")
             image_runs(record, args.workdir, direct, through, [int(c) for c in levels.split(",")], args.duration,
-                       args.load_workers, int(batch))
+                       args.load_workers, int(batch), args.image_model)
     finally:
         if gateway is not None:
             terminate(gateway, 10)
