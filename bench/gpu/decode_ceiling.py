@@ -7,9 +7,10 @@
 from a moving synthetic scene, encoded with PyAV's libx264/libx265 (the H200 has no NVENC), saved
 as `clip-CODEC.bin` with the access units' sizes in `clip-CODEC.json`.
 `measure`: 1080p JPEGs (quality 90) through nvJPEG with torchvision's batched `decode_jpeg`, per
-batch size and with two decoding threads; the clips through NVDEC (`models.video_decode.NvDecDecoder`,
-the camera model's decoder) with 1 to N sessions in threads. Frames/s are wall-clock over whole
-decodes with the device synchronized, medians of `--repeat`.
+batch size and with two decoding threads; the whole image path in one process (decode, preprocess,
+ResNet-50, top-k) per batch size; the clips through NVDEC (`models.video_decode.NvDecDecoder`, the
+camera model's decoder) with 1 to N sessions in threads. Rates are wall-clock over whole calls with
+the device synchronized, medians of `--repeat`; an empty list skips that part.
 """
 
 from __future__ import annotations
