@@ -21,7 +21,7 @@ import grpc
 
 from gateway import wire
 from gateway.backends import Backend, BackendPool, NoBackendError
-from gateway.forwarding import Forwarder, UpstreamError, upstream_metadata
+from gateway.forwarding import Forwarder, UpstreamError, unreachable, upstream_metadata
 
 log = logging.getLogger("tritonfleet.gateway")
 
@@ -164,6 +164,7 @@ class StreamSession:
 
     async def _relay(self, upstream: _Upstream) -> None:
         """Pass one pod's responses to the client; when the pod is lost, end its sequences clearly."""
+        lost = None
         try:
             async for response in upstream.call:
                 model = wire.stream_response_model(response)
@@ -176,16 +177,19 @@ class StreamSession:
         except grpc.aio.AioRpcError as exc:
             if exc.code() != grpc.StatusCode.CANCELLED:
                 self._lose(upstream, exc)
+                lost = exc
         finally:
             for _ in range(upstream.counted):
                 self.pool.release(upstream.backend, None)
             upstream.counted = 0
             self.upstreams.pop(upstream.backend, None)
+        # Asked after the stream is let go, so that no message is sent on it meanwhile; a stream the pod
+        # itself ended (UNAVAILABLE included) leaves the pod in rotation.
+        if lost is not None and await unreachable(upstream.backend, lost):
+            self.pool.eject(upstream.backend, lost.details() or "stream lost")
 
     def _lose(self, upstream: _Upstream, exc: grpc.aio.AioRpcError) -> None:
         backend = upstream.backend
-        if exc.code() == grpc.StatusCode.UNAVAILABLE:
-            self.pool.eject(backend, exc.details() or "stream lost")
         reason = f"its pod {backend.address} was lost ({exc.code().name}: {exc.details()}); start it again"
         log.warning("upstream stream lost", extra={"backend": backend.address, "code": exc.code().name})
         for key in [k for k, b in self.sequences.items() if b is backend]:
