@@ -25,3 +25,15 @@ def metric(metrics_url: str, name: str, **labels: str) -> float:
     text = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
     return sum(sample.value for family in text_string_to_metric_families(text) for sample in family.samples
                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()))
+
+
+def served_since(servers, model: str, before: list[int], total: int, timeout: float = 20.0) -> list[int]:
+    """Each server's successful inferences of `model` since `before`, read once they add up to `total`
+    at least: a server counts a request in its statistics a moment after it has answered it."""
+    from tests.gateway.helpers import served_counts
+
+    def deltas() -> list[int]:
+        return [now - was for was, now in zip(before, served_counts(servers, model))]
+
+    wait_for(lambda: sum(deltas()) >= total, timeout)
+    return deltas()

@@ -21,7 +21,7 @@ from gateway.kubernetes_discovery import EndpointSliceDiscovery, endpoints_of
 from gateway.metrics import GatewayMetrics
 from tests.gateway.fake_kubernetes import FakeKubernetesApiServer, endpoint_slice
 from tests.gateway.helpers import GatewayProcess, add_one_inputs, served_counts
-from tests.gateway.polling import metric, wait_for
+from tests.gateway.polling import metric, served_since, wait_for
 
 
 def slice_objects(*endpoints):
@@ -268,5 +268,5 @@ def test_dns_discovery_resolves_a_name(fleet3, tmp_path):
         for _ in range(10):
             client_.infer("add_one", add_one_inputs())
         client_.close()
-        deltas = [after - b for b, after in zip(before, served_counts(fleet3, "add_one"))]
+        deltas = served_since(fleet3, "add_one", before, 10)
     assert deltas == [0, 10, 0]

@@ -17,7 +17,7 @@ from tritonclient.grpc import service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from tests.gateway.helpers import add_one_inputs, served_counts
-from tests.gateway.polling import metric
+from tests.gateway.polling import metric, served_since
 from tritonfleet.proxies import start_haproxy
 
 pytestmark = pytest.mark.slow
@@ -33,8 +33,8 @@ def send_sequentially(url: str, count: int) -> None:
         client.close()
 
 
-def shares(before: list[int], after: list[int]) -> list[float]:
-    deltas = [b - a for a, b in zip(before, after)]
+def shares(fleet, before: list[int]) -> list[float]:
+    deltas = served_since(fleet, "add_one", before, REQUESTS)
     assert sum(deltas) == REQUESTS, deltas
     return [d / REQUESTS for d in deltas]
 
@@ -42,25 +42,29 @@ def shares(before: list[int], after: list[int]) -> list[float]:
 def test_one_channel_spreads_through_the_gateway_but_not_through_l4(fleet3, gateway3, tmp_path):
     before = served_counts(fleet3, "add_one")
     send_sequentially(gateway3.url, REQUESTS)
-    through_gateway = shares(before, served_counts(fleet3, "add_one"))
+    through_gateway = shares(fleet3, before)
     assert all(abs(share - 1 / 3) <= 0.05 for share in through_gateway), through_gateway
 
     with start_haproxy([s.grpc_url for s in fleet3], tmp_path) as haproxy:
         before = served_counts(fleet3, "add_one")
         send_sequentially(haproxy.url, REQUESTS)
-        through_l4 = shares(before, served_counts(fleet3, "add_one"))
+        through_l4 = shares(fleet3, before)
     # One connection, one pod: the whole point of the gateway.
     assert max(through_l4) == 1.0, through_l4
 
 
-def test_sync_async_and_streaming_clients_work_unchanged(gateway3):
+def test_sync_async_and_streaming_clients_work_unchanged(gateway3, fleet3):
     client = grpcclient.InferenceServerClient(gateway3.url)
     assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("add_one")
     assert not client.is_model_ready("no_such_model")
     assert client.get_model_metadata("add_one").name == "add_one"
     assert client.get_model_config("add_one").config.name == "add_one"
     names = {model.name for model in client.get_model_repository_index().models}
-    assert names == {"add_one", "slow", "running_sum", "countdown"}
+    pod = grpcclient.InferenceServerClient(fleet3[0].grpc_url)
+    # The pods' repository, as the pods list it (every pod has the same one here).
+    assert names == {model.name for model in pod.get_model_repository_index().models}
+    assert {"add_one", "slow", "running_sum", "countdown"} <= names
+    pod.close()
     result = client.infer("add_one", add_one_inputs([1, 2, 3]), request_id="sync-1")
     np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), [2, 3, 4])
     assert result.get_response().id == "sync-1"

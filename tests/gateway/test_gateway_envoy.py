@@ -15,6 +15,7 @@ import tritonclient.grpc.aio as aioclient
 from tritonclient.utils import InferenceServerException
 
 from tests.gateway.helpers import TEST_REPOSITORY, GatewayProcess, add_one_inputs, served_counts
+from tests.gateway.polling import served_since
 from tritonfleet.proxies import start_envoy
 from tritonfleet.triton_server import start_fleet, stop_all
 
@@ -48,7 +49,7 @@ def test_envoy_balances_unary_calls_from_one_channel(fleet, envoy):
     for _ in range(150):
         client.infer("add_one", add_one_inputs())
     client.close()
-    deltas = [b - a for a, b in zip(before, served_counts(fleet, "add_one"))]
+    deltas = served_since(fleet, "add_one", before, 150)
     # Per request, but not evenly: on loopback Envoy 1.40's LEAST_REQUEST sent a one-at-a-time client
     # to two of three idle pods, alternating (measured 30/30/0); the gateway's test asks for ±5%.
     assert sum(deltas) == 150 and sum(1 for d in deltas if d) >= 2, deltas
@@ -86,7 +87,7 @@ def stream_spread(url: str, fleet, messages: int = 60) -> list[int]:
     client.stop_stream()
     client.close()
     assert answers.qsize() == messages and all(answers.get()[1] is None for _ in range(messages))
-    return [b - a for a, b in zip(before, served_counts(fleet, "add_one"))]
+    return served_since(fleet, "add_one", before, messages)
 
 
 def test_envoy_pins_a_stream_to_one_pod_the_gateway_spreads_it(fleet, envoy, gateway):
