@@ -146,6 +146,15 @@ class Pod:
         raise ChartRunError(f"pod {self.name}: no port named {port!r}")
 
 
+def podman_size(quantity: str) -> str:
+    """A Kubernetes quantity (512Mi, 2Gi) as podman writes sizes (512m, 2g)."""
+    text = str(quantity)
+    for suffix, short in (("Ki", "k"), ("Mi", "m"), ("Gi", "g"), ("Ti", "t")):
+        if text.endswith(suffix):
+            return text[: -len(suffix)] + short
+    return text
+
+
 def selects(selector: dict, labels: dict) -> bool:
     return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
 
@@ -214,17 +223,17 @@ class ChartRun:
     def _run_container(self, pod: Pod, container: dict, detach: bool) -> subprocess.CompletedProcess:
         name = f"tfr{self.run_id}-{pod.name}-{container['name']}"[:120]
         args = [*PODMAN, "run", "--pull=never", "--name", name, "--hostname", pod.name[:63],
-                "--network", f"ns:{pod.netns}", *self._security(pod, container)]
+                "--network", f"ns:{pod.netns}", *self.security_args(pod, container)]
         for entry in self.host_entries():
             args += ["--add-host", entry]
         for env in container.get("env", []):
             if "value" not in env:
                 raise ChartRunError(f"pod {pod.name}: env {env['name']} needs a valueFrom, which the runner lacks")
             args += ["-e", f"{env['name']}={env['value']}"]
-        args += self._volumes(pod, container)
+        args += self.volume_args(pod, container)
         limits = container.get("resources", {}).get("limits", {})
         if "memory" in limits:
-            args += ["--memory", str(limits["memory"]).replace("Gi", "g").replace("Mi", "m")]
+            args += ["--memory", podman_size(limits["memory"])]
         if "command" in container:
             args += ["--entrypoint", json.dumps(container["command"])]
         args += ["-d"] if detach else []
@@ -233,7 +242,7 @@ class ChartRun:
         return run(*args, check=detach, timeout=600)
 
     @staticmethod
-    def _security(pod: Pod, container: dict) -> list[str]:
+    def security_args(pod: Pod, container: dict) -> list[str]:
         pod_ctx, ctx = pod.spec.get("securityContext", {}), container.get("securityContext", {})
         user, group = ctx.get("runAsUser", pod_ctx.get("runAsUser")), ctx.get("runAsGroup", pod_ctx.get("runAsGroup"))
         args = []
@@ -249,7 +258,7 @@ class ChartRun:
             args += ["--cap-drop", cap]
         return args
 
-    def _volumes(self, pod: Pod, container: dict) -> list[str]:
+    def volume_args(self, pod: Pod, container: dict) -> list[str]:
         volumes = {v["name"]: v for v in pod.spec.get("volumes", [])}
         args = []
         for mount in container.get("volumeMounts", []):
@@ -260,9 +269,10 @@ class ChartRun:
             elif "emptyDir" in volume:
                 size = volume["emptyDir"].get("sizeLimit")
                 if path == "/dev/shm":
-                    args += ["--shm-size", str(size or "64Mi").replace("Gi", "g").replace("Mi", "m")]
+                    # podman mounts its own /dev/shm; its size is the emptyDir's.
+                    args += ["--shm-size", podman_size(size or "64Mi")]
                 else:
-                    args += ["--tmpfs", f"{path}:rw,mode=1777" + (f",size={size.replace('Gi', 'g').replace('Mi', 'm')}" if size else "")]
+                    args += ["--tmpfs", f"{path}:rw,mode=1777" + (f",size={podman_size(size)}" if size else "")]
             else:
                 raise ChartRunError(f"pod {pod.name}: volume {mount['name']} is neither a ConfigMap nor an emptyDir")
         return args
