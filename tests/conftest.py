@@ -67,6 +67,13 @@ def pytest_runtest_call(item):
         return (yield)
 
 
+@pytest.fixture
+def triton_runs_here() -> None:
+    """For tests that start Triton in a child process (the CLI): skip, with the reason, where the
+    Python-backend stub cannot load, before the child fails with it."""
+    check_triton_stub()
+
+
 def live_process_groups(servers: list[TritonServer]) -> list[int]:
     """Process groups of these servers that still hold a process (the server or a backend stub).
 

@@ -12,7 +12,7 @@ from tritonfleet.processes import command_lines_containing
 pytestmark = pytest.mark.slow
 
 
-def test_demo_runs_image_and_video_load_through_the_gateway_and_stops_everything(tmp_path):
+def test_demo_runs_image_and_video_load_through_the_gateway_and_stops_everything(tmp_path, triton_runs_here):
     workdir, reports = tmp_path / "demo", tmp_path / "reports"
     run = subprocess.run(
         [sys.executable, "-m", "tritonfleet.cli", "demo", "--stack", str(DEFAULT_STACK),

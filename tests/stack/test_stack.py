@@ -130,7 +130,7 @@ def test_an_optional_service_whose_inputs_are_missing_is_skipped_with_the_reason
         assert "{nothing.here}" in stack.skipped["c"]
 
 
-def test_up_runs_until_ctrl_c_and_stops_everything(tmp_path):
+def test_up_runs_until_ctrl_c_and_stops_everything(tmp_path, triton_runs_here):
     workdir = tmp_path / "up"
     up = subprocess.Popen(
         [sys.executable, "-m", "tritonfleet.cli", "up", "--stack", str(DEFAULT_STACK), "--workdir", str(workdir)],

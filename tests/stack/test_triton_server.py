@@ -180,7 +180,7 @@ def start_servers_cli(workdir, count: int = 1) -> subprocess.Popen:
 
 
 @pytest.mark.parametrize("how", ["ctrl-c", "kill -9 of the launcher"])
-def test_no_server_outlives_the_launcher(tmp_path, how):
+def test_no_server_outlives_the_launcher(tmp_path, how, triton_runs_here):
     workdir = tmp_path / "servers"
     launcher = start_servers_cli(workdir)
     assert processes_mentioning(str(workdir)), "the launched server should be running"
