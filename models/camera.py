@@ -109,7 +109,7 @@ class CameraStreams:
         if len(self.streams) >= self.max_decoders:
             raise DecoderLimit(
                 f"decoder limit reached: this instance decodes {self.max_decoders} camera streams "
-                f"(MAX_DECODERS); stream {stream} was not admitted (RESOURCE_EXHAUSTED), retry later "
+                f"(MAX_DECODERS); stream {stream} was not admitted, retry later "
                 "or on another instance"
             )
         session = self.streams[stream] = CameraStream(codec, self.make_decoder(codec), last_seen=self.clock())
