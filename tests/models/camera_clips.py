@@ -7,7 +7,6 @@ import fractions
 
 import av
 import numpy as np
-import torch
 import tritonclient.grpc as grpcclient
 
 from models.camera import CameraAnalyzer, CameraFrameIn, luma_frame
@@ -78,8 +77,3 @@ def codec_input(codec: str) -> grpcclient.InferInput:
     tensor = grpcclient.InferInput("CODEC", [1, 1], "BYTES")
     tensor.set_data_from_numpy(np.array([[codec.encode()]], dtype=np.object_))
     return tensor
-
-
-def luma_planes(codec: str, units: list[bytes]) -> list[torch.Tensor]:
-    decoder = PyAVDecoder(codec)
-    return [p.luma for unit in units for p in decoder.decode(unit)] + [p.luma for p in decoder.flush()]

@@ -198,21 +198,22 @@ def test_bad_requests_are_invalid_argument(client, units, codec, message):
 
 
 class FakeDecoder:
-    closed = 0
+    def __init__(self, closed: list):
+        self.closed = closed
 
     def close(self):
-        FakeDecoder.closed += 1
+        self.closed.append(self)
 
 
 def test_silent_streams_give_their_decoder_back():
-    now = [0.0]
-    streams = CameraStreams(lambda codec: FakeDecoder(), max_decoders=1, idle_timeout_s=60, clock=lambda: now[0])
+    now, closed = [0.0], []
+    streams = CameraStreams(lambda codec: FakeDecoder(closed), max_decoders=1, idle_timeout_s=60, clock=lambda: now[0])
     streams.open(1, "h264")
     with pytest.raises(DecoderLimit):
         streams.open(2, "h264")
     now[0] = 61.0
     streams.open(2, "h264")  # stream 1 went silent: its session is freed for the new camera
-    assert list(streams.streams) == [2] and FakeDecoder.closed == 1
+    assert list(streams.streams) == [2] and len(closed) == 1
     with pytest.raises(StreamError, match="idled out"):
         streams.get(1)
 
