@@ -94,6 +94,9 @@ build() {  # build <image> <extra inputs...>
       -t "$name" . >/dev/null
   fi
   podman tag "$name" "localhost/tritonfleet/$image:$VARIANT"
+  # Older builds of this image and variant go (their shared layers stay); one still in use stays too.
+  podman images --format '{{.Repository}}:{{.Tag}}' "localhost/tritonfleet/$image" \
+    | grep ":$VARIANT-" | grep -v ":$tag\$" | xargs -r podman rmi >/dev/null 2>&1 || true
   if [ "$ARCHIVES" = 1 ] && [ ! -f "$OUT/$image-$tag.oci.tar" ]; then
     rm -f "$OUT/$image-$VARIANT-"*.oci.tar
     podman save --quiet --format oci-archive -o "$OUT/$image-$tag.oci.tar" "$name"

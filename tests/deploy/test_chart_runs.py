@@ -97,6 +97,9 @@ def test_an_image_saved_as_an_oci_archive_is_one_skopeo_reads(images, tmp_path):
 
 def test_triton_pods_load_only_the_explicitly_named_model(cluster):
     for pod in pods_of(cluster, "triton"):
+        # The same Triton as the local stack and every test: the locked nvidia-pytriton's 2.51.
+        metadata = json.loads(urllib.request.urlopen(f"http://{pod.ip}:8000/v2", timeout=10).read())
+        assert metadata["version"] == "2.51.0", metadata
         request = urllib.request.Request(f"http://{pod.ip}:8000/v2/repository/index", data=b"{}", method="POST")
         index = json.loads(urllib.request.urlopen(request, timeout=10).read())
         ready = sorted(m["name"] for m in index if m.get("state") == "READY")
