@@ -35,6 +35,7 @@ def parse_header(text: str) -> tuple[str, str]:
 
 
 def validate_metadata(metadata: Metadata) -> None:
+    """Refuse (ValueError) metadata that gRPC would reject or that would spoof its own headers."""
     for key, value in metadata:
         if not _KEY.match(key):
             raise ValueError(f"metadata key {key!r} may hold only a-z, 0-9, '-', '_' and '.'")
@@ -47,6 +48,7 @@ def validate_metadata(metadata: Metadata) -> None:
 
 
 def open_channel(url: str) -> grpc.aio.Channel:
+    """An insecure channel to `url` with its own TCP connection and no message size limits."""
     return grpc.aio.insecure_channel(url, options=[
         ("grpc.max_send_message_length", -1),
         ("grpc.max_receive_message_length", -1),

@@ -107,6 +107,7 @@ _V1_DERIVED = ("workload", "level")
 
 
 def config_from_dict(kind: str, data: dict) -> "ImageConfig | VideoConfig":
+    """A saved result's config dict as the record of its workload `kind`."""
     if kind not in CONFIGS:
         raise ValueError(f"unknown workload {kind!r} in result (want one of {sorted(CONFIGS)})")
     return CONFIGS[kind].from_dict(data)

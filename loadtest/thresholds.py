@@ -71,6 +71,7 @@ class Miss:
 
 
 def flag(name: str) -> str:
+    """A `Thresholds` field name as its command-line flag: max_p99_ms -> --max-p99-ms."""
     return "--" + name.replace("_", "-")
 
 

@@ -22,6 +22,7 @@ INPUTS = [
 
 
 def outputs(k: int, grid: tuple[int, int]) -> list[dict]:
+    """The model's outputs for top-`k` labels and a motion `grid`, as config.pbtxt declares them."""
     return [
         {"name": "STATUS", "data_type": "TYPE_STRING", "dims": [1]},
         {"name": "FRAMES_DECODED", "data_type": "TYPE_INT64", "dims": [1]},
@@ -38,6 +39,7 @@ def outputs(k: int, grid: tuple[int, int]) -> list[dict]:
 
 
 def build_service(args: dict) -> tuple[CameraService, list[str], torch.device]:
+    """The instance's camera service, class labels and device, from its config parameters."""
     config = triton_io.load_config(args)
     params = triton_io.parameters(config)
     device = triton_io.instance_device(args)
@@ -63,6 +65,7 @@ def _nvdec_low_latency(params: dict) -> bool:
 
 
 def camera_request(request) -> CameraRequest:
+    """One Triton request as a `CameraRequest`; an unknown CODEC is a ValueError."""
     codec = triton_io.input_bytes(request, "CODEC")
     return CameraRequest(
         stream=request.correlation_id(),
@@ -105,6 +108,7 @@ def _labels_output(frames, labels: list[str], k: int):
 
 
 def error_response(exc: Exception):
+    """A failed request's response: UNAVAILABLE at the decoder limit, else `triton_io.error_response`."""
     if isinstance(exc, DecoderLimit):
         # The 2.51 Python backend has no RESOURCE_EXHAUSTED; UNAVAILABLE is the status that tells a
         # client (or a gateway) to try again later or elsewhere.

@@ -66,10 +66,12 @@ def nal_types(codec: str, access_unit: bytes) -> list[int]:
 
 
 def is_keyframe(codec: str, types: list[int]) -> bool:
+    """Whether an access unit of these NAL types starts a picture a decoder can join at."""
     return bool(set(types) & (_H264_KEY if codec == "h264" else _HEVC_KEY))
 
 
 def has_picture_data(codec: str, types: list[int]) -> bool:
+    """Whether an access unit of these NAL types carries a picture (not only parameter sets or SEI)."""
     return bool(set(types) & (_H264_VCL if codec == "h264" else _HEVC_VCL))
 
 
@@ -242,6 +244,7 @@ def _current_cuda_context() -> int:
 
 
 def nvdec_available() -> bool:
+    """Whether PyNvVideoCodec (NVDEC) can be imported here."""
     try:
         import PyNvVideoCodec  # noqa: F401
     except ImportError:
