@@ -8,6 +8,8 @@ import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.gateway.helpers import served_counts
+
 
 def wait_for(condition, timeout: float = 20.0, interval: float = 0.02) -> bool:
     """Whether `condition()` came true within `timeout` seconds."""
@@ -30,7 +32,6 @@ def metric(metrics_url: str, name: str, **labels: str) -> float:
 def served_since(servers, model: str, before: list[int], total: int, timeout: float = 20.0) -> list[int]:
     """Each server's successful inferences of `model` since `before`, read once they add up to `total`
     at least: a server counts a request in its statistics a moment after it has answered it."""
-    from tests.gateway.helpers import served_counts
 
     def deltas() -> list[int]:
         return [now - was for was, now in zip(before, served_counts(servers, model))]
