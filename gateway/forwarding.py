@@ -76,8 +76,10 @@ def model_missing(exc: grpc.aio.AioRpcError) -> bool:
 
 
 _SERVER_LIVE = service_pb2.ServerLiveRequest().SerializeToString()
-# How long a pod has to answer ServerLive after an UNAVAILABLE before it counts as unreachable.
-PROBE_TIMEOUT_S = 1.0
+# How long a pod has to answer ServerLive after an UNAVAILABLE before it counts as unreachable. A
+# dead pod fails the probe at once (refused or reset), so the bound only matters for a live pod on a
+# busy node, which must not be ejected for answering slowly; a frozen pod is caught by keepalive too.
+PROBE_TIMEOUT_S = 3.0
 
 
 async def unreachable(backend: Backend, exc: grpc.aio.AioRpcError) -> bool:
