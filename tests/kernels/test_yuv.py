@@ -190,17 +190,20 @@ def test_letterbox_border_is_the_pad_colour(device):
         (torch.zeros(8, 8, dtype=torch.uint8), torch.zeros(4, 4, 2, dtype=torch.uint8), {"std": (1.0, 0.0, 1.0)}, "zeros"),
     ],
 )
-def test_bad_input_is_a_value_error(y, uv, kwargs, message):
+def test_bad_input_is_a_value_error(y, uv, kwargs, message, device):
+    # On the device the kernels run on: CPU tensors on a CUDA machine would stop at the dispatcher.
+    y, uv = (t.to(device) if isinstance(t, torch.Tensor) else t for t in (y, uv))
     with pytest.raises(ValueError, match=message):
         nv12_to_tensor(y, uv, (4, 4), **kwargs)
     with pytest.raises(ValueError, match=message):
         nv12_to_tensor_reference(y, uv, (4, 4), **kwargs)
 
 
-def test_bad_i420_planes_are_a_value_error():
-    y = torch.zeros(8, 8, dtype=torch.uint8)
+def test_bad_i420_planes_are_a_value_error(device):
+    y = torch.zeros(8, 8, dtype=torch.uint8, device=device)
     with pytest.raises(ValueError, match=r"v must be \(4, 4\)"):
-        i420_to_tensor(y, torch.zeros(4, 4, dtype=torch.uint8), torch.zeros(4, 5, dtype=torch.uint8), (4, 4))
+        i420_to_tensor(y, torch.zeros(4, 4, dtype=torch.uint8, device=device),
+                       torch.zeros(4, 5, dtype=torch.uint8, device=device), (4, 4))
 
 
 @pytest.mark.parametrize("split", [split_nv12, split_i420])
