@@ -301,7 +301,7 @@ class ClientConnection(http2.Connection):
     def done(self, call: Call) -> None:
         self.calls.pop(call.stream_id, None)
         if self.door.closing and not self.calls:
-            self.close()
+            self.finish_sending()
 
 
 class FrontDoor:
@@ -353,11 +353,19 @@ class FrontDoor:
         for client in list(self.clients):
             client.goaway(client.last_stream_id)
             if not client.calls:
-                client.close()
+                client.finish_sending()
         http2.flush()
         deadline = time.monotonic() + grace
         while any(c.calls for c in self.clients) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
+        for client in list(self.clients):
+            client.finish_sending()
+        # Closing a socket whose peer is still sending makes the kernel answer with a reset, and a reset
+        # discards what the peer has not read yet: the last trailers of a loaded client, which then sees
+        # "Socket closed". So each client is sent FIN and closes the connection itself (gRPC clients do
+        # once GOAWAY came and their streams ended); the process exits only after that, or the grace.
+        while self.clients and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
         for client in list(self.clients):
             client.close()
         for upstream in [*self._upstreams.values(), self._internal]:

@@ -199,6 +199,7 @@ class Connection(asyncio.Protocol):
         self.client = client
         self.transport: asyncio.Transport | None = None
         self.closed = False
+        self.eof_sent = False  # FIN went out: nothing more may be written, though the peer still is read
         self.decoder = HeaderDecoder()
         # A smaller dynamic table the peer asked for, announced at the start of the next header block.
         self._table_size_update: int | None = None
@@ -434,7 +435,7 @@ class Connection(asyncio.Protocol):
     # ---- frames out ---------------------------------------------------------------------------
 
     def send(self, chunk) -> None:
-        if self.closed:
+        if self.closed or self.eof_sent:
             return
         if not self._out:
             _dirty.append(self)
@@ -541,6 +542,18 @@ class Connection(asyncio.Protocol):
     def close(self) -> None:
         flush()
         if self.transport is not None:
+            self.transport.close()
+
+    def finish_sending(self) -> None:
+        """Send what is queued, then FIN; keep reading until the peer closes its side (then the
+        transport closes, since `eof_received` returns None)."""
+        flush()
+        if self.transport is None or self.closed or self.eof_sent:
+            return
+        self.eof_sent = True
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        else:
             self.transport.close()
 
     # ---- what the streams carry (subclasses) ---------------------------------------------------
