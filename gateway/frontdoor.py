@@ -24,7 +24,8 @@ from urllib.parse import quote, unquote
 
 import grpc
 
-from gateway import http2, wire
+from gateway import wire
+from gateway.transport import connection as http2
 from gateway.backends import Backend, BackendPool, NoBackendError
 from gateway.forwarding import RetryBudget, says_model_missing
 from gateway.metrics import GatewayMetrics
@@ -115,7 +116,6 @@ class UpstreamConnection(http2.Connection):
         queued, self._queued = self._queued, []
         for call, headers, body, end in queued:
             self.start(call, headers, body, end)
-        http2.flush()
 
     def start(self, call: Call, headers, body: list | None, end: bool) -> None:
         """Open a stream for `call` with `headers`, then the `body` pieces (None: DATA follows as it comes)."""
@@ -341,7 +341,6 @@ class FrontDoor:
                                      if not c.closed and (c.busy or not c.going_away)}
             for connection in self._pod_connections:
                 connection.keepalive(self.keepalive_timeout_s)
-            http2.flush()
 
     async def drain(self, grace: float) -> None:
         """Stop accepting, tell clients to go (GOAWAY), let calls in flight finish within `grace`."""
@@ -354,7 +353,6 @@ class FrontDoor:
             client.goaway(client.last_stream_id)
             if not client.calls:
                 client.finish_sending()
-        http2.flush()
         deadline = time.monotonic() + grace
         while any(c.calls for c in self.clients) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
@@ -386,10 +384,8 @@ class FrontDoor:
                 await asyncio.wait_for(loop.create_connection(lambda: connection, host, port), timeout)
             except TimeoutError:
                 connection.on_lost(ConnectionError(f"no connection within {timeout:g} s"))
-                http2.flush()
             except OSError as exc:
                 connection.on_lost(exc)
-                http2.flush()
 
         loop.create_task(connect())
         return connection
@@ -403,7 +399,6 @@ class FrontDoor:
         connection = self._upstreams.pop(backend, None)
         if connection is not None:
             connection.retire()
-            http2.flush()
 
     def upstream_for(self, backend: Backend) -> UpstreamConnection:
         connection = self._upstreams.get(backend)
@@ -467,7 +462,6 @@ class FrontDoor:
                 self.pool.release(backend, None)
             else:
                 self._send(call, backend)
-        http2.flush()
 
     def _send(self, call: Call, backend: Backend) -> None:
         call.backend = backend

@@ -15,7 +15,7 @@ import tritonclient.grpc.aio as aioclient
 from tritonclient.grpc import service_pb2
 from tritonclient.utils import InferenceServerException
 
-from gateway import http2
+from gateway.transport.connection import Connection
 from gateway.frontdoor import format_timeout, parse_timeout
 from tests.gateway.helpers import GatewayProcess, add_one_inputs, served_counts
 from tests.gateway.polling import served_since
@@ -120,7 +120,7 @@ def test_grpc_timeout_headers_round_trip():
     assert format_timeout(0) == "1u"
 
 
-class RawClient(http2.Connection):
+class RawClient(Connection):
     """An HTTP/2 client that sends a gRPC call's DATA frames exactly as cut by the test."""
 
     def __init__(self):
@@ -145,10 +145,8 @@ class RawClient(http2.Connection):
         self._done[stream_id] = asyncio.Event()
         self.open_stream(stream_id)
         self.send_headers(stream_id, headers, not pieces)
-        http2.flush()
         for index, piece in enumerate(pieces):
             self.send_data(stream_id, piece, index == len(pieces) - 1)
-            http2.flush()
             await asyncio.sleep(0.01)  # each DATA frame in a read of its own, as a slow client sends them
         await asyncio.wait_for(self._done[stream_id].wait(), 30)
 

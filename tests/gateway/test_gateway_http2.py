@@ -8,8 +8,9 @@ import random
 import hpack
 import pytest
 
-from gateway.http2 import (DATA, END_HEADERS, END_STREAM, HEADERS, PREFACE, RST_STREAM, SETTINGS, Connection,
-                           HeaderDecoder, _integer, encode_headers, frame)
+from gateway.transport.connection import Connection
+from gateway.transport.h2 import (DATA, END_HEADERS, END_STREAM, HEADERS, PREFACE, RST_STREAM, SETTINGS, HeaderDecoder,
+                                  _integer, encode_headers, frame)
 
 GRPC_REQUEST = [(":method", "POST"), (":scheme", "http"), (":path", "/inference.GRPCInferenceService/ModelInfer"),
                 (":authority", "127.0.0.1:8001"), ("content-type", "application/grpc"), ("te", "trailers"),

@@ -12,13 +12,14 @@ from gateway.backends import BackendPool
 from gateway.forwarding import RetryBudget
 from gateway.frontdoor import MAX_PINGS_WITHOUT_DATA, FrontDoor, UpstreamConnection
 from gateway.metrics import GatewayMetrics
-from gateway.http2 import ACK, PING, flush, frame
+from gateway.transport.h2 import ACK, PING, frame
 
 
 class RecordingTransport:
     """Keeps what the connection writes; `abort` records that the connection was dropped."""
 
-    def __init__(self):
+    def __init__(self, connection):
+        self.connection = connection
         self.written = bytearray()
         self.aborted = False
 
@@ -37,7 +38,7 @@ class RecordingTransport:
 
     def pings(self) -> list[bytes]:
         """The payloads of the PINGs (not ACKs) written so far."""
-        flush()  # what the connections gathered in this turn of the event loop
+        self.connection.write_out()  # what the connection buffered in this turn of the event loop
         found, data, position = [], bytes(self.written), 24  # after the client preface
         while position + 9 <= len(data):
             size = int.from_bytes(data[position:position + 3], "big")
@@ -50,7 +51,7 @@ class RecordingTransport:
 
 def _connection_with_a_waiting_call() -> tuple[UpstreamConnection, RecordingTransport]:
     connection = UpstreamConnection(door=None)
-    transport = RecordingTransport()
+    transport = RecordingTransport(connection)
     connection.connection_made(transport)
     connection.calls[1] = object()  # a call waiting for its answer
     return connection, transport

@@ -1,202 +1,41 @@
-"""Just enough HTTP/2 (RFC 9113) to pass gRPC calls through frame by frame.
+"""One HTTP/2 connection on an asyncio transport, server or client side.
 
-`Connection` is one HTTP/2 connection, server or client side: it reads frames, answers SETTINGS and
-PING, keeps the HPACK state, and sends DATA within the peer's flow-control windows, queueing what does
-not fit until a WINDOW_UPDATE. What the streams carry is left to subclasses (`on_headers`, `on_data`,
-`on_reset`, `on_goaway`, `on_lost`).
+`Connection` reads frames, answers SETTINGS and PING, keeps the HPACK state, and sends DATA within the
+peer's flow-control windows, queueing what does not fit until a WINDOW_UPDATE. What the streams carry
+is left to subclasses (`on_headers`, `on_data`, `on_reset`, `on_goaway`, `on_ping_ack`, `on_lost`).
 
-Headers: blocks the gateway sends use literals without indexing, so they never touch the peer's
-dynamic table and the same headers are always the same bytes (cached); blocks it receives are decoded
-by hpack, and a block that left the table unchanged is cached until the table changes.
+Writes: what a connection sends goes into its own output buffer, written once per turn of the event
+loop (scheduled on the first write of the turn), so a turn's frames leave in one system call and
+callers never flush. Large outputs go to the socket as a list of chunks.
 
-Receiving: the gateway holds whole messages (it buffers a request before picking its pod), so received
-bytes are granted back at once, in large steps, from a 16 MiB window. Writes of one event-loop turn are
-gathered per connection and written together by `flush()`, one system call per connection. DATA
-payloads are never copied on the way through: received ones are views of the read (a payload longer
-than what one read brought is handed on in pieces, one per read), and large outputs go to the socket
-as a list of chunks.
+Receiving: DATA payloads are never copied on the way through: received ones are views of the read (a
+payload longer than what one read brought is handed on in pieces, one per read). Received bytes are
+granted back to the peer in large steps from a 16 MiB window: at once as they arrive, or, with
+`manual_flow`, only once the upper layer says it no longer holds them (`consumed`), so that what a
+peer may have buffered in the gateway is bounded by what was granted.
 """
 
 from __future__ import annotations
 
 import asyncio
-import struct
 from collections import deque
 
 import hpack
-import hpack.table
 
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-
-DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = range(10)
-END_STREAM = 0x1
-ACK = 0x1
-END_HEADERS = 0x4
-PADDED = 0x8
-PRIORITY_FLAG = 0x20
-
-SETTINGS_HEADER_TABLE_SIZE = 0x1
-SETTINGS_ENABLE_PUSH = 0x2
-SETTINGS_INITIAL_WINDOW_SIZE = 0x4
-SETTINGS_MAX_FRAME_SIZE = 0x5
-
-NO_ERROR, PROTOCOL_ERROR, INTERNAL_ERROR, FLOW_CONTROL_ERROR = 0x0, 0x1, 0x2, 0x3
-REFUSED_STREAM, CANCEL = 0x7, 0x8
-
-DEFAULT_WINDOW = 65_535
-DEFAULT_MAX_FRAME = 16_384
-RECEIVE_WINDOW = 1 << 24
-RECEIVE_MAX_FRAME = 1 << 20
-# Received bytes are granted back once this many have arrived, so most calls send no WINDOW_UPDATE.
-GRANT_STEP = 1 << 20
-MAX_STREAM_ID = (1 << 31) - 1
-
-
-class ProtocolError(Exception):
-    """The peer broke HTTP/2; the connection ends with GOAWAY."""
-
-
-# A frame header: 24-bit length (as 16 + 8 bits), type, flags, stream id (RFC 9113 4.1).
-_FRAME_HEADER = struct.Struct(">HBBBI")
-# A turn's output larger than this goes to the socket as a list of chunks; smaller, as one joined copy.
-WRITELINES_FROM = 1 << 14
-
-
-def frame_header(kind: int, flags: int, stream_id: int, size: int) -> bytes:
-    return _FRAME_HEADER.pack(size >> 8, size & 0xFF, kind, flags, stream_id)
-
-
-def frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
-    return frame_header(kind, flags, stream_id, len(payload)) + payload
-
-
-def settings_payload(values: dict[int, int]) -> bytes:
-    return b"".join(key.to_bytes(2, "big") + value.to_bytes(4, "big") for key, value in values.items())
-
-
-def window_update(stream_id: int, increment: int) -> bytes:
-    return frame(WINDOW_UPDATE, 0, stream_id, increment.to_bytes(4, "big"))
-
-
-def rst_stream(stream_id: int, code: int) -> bytes:
-    return frame(RST_STREAM, 0, stream_id, code.to_bytes(4, "big"))
-
-
-def unpad(flags: int, payload: bytes) -> bytes:
-    if flags & PADDED:
-        if not payload or payload[0] >= len(payload):
-            raise ProtocolError("padding longer than the frame")
-        return payload[1 : len(payload) - payload[0]]
-    return payload
-
-
-# ---- HPACK -----------------------------------------------------------------------------------------
-
-_STATIC_NAMES: dict[str, int] = {}
-for _index, (_name, _value) in enumerate(hpack.table.HeaderTable.STATIC_TABLE, 1):
-    _STATIC_NAMES.setdefault(_name.decode(), _index)
-
-
-def _integer(value: int, prefix_bits: int, first: int = 0) -> bytes:
-    """An HPACK integer (RFC 7541 5.1) in a `prefix_bits` prefix, OR-ed into `first`."""
-    limit = (1 << prefix_bits) - 1
-    if value < limit:
-        return bytes((first | value,))
-    out = bytearray((first | limit,))
-    value -= limit
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def _string(text: str) -> bytes:
-    data = text.encode()
-    return _integer(len(data), 7) + data
-
-
-def _field(name: str, value: str) -> bytes:
-    """A literal header field without indexing (RFC 7541 6.2.2), the name from the static table if there."""
-    index = _STATIC_NAMES.get(name)
-    if index is not None:
-        return _integer(index, 4) + _string(value)
-    return b"\x00" + _string(name) + _string(value)
-
-
-_encoded: dict[tuple, bytes] = {}
-
-
-def encode_headers(headers) -> bytes:
-    """A header block that leaves the peer's dynamic table alone, so the same headers always give the
-    same bytes: gRPC answers repeat theirs, and the blocks are cached (a bounded cache)."""
-    key = tuple(headers)
-    block = _encoded.get(key)
-    if block is None:
-        block = b"".join([_field(name, value) for name, value in key])
-        if len(_encoded) >= 1024:
-            _encoded.clear()
-        _encoded[key] = block
-    return block
-
-
-class _TrackedTable(hpack.table.HeaderTable):
-    """hpack's dynamic table, counting its changes."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.changes = 0
-
-    def add(self, name, value) -> None:
-        self.changes += 1
-        super().add(name, value)
-
-    def _set_maxsize(self, newmax: int) -> None:
-        self.changes += 1
-        hpack.table.HeaderTable.maxsize.fset(self, newmax)
-
-    maxsize = property(hpack.table.HeaderTable.maxsize.fget, _set_maxsize)
-
-
-class HeaderDecoder:
-    """hpack's decoder with a cache: a block that left the dynamic table as it was decodes to the same
-    headers for as long as the table stays unchanged, which in steady gRPC traffic is every block."""
-
-    def __init__(self) -> None:
-        self._decoder = hpack.Decoder()
-        self._decoder.max_allowed_table_size = 1 << 16
-        self._table = self._decoder.header_table = _TrackedTable()
-        self._cache: dict[bytes, tuple[int, list]] = {}
-
-    def decode(self, block: bytes) -> list[tuple[str, str]]:
-        changes = self._table.changes
-        hit = self._cache.get(block)
-        if hit is not None and hit[0] == changes:
-            return hit[1]
-        headers = self._decoder.decode(block, raw=False)
-        if self._table.changes == changes:
-            if len(self._cache) >= 64:
-                self._cache.clear()
-            self._cache[block] = (changes, headers)
-        return headers
-
-
-# ---- connections ------------------------------------------------------------------------------------
-
-_dirty: list["Connection"] = []
-
-
-def flush() -> None:
-    """Write what every connection gathered in this turn of the event loop."""
-    while _dirty:
-        _dirty.pop().write_out()
+from gateway.transport.h2 import *  # noqa: F403 - the frame constants are this module's vocabulary
+from gateway.transport.h2 import (_FRAME_HEADER, WRITELINES_FROM, HeaderDecoder, ProtocolError, _integer,
+                                  encode_headers, frame, frame_header, rst_stream, settings_payload, unpad,
+                                  window_update)
 
 
 class Connection(asyncio.Protocol):
     """One HTTP/2 connection; `client` says which side of it the gateway is."""
 
-    def __init__(self, client: bool):
+    def __init__(self, client: bool, limits=None, manual_flow: bool = False):
         self.client = client
+        self.limits = limits
+        self.manual_flow = manual_flow
+        self._write_scheduled = False
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.eof_sent = False  # FIN went out: nothing more may be written, though the peer still is read
@@ -236,7 +75,6 @@ class Connection(asyncio.Protocol):
             settings[SETTINGS_ENABLE_PUSH] = 0
         self.send(start + frame(SETTINGS, 0, 0, settings_payload(settings))
                   + window_update(0, RECEIVE_WINDOW - DEFAULT_WINDOW))
-        flush()
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -250,8 +88,6 @@ class Connection(asyncio.Protocol):
             self._frames(data, position)
         except (ProtocolError, hpack.HPACKError) as exc:
             self.fail(str(exc))
-        finally:
-            flush()
 
     def _frames(self, data: bytes, position: int) -> None:
         """Handle the frames in `data` from `position`; keep the start of one that is not complete."""
@@ -342,7 +178,6 @@ class Connection(asyncio.Protocol):
         self.closed = True
         self._waiting.clear()
         self.on_lost(exc)
-        flush()
 
     # ---- frames in ----------------------------------------------------------------------------
 
@@ -418,7 +253,22 @@ class Connection(asyncio.Protocol):
         self._resume()
 
     def _take(self, stream_id: int, size: int, ended: bool) -> None:
-        """Grant received bytes back to the peer in steps of GRANT_STEP."""
+        """Count received bytes; unless flow control is manual, they are granted back at once."""
+        if not self.manual_flow:
+            self._grant(stream_id, size, ended)
+        elif ended:
+            self._stream_taken.pop(stream_id, None)
+        else:
+            self._stream_taken.setdefault(stream_id, 0)
+
+    def consumed(self, stream_id: int, size: int) -> None:
+        """The upper layer no longer holds `size` received bytes of `stream_id`: with manual flow
+        control, they may now be granted back to the peer (until then its windows stay shrunk)."""
+        if self.manual_flow:
+            self._grant(stream_id, size, stream_id not in self._stream_taken)
+
+    def _grant(self, stream_id: int, size: int, ended: bool) -> None:
+        """Grant bytes back to the peer in steps of GRANT_STEP; a stream that ended needs no more."""
         self._taken += size
         if self._taken >= GRANT_STEP:
             self.send(window_update(0, self._taken))
@@ -437,12 +287,22 @@ class Connection(asyncio.Protocol):
     def send(self, chunk) -> None:
         if self.closed or self.eof_sent:
             return
-        if not self._out:
-            _dirty.append(self)
+        if not self._write_scheduled:
+            self._schedule_write()
         self._out.append(chunk)
         self._out_size += len(chunk)
 
+    def _schedule_write(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # driven by hand, without an event loop: the caller calls write_out()
+            return
+        self._write_scheduled = True
+        loop.call_soon(self.write_out)
+
     def write_out(self) -> None:
+        """Write what this connection buffered; the scheduled write of each turn calls this."""
+        self._write_scheduled = False
         out, self._out = self._out, []
         size, self._out_size = self._out_size, 0
         if out and self.transport is not None and not self.closed:
@@ -535,19 +395,19 @@ class Connection(asyncio.Protocol):
 
     def fail(self, reason: str) -> None:
         self.goaway(0, PROTOCOL_ERROR)
-        flush()
+        self.write_out()
         if self.transport is not None:
             self.transport.close()
 
     def close(self) -> None:
-        flush()
+        self.write_out()
         if self.transport is not None:
             self.transport.close()
 
     def finish_sending(self) -> None:
         """Send what is queued, then FIN; keep reading until the peer closes its side (then the
         transport closes, since `eof_received` returns None)."""
-        flush()
+        self.write_out()
         if self.transport is None or self.closed or self.eof_sent:
             return
         self.eof_sent = True
