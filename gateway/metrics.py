@@ -56,6 +56,29 @@ class GatewayMetrics:
             "tritonfleet_gateway_active_streams", "Open ModelStreamInfer streams",
             registry=r, multiprocess_mode="livesum",
         )
+        self.queued = Gauge(
+            "tritonfleet_gateway_queued_requests", "Requests waiting for a backend with room (every one at its in-flight limit)",
+            registry=r, multiprocess_mode="livesum",
+        )
+        self.client_connections = Gauge(
+            "tritonfleet_gateway_client_connections", "Open client connections",
+            registry=r, multiprocess_mode="livesum",
+        )
+        self.client_streams = Gauge(
+            "tritonfleet_gateway_client_streams", "Open client calls (HTTP/2 streams) of every kind",
+            registry=r, multiprocess_mode="livesum",
+        )
+        self.buffered_bytes = Gauge(
+            "tritonfleet_gateway_buffered_bytes", "Request bytes received from clients and held by the gateway",
+            registry=r, multiprocess_mode="livesum",
+        )
+        self.refusals = Counter(
+            "tritonfleet_gateway_refusals", "Client calls refused at the edge, by reason", ["reason"], registry=r
+        )
+        self.disconnects = Counter(
+            "tritonfleet_gateway_client_disconnects", "Client connections the gateway ended, by reason",
+            ["reason"], registry=r,
+        )
         self.bytes = Counter(
             "tritonfleet_gateway_bytes", "Payload bytes through the gateway", ["direction"], registry=r
         )

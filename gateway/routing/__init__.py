@@ -1,1 +1,2 @@
-"""Routing: which pod each request or stream message goes to, and how it gets there."""
+"""How a request finds its pod: one lifecycle for every call (lifecycle), unary calls (unary), streams
+and sequences (streams, sequences)."""

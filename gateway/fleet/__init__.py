@@ -1,0 +1,1 @@
+"""The Triton pods the gateway forwards to: the connections to them (upstreams)."""

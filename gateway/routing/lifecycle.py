@@ -1,0 +1,246 @@
+"""One request's life in the gateway: which pod, whether to try another, what it did to the pod, what
+is counted. Every call kind goes through it (a unary call, or one message of a stream).
+
+    lifecycle = Lifecycle(router, model, "ModelInfer", deadline_s, request_bytes=n)
+    backend = lifecycle.try_pick() or await lifecycle.pick()    # NoBackendError: answer exc.code
+    lifecycle.sent(backend)                                     # the attempt starts (latency clock)
+    ... the pod answers:          lifecycle.succeeded(reply_bytes) or lifecycle.ended(code, reply_bytes)
+    ... the attempt failed before any answer reached the client:
+        if lifecycle.failed(reason, retryable=..., model_missing=..., unreachable=...):
+            pick again and resend (with lifecycle.timeout_header() as grpc-timeout)
+        else: answer the client, then lifecycle.ended(code)
+    ... the client reset the call or went away: lifecycle.cancelled()
+
+The rules, in one place (modeled on Envoy's RetryState):
+- retry only while no answer has started, on a pod not tried yet, at most `retry_attempts` extra times,
+  within the retry budget, and while more than DEADLINE_MARGIN_S of the client's deadline is left;
+  never for a pinned request (a sequence's state lives on its pod);
+- a pod that could not be reached (connection failed or lost, reset stream, GOAWAY before the
+  request) is ejected; a pod that says it does not have the model loses that model until the next
+  health check; a model that answers UNAVAILABLE itself (out of capacity) leaves its pod in rotation,
+  and that answer goes to the client as it is;
+- every request is counted once (`tritonfleet_gateway_requests_total` and the histograms), with the
+  pod of its last attempt; retries, bytes in and out alongside.
+"""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+from tritonclient.grpc import service_pb2
+
+from gateway.backends import Backend, BackendPool, NoBackendError
+from gateway.metrics import GatewayMetrics
+from gateway.transport.messages import format_timeout
+
+# A client resets its stream when its deadline passes, and the gateway saw the call start a little
+# after the client did: within this margin of the deadline, a call is late (no retry, counted as
+# DEADLINE_EXCEEDED when the client gives up).
+DEADLINE_MARGIN_S = 0.010
+
+# Triton's words when a pod does not have the model (as opposed to a failure inside the model).
+_MODEL_MISSING = ("Request for unknown model", "is not found", "is not ready", "unavailable model")
+
+
+def says_model_missing(code: grpc.StatusCode, details: str) -> bool:
+    """Whether a pod's error status means it does not have the model (worth another pod)."""
+    return code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.NOT_FOUND) and any(
+        words in details for words in _MODEL_MISSING
+    )
+
+
+class DeadlineExceeded(NoBackendError):
+    def __init__(self, message: str = "deadline exceeded before a retry"):
+        super().__init__(grpc.StatusCode.DEADLINE_EXCEEDED, message)
+
+
+class RetryBudget:
+    """Token bucket: each request adds `ratio` tokens (up to `reserve`), each retry takes one."""
+
+    def __init__(self, ratio: float, reserve: int):
+        self.ratio = ratio
+        self.capacity = float(max(reserve, 1))
+        self.tokens = self.capacity
+
+    def deposit(self) -> None:
+        self.tokens = min(self.tokens + self.ratio, self.capacity)
+
+    def withdraw(self) -> bool:
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
+
+
+class Router:
+    """What the lifecycles of one worker share: the pods, the retry rules and budget, the wait queue."""
+
+    def __init__(self, pool: BackendPool, metrics: GatewayMetrics, retry_attempts: int, budget: RetryBudget,
+                 max_queued: int = 0):
+        self.pool = pool
+        self.metrics = metrics
+        self.retry_attempts = retry_attempts
+        self.budget = budget
+        # Requests waiting for a pod with room (every pod at max_inflight_per_backend); over `max_queued`
+        # (0: no limit) a request is refused at once: shed early rather than left to time out.
+        self.max_queued = max_queued
+        self.queued = 0
+
+
+class Lifecycle:
+    """One request (a unary call or one stream message), from its first pick to its count."""
+
+    __slots__ = ("router", "model", "method", "deadline_s", "pinned", "retryable", "started", "sent_at",
+                 "backend", "address", "ahead", "tried", "done")
+
+    def __init__(self, router: Router, model: str, method: str, deadline_s: float | None,
+                 pinned: Backend | None = None, retryable: bool = True, request_bytes: int = 0):
+        """`model` "" means any live pod (a question about a model no pod has ready: a live pod gives
+        Triton's own answer); `pinned` sends to that pod only, never retried."""
+        self.router = router
+        self.model = model
+        self.method = method
+        self.deadline_s = deadline_s
+        self.pinned = pinned
+        self.retryable = retryable and pinned is None
+        self.started = time.perf_counter()
+        self.sent_at = 0.0
+        self.backend: Backend | None = None  # the pod of the attempt in flight (counted there)
+        self.address = "none"  # the pod of the last attempt, for the count
+        self.ahead = 0
+        self.tried: frozenset[Backend] = frozenset()
+        self.done = False
+        router.budget.deposit()
+        router.metrics.bytes_in.inc(request_bytes)
+
+    # ---- picking ----------------------------------------------------------------------------------
+
+    def try_pick(self) -> Backend | None:
+        """A pod counted as outstanding now, or None when none has room right now."""
+        pool = self.router.pool
+        if self.pinned is not None:
+            pool.hold(self.pinned)
+            return self.pinned
+        if not self.model:
+            backend = next((b for b in pool.backends.values() if b.admitted and b not in self.tried), None)
+            if backend is not None:
+                pool.hold(backend)
+            return backend
+        return pool.try_acquire(self.model, self.tried)
+
+    async def pick(self) -> Backend:
+        """A pod, waiting a bounded time for room; NoBackendError (with the status to answer) if none."""
+        backend = self.try_pick()
+        if backend is not None:
+            return backend
+        if not self.model:
+            raise NoBackendError(grpc.StatusCode.UNAVAILABLE, "no live backend")
+        router = self.router
+        if router.max_queued and router.queued >= router.max_queued:
+            raise NoBackendError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                 f"every backend with model '{self.model}' is at its in-flight limit and "
+                                 f"{router.queued} requests already wait for room")
+        router.queued += 1
+        router.metrics.queued.inc()
+        try:
+            return await router.pool.acquire(self.model, self.tried)
+        finally:
+            router.queued -= 1
+            router.metrics.queued.dec()
+
+    def sent(self, backend: Backend) -> None:
+        """The attempt on `backend` (from a pick) starts now."""
+        self.backend = backend
+        self.address = backend.address
+        self.ahead = backend.inflight - 1
+        self.sent_at = time.perf_counter()
+
+    # ---- deadline ---------------------------------------------------------------------------------
+
+    def time_left(self) -> float | None:
+        if self.deadline_s is None:
+            return None
+        return self.deadline_s - (time.perf_counter() - self.started)
+
+    def timeout_header(self) -> str | None:
+        """The grpc-timeout of the next attempt: what is left of the client's deadline (None: no
+        deadline); DeadlineExceeded when nothing worth an attempt is left."""
+        left = self.time_left()
+        if left is None:
+            return None
+        if left <= DEADLINE_MARGIN_S:
+            raise DeadlineExceeded()
+        return format_timeout(left)
+
+    # ---- outcomes ---------------------------------------------------------------------------------
+
+    def failed(self, reason: str, *, retryable: bool, model_missing: bool = False, unreachable: bool = True) -> bool:
+        """The attempt in flight ended before any answer reached the client. Its pod is ejected when
+        `unreachable`, or loses the model when `model_missing`. Returns whether to try another pod now
+        (the retry is counted); when not, the caller answers the client and calls `ended`."""
+        backend, self.backend = self.backend, None
+        router = self.router
+        if backend is None:
+            return False
+        router.pool.release(backend, None)
+        if model_missing and self.model:
+            router.pool.drop_model(backend, self.model)
+        elif unreachable:
+            router.pool.eject(backend, reason)
+        self.tried = self.tried | {backend}
+        left = self.time_left()
+        if not (retryable and self.retryable and len(self.tried) <= router.retry_attempts
+                and (left is None or left > DEADLINE_MARGIN_S) and router.budget.withdraw()):
+            return False
+        router.metrics.retries.labels(self.model).inc()
+        return True
+
+    def succeeded(self, reply_bytes: int = 0) -> None:
+        self.ended(grpc.StatusCode.OK, reply_bytes)
+
+    def ended(self, code: grpc.StatusCode, reply_bytes: int = 0) -> None:
+        """The request is over with `code` (the client has its answer): release its pod, count it once."""
+        if self.done:
+            return
+        self.done = True
+        now = time.perf_counter()
+        router = self.router
+        if self.backend is not None:
+            latency = now - self.sent_at if code is grpc.StatusCode.OK else None
+            router.pool.release(self.backend, latency, self.ahead, self.model)
+            self.backend = None
+        router.metrics.bytes_out.inc(reply_bytes)
+        backend_s = now - self.sent_at if self.sent_at else 0.0
+        router.metrics.observe(self.model or "unknown", self.address, self.method, code.name,
+                               now - self.started, backend_s)
+
+    def cancelled(self) -> None:
+        """The client reset the call or went away: DEADLINE_EXCEEDED when its deadline had come."""
+        left = self.time_left()
+        late = left is not None and left <= DEADLINE_MARGIN_S
+        self.ended(grpc.StatusCode.DEADLINE_EXCEEDED if late else grpc.StatusCode.CANCELLED)
+
+
+_SERVER_LIVE = service_pb2.ServerLiveRequest().SerializeToString()
+# How long a pod has to answer ServerLive after an UNAVAILABLE before it counts as unreachable. A
+# dead pod fails the probe at once (refused or reset), so the bound only matters for a live pod on a
+# busy node, which must not be ejected for answering slowly; a frozen pod is caught by keepalive too.
+PROBE_TIMEOUT_S = 3.0
+
+
+async def unreachable(backend: Backend, code: grpc.StatusCode, details: str) -> bool:
+    """For a call made through grpcio (the control service): whether its UNAVAILABLE means the pod
+    cannot be reached, as opposed to the pod itself answering UNAVAILABLE (its model refused).
+
+    grpcio (1.85) does not say which side a status came from (grpc/grpc#20360), and the channel's state
+    lags the call's end, so the pod is asked on the same channel: a pod that answers ServerLive was
+    reachable. Calls forwarded as frames need no probe: there, an answer is the pod's own.
+    """
+    if code != grpc.StatusCode.UNAVAILABLE or says_model_missing(code, details):
+        return False
+    try:
+        await backend.unary("ServerLive")(_SERVER_LIVE, timeout=PROBE_TIMEOUT_S)
+    except grpc.aio.AioRpcError:
+        return True
+    return False
