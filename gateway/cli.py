@@ -27,8 +27,6 @@ def register(subparsers) -> None:
     parser.add_argument("--kubernetes-service", help="Service whose EndpointSlices list the pods")
     parser.add_argument("--kubernetes-namespace")
     parser.add_argument("--metrics-port", type=int, help="Prometheus port (0: off)")
-    parser.add_argument("--data-plane", choices=config_module.DATA_PLANES,
-                        help="frames: HTTP/2 frame forwarding for ModelInfer (default); grpc: grpcio for every call")
     parser.add_argument("--workers", type=int, help="worker processes sharing the port (SO_REUSEPORT)")
     parser.add_argument("--allow-admin", action="store_true", default=None,
                         help="allow model load/unload (applied to every pod) and other admin calls")
@@ -40,7 +38,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     overrides = {key: getattr(args, key, None) for key in (
         "listen", "backends", "discovery", "dns_target", "kubernetes_service", "kubernetes_namespace",
-        "metrics_port", "data_plane", "workers", "allow_admin", "drain_grace_s", "log_level")}
+        "metrics_port", "workers", "allow_admin", "drain_grace_s", "log_level")}
     try:
         config = config_module.load(args.config, overrides)
     except (ValueError, OSError) as exc:

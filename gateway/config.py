@@ -17,7 +17,6 @@ import yaml
 
 ENV_PREFIX = "TRITONFLEET_GATEWAY_"
 DISCOVERY_KINDS = ("static", "dns", "kubernetes")
-DATA_PLANES = ("frames", "grpc")
 
 
 @dataclass(frozen=True)
@@ -26,9 +25,6 @@ class GatewayConfig:
     listen: str = "127.0.0.1:8001"
     metrics_address: str = "127.0.0.1"
     metrics_port: int = 8002
-    # "frames": the front door forwards calls as HTTP/2 frames and balances ModelInfer itself, relaying
-    # the rest to the gRPC service; "grpc": the gRPC service (grpcio) takes every call directly.
-    data_plane: str = "frames"
     # Worker processes sharing the listen port through SO_REUSEPORT; one per core is the usual choice.
     workers: int = 1
     # How pods are found: a static list, the A records of a headless Service, or its EndpointSlices.
@@ -54,14 +50,33 @@ class GatewayConfig:
     retry_attempts: int = 2
     retry_budget_ratio: float = 0.2
     retry_budget_reserve: int = 10
-    # Per-pod in-flight limit (0: none); a request waits at most `queue_timeout_s` for room.
+    # Per-pod in-flight limit (0: none); a request waits at most `queue_timeout_s` for room, and when
+    # `max_queued_requests` already wait (0: no limit), it is refused at once (RESOURCE_EXHAUSTED).
     max_inflight_per_backend: int = 0
     queue_timeout_s: float = 1.0
+    max_queued_requests: int = 1000
     # On SIGTERM: stop accepting, let in-flight requests and streams finish within this many seconds.
     drain_grace_s: float = 10.0
     # Model load/unload, shared memory, trace and log settings are refused unless this is on.
     allow_admin: bool = False
+    # Limits at the edge. A message larger than max_message_bytes is refused (RESOURCE_EXHAUSTED) from
+    # its prefix, before its bytes are held; a worker holds at most about max_buffered_bytes of request
+    # bytes (beyond it, clients get no more flow-control window until calls finish); each client
+    # connection may have max_concurrent_streams calls open and send header lists of
+    # max_header_list_bytes (both announced in SETTINGS).
     max_message_bytes: int = 256 * 1024 * 1024
+    max_buffered_bytes: int = 1024 * 1024 * 1024
+    max_concurrent_streams: int = 1000
+    max_header_list_bytes: int = 16 * 1024
+    # Clients: one silent this long with calls open is pinged, and disconnected (its calls cancelled)
+    # when the ping is unanswered within the timeout; one with no call open for client_idle_timeout_s
+    # is sent GOAWAY. After max_connection_age_s a connection is sent GOAWAY, its calls given
+    # max_connection_age_grace_s to finish, so that long-lived channels spread over replicas. 0: off.
+    client_keepalive_time_s: float = 30.0
+    client_keepalive_timeout_s: float = 10.0
+    client_idle_timeout_s: float = 300.0
+    max_connection_age_s: float = 0.0
+    max_connection_age_grace_s: float = 30.0
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
@@ -86,7 +101,6 @@ def _validate(config: GatewayConfig) -> None:
 
     host, _, port = config.listen.rpartition(":")
     need(bool(host) and port.isdigit() and 0 <= int(port) < 65536, "listen", "must be host:port (port 0: any free port)")
-    need(config.data_plane in DATA_PLANES, "data_plane", f"must be one of {', '.join(DATA_PLANES)}")
     need(config.workers == 1 or not config.listen.endswith(":0"), "listen", "needs a fixed port with several workers")
     need(0 <= config.metrics_port < 65536, "metrics_port", "must be a port number or 0")
     need(1 <= config.workers <= 64, "workers", "must be between 1 and 64")
@@ -105,11 +119,18 @@ def _validate(config: GatewayConfig) -> None:
     for key in ("dns_interval_s", "health_interval_s", "health_timeout_s", "eject_base_s", "eject_max_s",
                 "keepalive_time_s", "keepalive_timeout_s"):
         need(getattr(config, key) > 0, key, "must be positive")
-    for key in ("queue_timeout_s", "drain_grace_s", "retry_budget_ratio"):
+    for key in ("queue_timeout_s", "drain_grace_s", "retry_budget_ratio", "max_connection_age_grace_s"):
         need(getattr(config, key) >= 0, key, "must not be negative")
-    for key in ("retry_attempts", "retry_budget_reserve", "max_inflight_per_backend"):
+    for key in ("client_keepalive_time_s", "client_idle_timeout_s", "max_connection_age_s"):
+        need(getattr(config, key) >= 0, key, "must not be negative (0 turns it off)")
+    for key in ("retry_attempts", "retry_budget_reserve", "max_inflight_per_backend", "max_queued_requests"):
         need(getattr(config, key) >= 0, key, "must not be negative")
-    need(config.max_message_bytes > 0, "max_message_bytes", "must be positive")
+    for key in ("max_message_bytes", "max_concurrent_streams", "max_header_list_bytes", "client_keepalive_timeout_s"):
+        need(getattr(config, key) > 0, key, "must be positive")
+    need(config.max_message_bytes < 1 << 32, "max_message_bytes", "must be below 4 GiB (a gRPC prefix's 32 bits)")
+    need(config.max_buffered_bytes >= config.max_message_bytes, "max_buffered_bytes",
+         f"must be at least max_message_bytes ({config.max_message_bytes}), or a largest message never fits")
+    need(config.max_concurrent_streams < 1 << 31, "max_concurrent_streams", "must be below 2^31")
     need(config.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"), "log_level", "is not a level")
 
 

@@ -1,8 +1,9 @@
 """Running the gateway: one worker's pieces wired together, the shutdown sequence, and several workers.
 
 Shutdown, the one sequence: SIGTERM or SIGINT → readiness turns false and open streams stop taking new
-messages → the gRPC server stops accepting calls and gives in-flight ones `drain_grace_s` to finish →
-what is left is cancelled → health checks and discovery stop and channels close.
+messages → the front door stops accepting, sends each client GOAWAY and gives calls in flight
+`drain_grace_s` to finish → what is left is cancelled → health checks and discovery stop and channels
+close.
 
 Several workers (`workers` > 1) are separate processes that each bind the listen port with
 SO_REUSEPORT, so the kernel spreads client connections over them and every core is used; the parent
@@ -27,17 +28,21 @@ from gateway import logs, metrics as metrics_module
 from gateway.backends import BackendPool, channel_options
 from gateway.config import GatewayConfig
 from gateway.discovery import DnsDiscovery, StaticDiscovery
-from gateway.forwarding import Forwarder, RetryBudget
-from gateway.frontdoor import FrontDoor
+from gateway.edge.frontdoor import FrontDoor
+from gateway.fleet.upstreams import Upstreams
+from gateway.forwarding import Forwarder
 from gateway.health import HealthChecker, ModelCatalog
 from gateway.metrics import GatewayMetrics
+from gateway.routing.lifecycle import RetryBudget, Router
+from gateway.routing.sequences import unary_sequences
 from gateway.service import InferenceService
 
 log = logging.getLogger("tritonfleet.gateway")
 
 
 class Gateway:
-    """One worker: discovery → pool ← health checks; the service forwards through the pool."""
+    """One worker: discovery → pool ← health checks; the front door takes the clients and routes their
+    calls over the pool; the gRPC service answers, on loopback, what is not on the data path."""
 
     def __init__(self, config: GatewayConfig, metrics: GatewayMetrics | None = None):
         self.config = config
@@ -47,8 +52,14 @@ class Gateway:
                                 channel_options(config.keepalive_time_s, config.keepalive_timeout_s))
         self.catalog = ModelCatalog()
         self.health = HealthChecker(self.pool, self.catalog, config.health_interval_s, config.health_timeout_s)
-        self.forwarder = Forwarder(self.pool, self.metrics, config.retry_attempts,
-                                   RetryBudget(config.retry_budget_ratio, config.retry_budget_reserve))
+        pool = self.pool
+        self.router = Router(pool, self.metrics, config.retry_attempts,
+                             RetryBudget(config.retry_budget_ratio, config.retry_budget_reserve),
+                             config.max_queued_requests,
+                             upstreams=Upstreams(config.keepalive_time_s, config.keepalive_timeout_s),
+                             catalog=self.catalog,
+                             sequences=unary_sequences(lambda b: pool.backends.get(b.address) is b))
+        self.forwarder = Forwarder(self.router)
         self.service = InferenceService(self.pool, self.forwarder, self.catalog, config.allow_admin,
                                         on_model_change=self.health.check_all)
         self.server: grpc.aio.Server | None = None
@@ -77,17 +88,11 @@ class Gateway:
             ("grpc.max_receive_message_length", limit),
         ])
         self.server.add_generic_rpc_handlers((self.service.generic_handler(),))
-        if self.config.data_plane == "frames":
-            # The gRPC service listens privately; the front door takes the clients.
-            internal = self.server.add_insecure_port("127.0.0.1:0")
-            await self.server.start()
-            self.frontdoor = FrontDoor(self.pool, self.metrics, self.forwarder.budget, self.config.retry_attempts,
-                                       ("127.0.0.1", internal), limit, self.config.keepalive_time_s,
-                                       self.config.keepalive_timeout_s)
-            self.port = await self.frontdoor.start(self.config.listen_host.strip("[]"), self.config.listen_port)
-        else:
-            self.port = self.server.add_insecure_port(self.config.listen)
-            await self.server.start()
+        # The gRPC service listens privately; the front door takes the clients.
+        internal = self.server.add_insecure_port("127.0.0.1:0")
+        await self.server.start()
+        self.frontdoor = FrontDoor(self.config, self.router, f"127.0.0.1:{internal}")
+        self.port = await self.frontdoor.start(self.config.listen_host.strip("[]"), self.config.listen_port)
         log.info("gateway listening", extra={"listen": f"{self.config.listen_host}:{self.port}"})
         return self.port
 

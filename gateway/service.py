@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 
 import grpc
 from tritonclient.grpc import service_pb2
 
 from gateway import wire
-from gateway.backends import Backend, BackendPool, NoBackendError
+from gateway.backends import Backend, BackendPool
 from gateway.forwarding import Forwarder, UpstreamError, upstream_metadata
 from gateway.streams import StreamSession
 
@@ -44,7 +43,6 @@ class InferenceService:
         self.allow_admin = allow_admin
         self.on_model_change = on_model_change
         self.draining = False
-        self.sequences = UnarySequences(pool)
         self.streams: set[StreamSession] = set()
 
     def generic_handler(self) -> grpc.GenericRpcHandler:
@@ -52,7 +50,6 @@ class InferenceService:
             "ServerLive": self._unary(self.server_live),
             "ServerReady": self._unary(self.server_ready),
             "ServerMetadata": self._unary(self.server_metadata),
-            "ModelInfer": self._unary(self.model_infer),
             "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(self.model_stream_infer),
             "RepositoryIndex": self._unary(self.repository_index),
         }
@@ -76,18 +73,6 @@ class InferenceService:
         return _READY if ready else _NOT_READY
 
     # ---- inference --------------------------------------------------------------------------------
-
-    async def model_infer(self, request: bytes, context) -> bytes:
-        try:
-            route = wire.parse_infer_request(request)
-        except wire.MalformedMessage as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed ModelInferRequest: {exc}")
-        try:
-            pinned = await self.sequences.backend_for(route) if route.in_sequence else None
-            return await self.forwarder.unary("ModelInfer", route.model, request, upstream_metadata(context),
-                                              context.time_remaining(), pinned=pinned)
-        except UpstreamError as exc:
-            await _abort(context, exc)
 
     async def model_stream_infer(self, request_iterator, context):
         session = StreamSession(self.pool, self.forwarder, self.catalog, context, lambda: self.draining)
@@ -194,43 +179,6 @@ class InferenceService:
                                           f"{backend.address}: {details}")
             return replies[0]
         return handle
-
-
-class UnarySequences:
-    """Sequences sent as unary `ModelInfer` calls: each stays on the pod its first request went to."""
-
-    IDLE_S = 300.0  # a sequence unused this long is forgotten (Triton's own idle limit is usually lower)
-
-    def __init__(self, pool: BackendPool):
-        self.pool = pool
-        self.pods: dict[tuple[str, object], tuple[Backend, float]] = {}
-
-    async def backend_for(self, route: wire.RequestRoute) -> Backend:
-        key = (route.model, route.sequence_id)
-        now = time.monotonic()
-        if route.sequence_start:
-            try:
-                backend = await self.pool.acquire(route.model)
-            except NoBackendError as exc:
-                raise UpstreamError(exc.code, str(exc)) from None
-            self.pool.release(backend, None)  # the forwarder counts the request itself
-            self._forget_idle(now)
-        else:
-            backend = self.pods.get(key, (None, 0.0))[0]
-            if backend is None or self.pool.backends.get(backend.address) is not backend:
-                raise UpstreamError(grpc.StatusCode.FAILED_PRECONDITION,
-                                    f"sequence {route.sequence_id} of model '{route.model}' has no pod: it was "
-                                    "not started through this gateway or its pod is gone; start it again")
-        if route.sequence_end:
-            self.pods.pop(key, None)
-        else:
-            self.pods[key] = (backend, now)
-        return backend
-
-    def _forget_idle(self, now: float) -> None:
-        if len(self.pods) > 1000:
-            for key in [k for k, (_, used) in self.pods.items() if now - used > self.IDLE_S]:
-                del self.pods[key]
 
 
 async def _abort(context, exc: UpstreamError):

@@ -26,6 +26,7 @@ The rules, in one place (modeled on Envoy's RetryState):
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 import grpc
 from tritonclient.grpc import service_pb2
@@ -33,6 +34,11 @@ from tritonclient.grpc import service_pb2
 from gateway.backends import Backend, BackendPool, NoBackendError
 from gateway.metrics import GatewayMetrics
 from gateway.transport.messages import format_timeout
+
+if TYPE_CHECKING:
+    from gateway.fleet.upstreams import Upstreams
+    from gateway.health import ModelCatalog
+    from gateway.routing.sequences import SequencePins
 
 # A client resets its stream when its deadline passes, and the gateway saw the call start a little
 # after the client did: within this margin of the deadline, a call is late (no retry, counted as
@@ -74,11 +80,16 @@ class RetryBudget:
 
 
 class Router:
-    """What the lifecycles of one worker share: the pods, the retry rules and budget, the wait queue."""
+    """What the calls of one worker share: the pods and the connections to them, the retry rules and
+    budget, the wait queue; and for the call handlers, the model catalog and the unary sequences."""
 
     def __init__(self, pool: BackendPool, metrics: GatewayMetrics, retry_attempts: int, budget: RetryBudget,
-                 max_queued: int = 0):
+                 max_queued: int = 0, upstreams: "Upstreams | None" = None, catalog: "ModelCatalog | None" = None,
+                 sequences: "SequencePins | None" = None):
         self.pool = pool
+        self.upstreams = upstreams
+        self.catalog = catalog
+        self.sequences = sequences  # pod of each unary sequence (ModelInfer with a sequence_id)
         self.metrics = metrics
         self.retry_attempts = retry_attempts
         self.budget = budget
@@ -148,6 +159,10 @@ class Lifecycle:
         finally:
             router.queued -= 1
             router.metrics.queued.dec()
+
+    def put_back(self, backend: Backend) -> None:
+        """A pod picked but not used (the client went away while the request waited for it)."""
+        self.router.pool.release(backend, None)
 
     def sent(self, backend: Backend) -> None:
         """The attempt on `backend` (from a pick) starts now."""

@@ -1,4 +1,4 @@
-"""Keepalive on the front door's connections to pods (`UpstreamConnection.keepalive`): a pod silent
+"""Keepalive on the gateway's connections to pods (`UpstreamConnection.keepalive`): a pod silent
 while calls wait on it is pinged, at most twice between two of its answers (a gRPC server counts
 closer pings as strikes), and a ping left unanswered drops the connection; a connection that does not
 open within the same timeout hands its queued calls back."""
@@ -8,10 +8,7 @@ from __future__ import annotations
 import asyncio
 import socket
 
-from gateway.backends import BackendPool
-from gateway.forwarding import RetryBudget
-from gateway.frontdoor import MAX_PINGS_WITHOUT_DATA, FrontDoor, UpstreamConnection
-from gateway.metrics import GatewayMetrics
+from gateway.fleet.upstreams import MAX_PINGS_WITHOUT_DATA, UpstreamConnection, Upstreams
 from gateway.transport.h2 import ACK, PING, frame
 
 
@@ -50,7 +47,7 @@ class RecordingTransport:
 
 
 def _connection_with_a_waiting_call() -> tuple[UpstreamConnection, RecordingTransport]:
-    connection = UpstreamConnection(door=None)
+    connection = UpstreamConnection()
     transport = RecordingTransport(connection)
     connection.connection_made(transport)
     connection.calls[1] = object()  # a call waiting for its answer
@@ -130,13 +127,14 @@ def test_a_connection_that_does_not_open_in_time_hands_its_queued_calls_back():
     filler = socket.create_connection(("127.0.0.1", port))  # takes the only place in the backlog
 
     async def scenario():
-        door = FrontDoor(BackendPool(GatewayMetrics()), GatewayMetrics(), RetryBudget(0.2, 10), 2,
-                         ("127.0.0.1", 1), 1 << 20, keepalive_time_s=10, keepalive_timeout_s=0.3)
+        upstreams = Upstreams(keepalive_time_s=10, keepalive_timeout_s=0.3)
         handed_back: list[tuple] = []
-        door.upstream_failed = lambda call, reason, retryable: handed_back.append((call, reason, retryable))
-        connection = door._connect("127.0.0.1", port)
-        call = object()
-        connection._queued.append((call, [], [b""], True))
+
+        class Call:  # a call queued for the connection, as its listener
+            def on_upstream_failed(self, reason, retryable):
+                handed_back.append((self, reason, retryable))
+
+        upstreams.open(f"127.0.0.1:{port}", Call(), [], [b""], True)
         await _until(lambda: handed_back)
         return handed_back
 

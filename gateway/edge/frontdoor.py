@@ -1,0 +1,107 @@
+"""The gateway's front door: the listening socket, the client connections, and the drain.
+
+Clients connect here (`ClientConnection`, one per client connection); each of their calls is given to
+the handler its :path names (`handler_for`): unary inference and per-model questions to
+`routing.unary`, streams to the stream router, everything else to the control relay (`edge.relay`).
+No gRPC library runs on the data path: calls go to the pods as HTTP/2 frames.
+
+A periodic sweep keeps the client connections honest (pings, idle timeout: `ClientConnection.keepalive`).
+The drain on SIGTERM: stop accepting, GOAWAY to every client, let calls in flight finish within the
+grace, then half-close each connection (FIN) and wait for the client to close it: closing a socket
+whose peer is still sending makes the kernel answer with a reset, which discards what the peer has
+not read yet (the last trailers of a loaded client).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from gateway.config import GatewayConfig
+from gateway.edge.client import CallHandler, ClientConnection, ClientStream
+from gateway.edge.limits import BufferBudget
+from gateway.edge.relay import ControlRelay
+from gateway.routing import unary
+from gateway.routing.lifecycle import Router
+from gateway.transport import h2
+
+# The front door's sweep looks at each client this often (at most), and this often at least.
+_SWEEP_FLOOR_S = 0.05
+_SWEEP_CEILING_S = 1.0
+
+
+def h2_limits(config: GatewayConfig):
+    """The HTTP/2 limits of a client connection, as the transport takes them."""
+    limits = getattr(h2, "H2Limits", None)
+    if limits is None:
+        return None
+    return limits(max_concurrent_streams=config.max_concurrent_streams,
+                  max_header_list_size=config.max_header_list_bytes)
+
+
+class FrontDoor:
+    def __init__(self, config: GatewayConfig, router: Router, control_address: str):
+        self.router = router
+        self.upstreams = router.upstreams
+        self.metrics = router.metrics
+        self.control_address = control_address
+        self.max_message_bytes = config.max_message_bytes
+        self.budget = BufferBudget(config.max_buffered_bytes, router.metrics)
+        self.h2_limits = h2_limits(config)
+        self.max_connection_age_s = config.max_connection_age_s
+        self.max_connection_age_grace_s = config.max_connection_age_grace_s
+        self.client_keepalive_time_s = config.client_keepalive_time_s
+        self.client_keepalive_timeout_s = config.client_keepalive_timeout_s
+        self.client_idle_timeout_s = config.client_idle_timeout_s
+        self.clients: set[ClientConnection] = set()
+        self.closing = False
+        self.server: asyncio.AbstractServer | None = None
+        self._sweep_task: asyncio.Task | None = None
+        router.pool.removal_listeners.append(lambda backend: self.upstreams.retire(backend.address))
+
+    def handler_for(self, stream: ClientStream) -> CallHandler:
+        method = unary.PATHS.get(stream.path)
+        if method is not None:
+            return unary.UnaryCall(self.router, stream, method)
+        return ControlRelay(self.upstreams, self.control_address, stream)
+
+    async def start(self, host: str, port: int) -> int:
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_server(lambda: ClientConnection(self), host, port, reuse_port=True)
+        self.upstreams.start()
+        periods = [p for p in (self.client_keepalive_time_s, self.client_keepalive_timeout_s,
+                               self.client_idle_timeout_s) if p]
+        if periods:
+            self._sweep_task = loop.create_task(self._sweep(min(max(min(periods) / 4, _SWEEP_FLOOR_S),
+                                                                _SWEEP_CEILING_S)))
+        return self.server.sockets[0].getsockname()[1]
+
+    async def _sweep(self, period_s: float) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(period_s)
+            now = loop.time()
+            for client in list(self.clients):
+                client.keepalive(now)
+
+    async def drain(self, grace: float) -> None:
+        """Stop accepting, tell clients to go (GOAWAY), let calls in flight finish within `grace`."""
+        self.closing = True
+        if self.server is not None:
+            self.server.close()
+        if self._sweep_task is not None:
+            self._sweep_task.cancel()
+        for client in list(self.clients):
+            for stream in list(client.streams.values()):
+                stream.handler.drain()
+            client.go_away()
+        deadline = time.monotonic() + grace
+        while any(c.streams for c in self.clients) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for client in list(self.clients):
+            client.finish_sending()
+        while self.clients and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        for client in list(self.clients):
+            client.close()
+        self.upstreams.close()
