@@ -164,17 +164,19 @@ def test_operator_values_label_monitors_for_the_release_and_ship_the_generated_r
     assert parser.parse_args(gateway["command"][1:]).config == "/etc/tritonfleet/gateway.yaml"
     config = yaml.safe_load(one(objects, "ConfigMap", "gateway")["data"]["gateway.yaml"])
     assert config["retry_attempts"] == 2 and config["max_inflight_per_backend"] == 64
-    assert config["data_plane"] == "frames"
+    assert "data_plane" not in config  # one data plane: the option is gone
 
 
-def test_the_gateway_data_plane_is_a_value_the_gateway_accepts(tmp_path):
+def test_the_gateway_edge_limits_are_values_the_gateway_accepts(tmp_path):
     from gateway import config
 
-    for plane in ("frames", "grpc"):
-        objects = render(None, sets=(f"gateway.dataPlane={plane}",))
-        rendered = tmp_path / f"gateway-{plane}.yaml"
-        rendered.write_text(one(objects, "ConfigMap", "gateway")["data"]["gateway.yaml"])
-        assert config.load(rendered, environ={}).data_plane == plane  # the gateway's own loader
+    objects = render(None, sets=("gateway.edge.maxMessageBytes=1048576", "gateway.edge.maxConnectionAgeSeconds=600",
+                                 "gateway.edge.clientKeepaliveTimeoutSeconds=3"))
+    rendered = tmp_path / "gateway.yaml"
+    rendered.write_text(one(objects, "ConfigMap", "gateway")["data"]["gateway.yaml"])
+    loaded = config.load(rendered, environ={})  # the gateway's own loader
+    assert (loaded.max_message_bytes, loaded.max_connection_age_s, loaded.client_keepalive_timeout_s) == (1048576, 600, 3)
+    assert (loaded.max_buffered_bytes, loaded.max_concurrent_streams, loaded.client_idle_timeout_s) == (1 << 30, 1000, 300)
 
 
 def test_dashboards_ship_as_labelled_config_maps_with_the_generated_json():
@@ -233,7 +235,8 @@ def test_static_discovery_lists_the_backends_in_the_gateway_config():
     (("monitoring.interval=often",), "/monitoring/interval"),
     (("tritn.replicas=2",), "additional properties 'tritn' not allowed"),
     (("gateway.config.listen=0.0.0.0:1",), "invalid propertyName 'listen'"),
-    (("gateway.dataPlane=h3",), "value must be one of 'frames', 'grpc'"),
+    (("gateway.dataPlane=frames",), "additional properties 'dataPlane' not allowed"),
+    (("gateway.edge.maxConcurrentStreams=0",), "/gateway/edge/maxConcurrentStreams"),
     (("triton.image.tag=latest",), "the tag `latest` is not reproducible"),
     (("triton.terminationGracePeriodSeconds=20",), "must exceed preStopSleepSeconds + exitTimeoutSeconds"),
 ])

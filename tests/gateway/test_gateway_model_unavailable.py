@@ -34,10 +34,10 @@ def fleet2(tmp_path_factory):
     stop_all(servers)
 
 
-@pytest.fixture(scope="module", params=["frames", "grpc"])
+@pytest.fixture(scope="module", params=["frames"])
 def gateway(request, fleet2, tmp_path_factory):
     log = tmp_path_factory.mktemp(f"gateway-{request.param}") / "gateway.log"
-    with GatewayProcess([s.grpc_url for s in fleet2], log, "--data-plane", request.param) as process:
+    with GatewayProcess([s.grpc_url for s in fleet2], log) as process:
         yield process
 
 
@@ -117,7 +117,7 @@ def test_a_killed_pod_is_still_ejected(triton_fleet, tmp_path, path):
     failure, and the pod is ejected; the gateway's health checks alone never count as an ejection."""
     servers = triton_fleet(2, repo=TEST_REPOSITORY)
     urls = [s.grpc_url for s in servers]
-    with GatewayProcess(urls, tmp_path / "gateway.log", "--data-plane", "grpc") as gateway:
+    with GatewayProcess(urls, tmp_path / "gateway.log") as gateway:
         client = grpcclient.InferenceServerClient(gateway.url)
         answers: queue.Queue = queue.Queue()
         if path == "stream":

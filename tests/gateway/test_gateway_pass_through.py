@@ -31,10 +31,10 @@ def pod(tmp_path_factory):
     stop_all(servers)
 
 
-@pytest.fixture(scope="module", params=["frames", "grpc"])
+@pytest.fixture(scope="module", params=["frames"])
 def gateway(request, pod, tmp_path_factory):
     log = tmp_path_factory.mktemp(f"gateway-{request.param}") / "gateway.log"
-    with GatewayProcess([pod.grpc_url], log, "--data-plane", request.param) as process:
+    with GatewayProcess([pod.grpc_url], log) as process:
         yield process
 
 

@@ -57,9 +57,9 @@ def test_metadata_arrives_on_camera_streams(proxy, mode, method):
     assert {call.metadata for call in calls} == {(("x-camera-site", "dock-7"),)}
 
 
-@pytest.mark.parametrize("data_plane", ["frames", "grpc"])
+@pytest.mark.parametrize("data_plane", ["frames"])
 def test_the_gateway_passes_the_metadata_on_to_the_pod(proxy, tmp_path, data_plane):
-    with GatewayProcess([proxy.url], tmp_path / "gateway.log", "--data-plane", data_plane) as gateway:
+    with GatewayProcess([proxy.url], tmp_path / "gateway.log") as gateway:
         assert image_cli(gateway.url, tmp_path / "run.json", "--rate", "10", "--workers", "1",
                          "-H", "x-tenant:team-a", "-H", f"authorization:{TOKEN}") == 0
         run_video(VideoOptions(url=gateway.url, tensor=TensorSpec("tiny_stream", "FRAME"), streams=1, fps=10,
