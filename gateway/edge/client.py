@@ -54,7 +54,7 @@ class ClientStream:
     """One client call: its request headers and how to answer it."""
 
     __slots__ = ("client", "stream_id", "headers", "path", "deadline_s", "handler", "reader", "answered",
-                 "finished", "client_done", "held")
+                 "finished", "client_done", "held", "window_held", "withheld")
 
     def __init__(self, client: "ClientConnection", stream_id: int, headers: list[tuple[str, str]]):
         self.client = client
@@ -74,6 +74,8 @@ class ClientStream:
         self.finished = False  # trailers went out: the call is over for the client
         self.client_done = False  # the client half-closed
         self.held = 0  # request bytes received and not released yet
+        self.window_held = False  # the handler has as many messages in flight as it takes
+        self.withheld = 0  # bytes not granted back to the client meanwhile
 
     @property
     def method(self) -> str:
@@ -120,6 +122,14 @@ class ClientStream:
         size = min(size, self.held)
         self.held -= size
         self.client.door.budget.released(size)
+
+    def hold_window(self, held: bool) -> None:
+        """While held, what the stream receives is not granted back to the client, whose window shrinks
+        until it stops sending; letting go grants what was withheld."""
+        self.window_held = held
+        if not held and self.withheld:
+            withheld, self.withheld = self.withheld, 0
+            self.client.consumed(self.stream_id, withheld)
 
     def _over(self) -> None:
         self.finished = True
@@ -232,12 +242,20 @@ class ClientConnection(Connection):
             stream.handler.on_cancel()
             self.done(stream)
 
+    def consumed(self, stream_id: int, size: int) -> None:
+        stream = self.streams.get(stream_id)
+        if stream is not None and stream.window_held:
+            stream.withheld += size  # granted once its handler has room again (hold_window)
+            return
+        super().consumed(stream_id, size)
+
     def done(self, stream: ClientStream) -> None:
         """The call is over: what it still holds is released; the rest of its request is not read."""
         if self.streams.pop(stream.stream_id, None) is None:
             return
         self.door.metrics.client_streams.dec()
         stream.release(stream.held)
+        stream.hold_window(False)  # the connection's share of what was withheld comes back
         if not stream.client_done and not self.closed:
             # RFC 9113 8.1: a complete answer before the whole request; the client stops sending.
             stream.client_done = True

@@ -21,7 +21,7 @@ from gateway.config import GatewayConfig
 from gateway.edge.client import CallHandler, ClientConnection, ClientStream
 from gateway.edge.limits import BufferBudget
 from gateway.edge.relay import ControlRelay
-from gateway.routing import unary
+from gateway.routing import streams, unary
 from gateway.routing.lifecycle import Router
 from gateway.transport import h2
 
@@ -63,6 +63,8 @@ class FrontDoor:
         method = unary.PATHS.get(stream.path)
         if method is not None:
             return unary.UnaryCall(self.router, stream, method)
+        if stream.path == streams.PATH:
+            return streams.StreamCall(self.router, stream)
         return ControlRelay(self.upstreams, self.control_address, stream)
 
     async def start(self, host: str, port: int) -> int:
