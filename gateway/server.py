@@ -103,8 +103,6 @@ class Gateway:
     async def stop(self, grace: float | None = None) -> None:
         grace = self.config.drain_grace_s if grace is None else grace
         self.service.draining = True
-        for session in list(self.service.streams):
-            session.drain()
         stopping = [self.server.stop(grace)] if self.server is not None else []
         if self.frontdoor is not None:
             stopping.append(self.frontdoor.drain(grace))

@@ -1,6 +1,6 @@
 """The KServe v2 `GRPCInferenceService` as the gateway serves it: raw-bytes handlers per method.
 
-Inference (`ModelInfer`, `ModelStreamInfer`) is forwarded as bytes. `ServerLive` and `ServerReady` are
+Inference (`ModelInfer`, `ModelStreamInfer`) goes through the front door, not here. `ServerLive` and `ServerReady` are
 answered here (ready while at least one pod is). Per-model questions go to a pod with the model READY;
 `RepositoryIndex` is merged over the pods. Admin methods are refused unless enabled, and then a model
 load or unload goes to every pod, so the fleet stays uniform.
@@ -17,7 +17,6 @@ from tritonclient.grpc import service_pb2
 from gateway import wire
 from gateway.backends import Backend, BackendPool
 from gateway.forwarding import Forwarder, UpstreamError, upstream_metadata
-from gateway.streams import StreamSession
 
 log = logging.getLogger("tritonfleet.gateway")
 
@@ -43,14 +42,12 @@ class InferenceService:
         self.allow_admin = allow_admin
         self.on_model_change = on_model_change
         self.draining = False
-        self.streams: set[StreamSession] = set()
 
     def generic_handler(self) -> grpc.GenericRpcHandler:
         handlers = {
             "ServerLive": self._unary(self.server_live),
             "ServerReady": self._unary(self.server_ready),
             "ServerMetadata": self._unary(self.server_metadata),
-            "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(self.model_stream_infer),
             "RepositoryIndex": self._unary(self.repository_index),
         }
         for method in _PER_MODEL:
@@ -71,19 +68,6 @@ class InferenceService:
     async def server_ready(self, request: bytes, context) -> bytes:
         ready = not self.draining and any(b.admitted for b in self.pool.backends.values())
         return _READY if ready else _NOT_READY
-
-    # ---- inference --------------------------------------------------------------------------------
-
-    async def model_stream_infer(self, request_iterator, context):
-        session = StreamSession(self.pool, self.forwarder, self.catalog, context, lambda: self.draining)
-        self.streams.add(session)
-        self.pool.metrics.active_streams.inc()
-        try:
-            async for response in session.run(request_iterator):
-                yield response
-        finally:
-            self.pool.metrics.active_streams.dec()
-            self.streams.discard(session)
 
     # ---- per-model questions and merged answers -------------------------------------------------
 
