@@ -34,7 +34,7 @@ class Connection(asyncio.Protocol):
         self.closed = False
         self.eof_sent = False  # FIN went out: nothing more may be written, though the peer still is read
         self.failure: str | None = None  # why the core ended the connection, if it did
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._event_loop: asyncio.AbstractEventLoop | None = None
         self._write_scheduled = False
         self._closing = False  # close() was called: what is buffered later is not written
 
@@ -43,9 +43,9 @@ class Connection(asyncio.Protocol):
     def connection_made(self, transport) -> None:
         self.transport = transport
         try:
-            self._loop = asyncio.get_running_loop()
+            self._event_loop = asyncio.get_running_loop()
         except RuntimeError:  # driven by hand, without an event loop: the caller calls write_out()
-            self._loop = None
+            self._event_loop = None
         self.core.initiate_connection()
         self._schedule_write()
 
@@ -75,9 +75,9 @@ class Connection(asyncio.Protocol):
     # ---- writing ------------------------------------------------------------------------------
 
     def _schedule_write(self) -> None:
-        if not self._write_scheduled and self._loop is not None:
+        if not self._write_scheduled and self._event_loop is not None:
             self._write_scheduled = True
-            self._loop.call_soon(self.write_out)
+            self._event_loop.call_soon(self.write_out)
 
     def write_out(self) -> None:
         """Write what this connection buffered; the scheduled write of each turn calls this."""
