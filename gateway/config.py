@@ -127,7 +127,7 @@ def _validate(config: GatewayConfig) -> None:
         need(getattr(config, key) >= 0, key, "must not be negative")
     for key in ("max_message_bytes", "max_concurrent_streams", "max_header_list_bytes", "client_keepalive_timeout_s"):
         need(getattr(config, key) > 0, key, "must be positive")
-    need(config.max_message_bytes < 1 << 32, "max_message_bytes", "must be below 4 GiB (a gRPC prefix's 32 bits)")
+    need(config.max_message_bytes < 1 << 31, "max_message_bytes", "must be below 2 GiB (grpcio's limit)")
     need(config.max_buffered_bytes >= config.max_message_bytes, "max_buffered_bytes",
          f"must be at least max_message_bytes ({config.max_message_bytes}), or a largest message never fits")
     need(config.max_concurrent_streams < 1 << 31, "max_concurrent_streams", "must be below 2^31")

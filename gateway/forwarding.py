@@ -12,8 +12,7 @@ import asyncio
 import grpc
 
 from gateway.backends import Backend, NoBackendError
-from gateway.routing.lifecycle import Lifecycle, Router, says_model_missing
-from gateway.routing.lifecycle import unreachable as _unreachable
+from gateway.routing.lifecycle import Lifecycle, Router, says_model_missing, unreachable
 
 # Metadata that belongs to one HTTP/2 hop and is set again by the gateway's own channel.
 _HOP_HEADERS = frozenset({"user-agent", "te", "content-type", "host", "connection"})
@@ -35,10 +34,6 @@ def upstream_metadata(context: grpc.aio.ServicerContext) -> tuple[tuple[str, str
         (key, value) for key, value in context.invocation_metadata() or ()
         if key not in _HOP_HEADERS and not key.startswith((":", "grpc-"))
     )
-
-
-async def unreachable(backend: Backend, exc: grpc.aio.AioRpcError) -> bool:
-    return await _unreachable(backend, exc.code(), exc.details() or "")
 
 
 class Forwarder:
@@ -64,7 +59,7 @@ class Forwarder:
             except grpc.aio.AioRpcError as exc:
                 code, details = exc.code(), exc.details() or ""
                 missing = says_model_missing(code, details)
-                lost = not missing and await _unreachable(backend, code, details)
+                lost = not missing and await unreachable(backend, code, details)
                 if missing or lost:
                     if lifecycle.failed(details or code.name, retryable=True, model_missing=missing, unreachable=lost):
                         continue

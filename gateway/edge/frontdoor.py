@@ -23,20 +23,17 @@ from gateway.edge.limits import BufferBudget
 from gateway.edge.relay import ControlRelay
 from gateway.routing import streams, unary
 from gateway.routing.lifecycle import Router
-from gateway.transport import h2
+from gateway.transport.h2 import H2Limits
 
 # The front door's sweep looks at each client this often (at most), and this often at least.
 _SWEEP_FLOOR_S = 0.05
 _SWEEP_CEILING_S = 1.0
 
 
-def h2_limits(config: GatewayConfig):
+def h2_limits(config: GatewayConfig) -> H2Limits:
     """The HTTP/2 limits of a client connection, as the transport takes them."""
-    limits = getattr(h2, "H2Limits", None)
-    if limits is None:
-        return None
-    return limits(max_concurrent_streams=config.max_concurrent_streams,
-                  max_header_list_size=config.max_header_list_bytes)
+    return H2Limits(max_concurrent_streams=config.max_concurrent_streams,
+                    max_header_list_size=config.max_header_list_bytes)
 
 
 class FrontDoor:

@@ -33,7 +33,7 @@ def test_config_is_frozen():
     ({"backends": ["a:1"], "workers": 2, "listen": "127.0.0.1:0"}, "fixed port"),
     ({"backends": ["a:1"], "data_plane": "grpc"}, "unknown keys"),
     ({"backends": ["a:1"], "max_message_bytes": 2048, "max_buffered_bytes": 1024}, "max_buffered_bytes must be at least"),
-    ({"backends": ["a:1"], "max_message_bytes": 1 << 32}, "max_message_bytes must be below 4 GiB"),
+    ({"backends": ["a:1"], "max_message_bytes": 1 << 31}, "max_message_bytes must be below 2 GiB"),
     ({"backends": ["a:1"], "max_concurrent_streams": 0}, "max_concurrent_streams must be positive"),
     ({"backends": ["a:1"], "max_header_list_bytes": 0}, "max_header_list_bytes must be positive"),
     ({"backends": ["a:1"], "client_keepalive_time_s": -1}, "client_keepalive_time_s must not be negative"),

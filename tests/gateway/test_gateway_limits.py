@@ -1,0 +1,252 @@
+"""The gateway's limits at the edge, each against three real Triton servers and a gateway process:
+message size, streams per connection, frozen clients, load shedding, max connection age, a burst of
+calls opened at once. Raw HTTP/2 clients (a plain socket) show what grpcio clients hide: when the
+gateway answers, and which frames it sends."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import urllib.parse
+from concurrent.futures import ThreadPoolExecutor
+
+import hpack
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.grpc.aio as aioclient
+from tritonclient.utils import InferenceServerException
+
+from gateway.transport.h2 import (DATA, END_HEADERS, END_STREAM, HEADERS, PING, PREFACE, REFUSED_STREAM, RST_STREAM,
+                                  SETTINGS, frame)
+from tests.gateway.helpers import GatewayProcess, add_one_inputs
+from tests.gateway.polling import metric, wait_for
+
+pytestmark = pytest.mark.slow
+RESOURCE_EXHAUSTED = "StatusCode.RESOURCE_EXHAUSTED"
+
+
+def gateway_with(fleet, tmp_path, **settings) -> GatewayProcess:
+    env = {f"TRITONFLEET_GATEWAY_{key.upper()}": str(value) for key, value in settings.items()}
+    return GatewayProcess([s.grpc_url for s in fleet], tmp_path / "gateway.log", env=env)
+
+
+def slow_inputs(delay_ms: int) -> list[grpcclient.InferInput]:
+    tensor = grpcclient.InferInput("INPUT0", [1], "FP32")
+    tensor.set_data_from_numpy(np.ones(1, dtype=np.float32))
+    delay = grpcclient.InferInput("DELAY_MS", [1], "INT32")
+    delay.set_data_from_numpy(np.array([delay_ms], dtype=np.int32))
+    return [tensor, delay]
+
+
+def infer_outcome(url: str, model: str, inputs) -> str:
+    """'OK', or the status of the call's error (with its message)."""
+    client = grpcclient.InferenceServerClient(url)
+    try:
+        client.infer(model, inputs, client_timeout=60)
+        return "OK"
+    except InferenceServerException as exc:
+        return f"{exc.status()} {exc.message()}"
+    finally:
+        client.close()
+
+
+class RawClient:
+    """An HTTP/2 client on a plain socket: it sends exactly the frames a test writes, and reads the
+    gateway's frames only when the test asks (a client that stops reading is one that never asks)."""
+
+    def __init__(self, url: str):
+        host, _, port = url.rpartition(":")
+        self.sock = socket.create_connection((host, int(port)), timeout=20)
+        self.encoder = hpack.Encoder()
+        self.decoder = hpack.Decoder()
+        self._buffer = b""
+        self.sock.sendall(PREFACE + frame(SETTINGS, 0, 0))
+
+    def open(self, stream_id: int, method: str = "ModelInfer", body: bytes | None = None, end: bool = False) -> None:
+        headers = [(":method", "POST"), (":scheme", "http"), (":path", f"/inference.GRPCInferenceService/{method}"),
+                   (":authority", "gateway"), ("content-type", "application/grpc"), ("te", "trailers")]
+        out = frame(HEADERS, END_HEADERS, stream_id, self.encoder.encode(headers))
+        if body is not None:
+            out += frame(DATA, END_STREAM if end else 0, stream_id, body)
+        self.sock.sendall(out)
+
+    def frames(self):
+        """The gateway's frames as they come, until it closes the connection."""
+        while True:
+            while len(self._buffer) >= 9:
+                size = int.from_bytes(self._buffer[:3], "big")
+                if len(self._buffer) < 9 + size:
+                    break
+                kind, flags = self._buffer[3], self._buffer[4]
+                stream_id = int.from_bytes(self._buffer[5:9], "big") & 0x7FFFFFFF
+                payload, self._buffer = self._buffer[9:9 + size], self._buffer[9 + size:]
+                if kind == HEADERS:
+                    payload = dict(self.decoder.decode(payload))
+                if kind == PING and not flags & 1:
+                    self.sock.sendall(frame(PING, 1, 0, payload))
+                yield kind, flags, stream_id, payload
+            try:
+                data = self.sock.recv(1 << 16)
+            except (ConnectionResetError, TimeoutError):
+                return
+            if not data:
+                return
+            self._buffer += data
+
+    def trailers(self, stream_id: int) -> dict:
+        for kind, flags, sid, payload in self.frames():
+            if kind == HEADERS and sid == stream_id and flags & END_STREAM:
+                return payload
+        raise AssertionError(f"no trailers on stream {stream_id}")
+
+    def resets(self, stream_ids: set[int]) -> dict[int, int]:
+        """The RST_STREAM codes of these streams, once each has one."""
+        found: dict[int, int] = {}
+        for kind, _, sid, payload in self.frames():
+            if kind == RST_STREAM and sid in stream_ids:
+                found[sid] = int.from_bytes(payload, "big")
+                if found.keys() == stream_ids:
+                    return found
+        raise AssertionError(f"RST_STREAM only on {sorted(found)} of {sorted(stream_ids)}")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_an_oversize_message_is_refused_from_its_prefix_while_another_client_is_served(fleet3, tmp_path):
+    with gateway_with(fleet3, tmp_path, max_message_bytes=1 << 20) as gateway:
+        # Only the 5-byte prefix of a 300 MiB message is sent: the answer comes before any of its bytes.
+        raw = RawClient(gateway.url)
+        raw.open(1, body=b"\x00" + (300 << 20).to_bytes(4, "big"))
+        trailers = raw.trailers(1)
+        assert trailers["grpc-status"] == "8", trailers  # RESOURCE_EXHAUSTED
+        assert "larger than the gateway's limit of 1048576 bytes" in urllib.parse.unquote(trailers["grpc-message"])
+        assert raw.resets({1}) == {1: 0}  # NO_ERROR: the client is told to stop sending the rest
+        # A grpcio client sending a whole 4 MiB message gets the same status; another client is served.
+        big = grpcclient.InferInput("INPUT0", [1 << 20], "FP32")
+        big.set_data_from_numpy(np.ones(1 << 20, dtype=np.float32))
+        with ThreadPoolExecutor(2) as pool:
+            refused = pool.submit(infer_outcome, gateway.url, "add_one", [big])
+            served = pool.submit(infer_outcome, gateway.url, "add_one", add_one_inputs())
+            assert refused.result().startswith(RESOURCE_EXHAUSTED), refused.result()
+            assert served.result() == "OK"
+        raw.close()
+        assert metric(gateway.metrics_url, "tritonfleet_gateway_refusals_total", reason="message_too_large") == 2
+
+
+def test_streams_above_the_per_connection_limit_are_refused_and_grpc_clients_retry_them(fleet3, tmp_path):
+    with gateway_with(fleet3, tmp_path, max_concurrent_streams=4) as gateway:
+        # Six calls opened at once, none finished: the two beyond the limit are refused.
+        raw = RawClient(gateway.url)
+        for stream_id in range(1, 13, 2):
+            raw.open(stream_id)
+        assert raw.resets({9, 11}) == {9: REFUSED_STREAM, 11: REFUSED_STREAM}
+        raw.close()
+
+        # A grpcio client with 24 slow calls at once on one channel: every one is answered.
+        async def burst():
+            async with aioclient.InferenceServerClient(gateway.url) as client:
+                async def one(value: int):
+                    tensor = aioclient.InferInput("INPUT0", [1], "FP32")
+                    tensor.set_data_from_numpy(np.array([value], dtype=np.float32))
+                    delay = aioclient.InferInput("DELAY_MS", [1], "INT32")
+                    delay.set_data_from_numpy(np.array([100], dtype=np.int32))
+                    result = await client.infer("slow", [tensor, delay])
+                    return result.as_numpy("OUTPUT0").tolist()
+
+                return await asyncio.gather(*(one(v) for v in range(24)))
+
+        assert asyncio.run(burst()) == [[v + 1.0] for v in range(24)]
+
+
+def test_a_frozen_client_is_reclaimed_and_its_calls_are_freed(fleet3, tmp_path):
+    with gateway_with(fleet3, tmp_path, client_keepalive_time_s=0.5, client_keepalive_timeout_s=0.5) as gateway:
+        streams = "tritonfleet_gateway_client_streams"
+        # Eight calls whose messages never complete, then the client stops reading (and so answering).
+        frozen = RawClient(gateway.url)
+        for stream_id in range(1, 17, 2):
+            frozen.open(stream_id, body=b"\x00\x00\x00\x01\x00")
+        assert wait_for(lambda: metric(gateway.metrics_url, streams) == 8), metric(gateway.metrics_url, streams)
+        assert wait_for(lambda: metric(gateway.metrics_url, streams) == 0), "the frozen client's calls are still open"
+        assert metric(gateway.metrics_url, "tritonfleet_gateway_client_disconnects_total", reason="ping_timeout") == 1
+        frozen.close()
+        # A client that answers the pings keeps its connection through a call longer than the timeouts.
+        assert infer_outcome(gateway.url, "slow", slow_inputs(2000)) == "OK"
+        assert metric(gateway.metrics_url, "tritonfleet_gateway_client_disconnects_total", reason="ping_timeout") == 1
+
+
+def test_load_shedding_answers_resource_exhausted_at_once_when_every_pod_is_saturated(fleet3, tmp_path):
+    with gateway_with(fleet3, tmp_path, max_inflight_per_backend=1, queue_timeout_s=60,
+                      max_queued_requests=1) as gateway:
+        with ThreadPoolExecutor(8) as pool:
+            # Three pods with one request each, and one request waiting for room: the fleet is full.
+            held = [pool.submit(infer_outcome, gateway.url, "slow", slow_inputs(6000)) for _ in range(3)]
+            assert wait_for(lambda: metric(gateway.metrics_url, "tritonfleet_gateway_inflight") == 3)
+            held.append(pool.submit(infer_outcome, gateway.url, "slow", slow_inputs(6000)))
+            assert wait_for(lambda: metric(gateway.metrics_url, "tritonfleet_gateway_queued_requests") == 1)
+            shed = [pool.submit(infer_outcome, gateway.url, "slow", slow_inputs(10)) for _ in range(4)]
+            outcomes = [call.result() for call in shed]
+            # Refused while the first calls still run (they take seconds more): not after a wait.
+            assert not any(call.done() for call in held[:3]), "the shed calls waited for the fleet"
+            assert [call.result() for call in held] == ["OK"] * 4
+    assert all(o.startswith(RESOURCE_EXHAUSTED) and "already wait for room" in o for o in outcomes), outcomes
+
+
+def test_max_connection_age_sends_goaway_and_the_channel_reconnects_without_failed_calls(fleet3, tmp_path):
+    with gateway_with(fleet3, tmp_path, max_connection_age_s=0.5, max_connection_age_grace_s=5) as gateway:
+        aged = "tritonfleet_gateway_client_disconnects_total"
+        client = grpcclient.InferenceServerClient(gateway.url)
+        outcomes: list[str] = []
+
+        def one_more() -> bool:
+            try:
+                client.infer("add_one", add_one_inputs())
+                outcomes.append("OK")
+            except InferenceServerException as exc:
+                outcomes.append(exc.status())
+            return metric(gateway.metrics_url, aged, reason="max_age") >= 3
+
+        assert wait_for(one_more, timeout=30, interval=0), "no connection reached its max age"
+        client.close()
+        assert set(outcomes) == {"OK"}, [o for o in outcomes if o != "OK"]
+        # Each aged connection was replaced by a new one from the same channel.
+        assert metric(gateway.metrics_url, "tritonfleet_gateway_client_connections") <= 1
+
+
+def test_a_burst_of_calls_opened_at_once_all_succeed(fleet3, tmp_path):
+    """Clients reconnecting together after a restart: 400 calls at once over 4 channels, and 100 streams
+    opened at once, each with one message; every one is answered."""
+    with gateway_with(fleet3, tmp_path, max_concurrent_streams=100) as gateway:
+        async def burst():
+            clients = [aioclient.InferenceServerClient(gateway.url) for _ in range(4)]
+
+            async def one(client, value: int):
+                tensor = aioclient.InferInput("INPUT0", [1], "FP32")
+                tensor.set_data_from_numpy(np.array([value], dtype=np.float32))
+                result = await client.infer("add_one", [tensor])
+                return result.as_numpy("OUTPUT0").tolist()
+
+            async def stream(client, value: int):
+                tensor = aioclient.InferInput("INPUT0", [1], "FP32")
+                tensor.set_data_from_numpy(np.array([value], dtype=np.float32))
+
+                async def requests():
+                    yield {"model_name": "add_one", "inputs": [tensor], "request_id": str(value)}
+
+                async for result, error in client.stream_infer(requests()):
+                    assert error is None, error
+                    return result.as_numpy("OUTPUT0").tolist()
+
+            try:
+                unary = [one(clients[v % 4], v) for v in range(400)]
+                streams = [stream(clients[v % 4], v) for v in range(100)]
+                return await asyncio.gather(*unary, *streams, return_exceptions=True)
+            finally:
+                for client in clients:
+                    await client.close()
+
+        results = asyncio.run(burst())
+        failures = [r for r in results if isinstance(r, BaseException)]
+        assert not failures, failures[:3]
+        assert results == [[v + 1.0] for v in range(400)] + [[v + 1.0] for v in range(100)]
