@@ -1,7 +1,8 @@
 """`ModelStreamInfer` routed per message at the frame level, seen from the pods: one stream's stateless
 messages spread over every pod, each sequence stays on its pod among stateless messages, a decoupled
 model's answers all come back, a bad message is answered with its own error and the stream goes on,
-and a client that resets its stream has its calls cancelled on the pod."""
+a client that sends faster than the fleet answers is held to MAX_OUTSTANDING messages in flight, and a
+client that resets its stream has its calls cancelled on the pod."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.grpc import service_pb2
 from tritonclient.utils import InferenceServerException
 
+from gateway.routing.streams import MAX_OUTSTANDING
 from tests.gateway.helpers import GatewayProcess, add_one_inputs, served_counts
 from tests.gateway.polling import metric, served_since, wait_for
 from tritonfleet.triton_server import start_fleet, stop_all
@@ -128,6 +130,27 @@ def test_a_bad_message_gets_its_own_error_and_the_stream_goes_on(gateway3):
     answered = {r.infer_response.id: np.frombuffer(r.infer_response.raw_output_contents[0], np.float32).tolist()
                 for r in replies if not r.error_message}
     assert answered == {"first": [2.0], "second": [3.0]}
+
+
+def test_a_stream_has_at_most_max_outstanding_messages_on_the_pods(gateway3):
+    delay = grpcclient.InferInput("DELAY_MS", [1], "INT32")
+    delay.set_data_from_numpy(np.array([500], dtype=np.int32))
+    stream = StreamClient(gateway3.url)
+    total = MAX_OUTSTANDING + 40
+    for index in range(total):
+        stream.send("slow", add_one_inputs([index]) + [delay], request_id=str(index))
+    seen: list[float] = []
+
+    def all_answered() -> bool:
+        seen.append(metric(gateway3.metrics_url, "tritonfleet_gateway_inflight"))
+        return stream.answers.qsize() >= total
+
+    assert wait_for(all_answered, timeout=120), stream.answers.qsize()
+    answers = stream.close()
+    assert all(error is None for _, error in answers), [str(e) for _, e in answers if e][:3]
+    assert sorted(int(result.get_response().id) for result, _ in answers) == list(range(total))
+    # The others waited, their bytes not granted back to the client, until answers made room.
+    assert max(seen) == MAX_OUTSTANDING, max(seen)
 
 
 @pytest.fixture(scope="module")
