@@ -11,8 +11,9 @@ what one call brought is delivered in pieces, one per call. Received bytes are g
 in `grant_step` steps: at once, or with `manual_flow` only once the upper layer acknowledges them
 (`acknowledge_received_data`), so what a peer may have buffered in us is bounded by what we granted.
 
-As a server the core refuses what RFC 9113 tells a server to refuse (h2spec's list is the guide), and
-bounds what costs us without costing the peer (`H2Limits`): frames larger than we announced, header
+As a server the core refuses what RFC 9113 tells a server to refuse (h2spec's list is the guide:
+frames on idle or closed streams, window overflows, invalid settings, malformed requests), and bounds
+what costs us without costing the peer (`H2Limits`): frames larger than we announced, header
 blocks larger than the header-list limit (CONTINUATION floods), streams beyond the concurrency limit
 (REFUSED_STREAM), rapid resets (CVE-2023-44487) and PING/SETTINGS floods (ENHANCE_YOUR_CALM).
 
@@ -288,19 +289,86 @@ class HeaderDecoder:
         self._decoder = hpack.Decoder(max_header_list_size=max_header_list_size)
         self._decoder.max_allowed_table_size = 1 << 16
         self._table = self._decoder.header_table = _TrackedTable()
-        self._cache: dict[bytes, tuple[int, list]] = {}
+        # block -> (the table's changes when decoded, headers, {check: what it found wrong, or None})
+        self._cache: dict[bytes, tuple[int, list, dict]] = {}
 
     def decode(self, block: bytes) -> list[tuple[str, str]]:
+        return self._entry(block)[1]
+
+    def decode_checked(self, block: bytes, check) -> tuple[list[tuple[str, str]], str | None]:
+        """The headers of `block` and what `check(headers)` finds wrong with them (cached with them)."""
+        _, headers, problems = self._entry(block)
+        try:
+            return headers, problems[check]
+        except KeyError:
+            problem = problems[check] = check(headers)
+            return headers, problem
+
+    def _entry(self, block: bytes) -> tuple[int, list, dict]:
         changes = self._table.changes
         hit = self._cache.get(block)
         if hit is not None and hit[0] == changes:
-            return hit[1]
-        headers = self._decoder.decode(block, raw=False)
+            return hit
+        entry = (changes, self._decoder.decode(block, raw=False), {})
         if self._table.changes == changes:
             if len(self._cache) >= 64:
                 self._cache.clear()
-            self._cache[block] = (changes, headers)
-        return headers
+            self._cache[block] = entry
+        return entry
+
+
+# ---- HTTP/2 message rules (RFC 9113 8.1-8.3) ---------------------------------------------------------
+
+_REQUEST_PSEUDO = frozenset((":method", ":scheme", ":authority", ":path", ":protocol"))
+_CONNECTION_SPECIFIC = frozenset(("connection", "proxy-connection", "keep-alive", "transfer-encoding", "upgrade"))
+
+
+def _field_problem(name: str, value: str) -> str | None:
+    if not name or name != name.lower():
+        return f"field name {name!r} is empty or not lower case"
+    if name in _CONNECTION_SPECIFIC:
+        return f"connection-specific field {name}"
+    if name == "te" and value != "trailers":
+        return f"te: {value!r} (only 'trailers' is allowed)"
+    if "\0" in value or "\r" in value or "\n" in value:
+        return f"field {name} has NUL, CR or LF in its value"
+    return None
+
+
+def request_problem(headers: list[tuple[str, str]]) -> str | None:
+    """What makes a request's header list malformed (a stream error), or None."""
+    seen: set[str] = set()
+    regular = False
+    for name, value in headers:
+        if name[:1] == ":":
+            if regular:
+                return f"pseudo-header {name} after regular fields"
+            if name not in _REQUEST_PSEUDO:
+                return f"pseudo-header {name} is not one of a request"
+            if name in seen:
+                return f"pseudo-header {name} twice"
+            seen.add(name)
+            if name == ":path" and not value:
+                return "an empty :path"
+        else:
+            regular = True
+            problem = _field_problem(name, value)
+            if problem:
+                return problem
+    if not seen >= {":method", ":scheme", ":path"} and not (":method" in seen and dict(headers)[":method"] == "CONNECT"):
+        return f"missing {', '.join(sorted({':method', ':scheme', ':path'} - seen))}"
+    return None
+
+
+def trailers_problem(headers: list[tuple[str, str]]) -> str | None:
+    """What makes trailers malformed (a stream error), or None."""
+    for name, value in headers:
+        if name[:1] == ":":
+            return f"pseudo-header {name} in trailers"
+        problem = _field_problem(name, value)
+        if problem:
+            return problem
+    return None
 
 
 
@@ -390,12 +458,12 @@ class H2Connection:
     def initiate_connection(self) -> None:
         limits = self.limits
         settings = {SETTINGS_INITIAL_WINDOW_SIZE: limits.initial_window_size,
-                    SETTINGS_MAX_FRAME_SIZE: limits.max_frame_size}
+                    SETTINGS_MAX_FRAME_SIZE: limits.max_frame_size,
+                    SETTINGS_MAX_HEADER_LIST_SIZE: limits.max_header_list_size}
         if self.client:
             settings[SETTINGS_ENABLE_PUSH] = 0
         else:
             settings[SETTINGS_MAX_CONCURRENT_STREAMS] = limits.max_concurrent_streams
-            settings[SETTINGS_MAX_HEADER_LIST_SIZE] = limits.max_header_list_size
         start = PREFACE if self.client else b""
         grow = limits.connection_window_size - DEFAULT_WINDOW
         self._send(start + frame(SETTINGS, 0, 0, settings_payload(settings))
@@ -658,9 +726,12 @@ class H2Connection:
 
     def _header_block(self, stream_id: int, flags: int, block: bytes, depends_on_itself: bool) -> None:
         # Every block is decoded, even one for a stream that is then refused: it may change the table.
-        headers = self.decoder.decode(block)
-        end_stream = bool(flags & END_STREAM)
         stream = self.streams.get(stream_id)
+        if self.client:
+            headers, problem = self.decoder.decode(block), None
+        else:  # a request, or its trailers, must follow HTTP/2's message rules
+            headers, problem = self.decoder.decode_checked(block, request_problem if stream is None else trailers_problem)
+        end_stream = bool(flags & END_STREAM)
         if stream is None:
             stream = self._new_peer_stream(stream_id)
             if stream is None:
@@ -671,7 +742,7 @@ class H2Connection:
         elif stream.headers_received and not end_stream:
             self._reset(stream, PROTOCOL_ERROR)  # trailers must end the stream
             return
-        if depends_on_itself:
+        if depends_on_itself or problem:
             self._reset(stream, PROTOCOL_ERROR)
             return
         stream.headers_received = True

@@ -288,6 +288,36 @@ def test_streams_beyond_the_concurrency_limit_are_refused(peer):
             break
 
 
+# ---- HTTP/2 message rules (RFC 9113 8.1-8.3): a malformed request is a stream error ----------------
+
+_GOOD = request("/hold")
+
+
+@pytest.mark.parametrize("headers", [
+    _GOOD + [("X-Upper", "1")],
+    _GOOD + [("connection", "keep-alive")],
+    _GOOD[:-1] + [("te", "gzip")],
+    _GOOD[:2] + [("x-early", "1")] + _GOOD[2:],
+    _GOOD + [(":status", "200")],
+    _GOOD[:1] + _GOOD,
+    [h for h in _GOOD if h[0] != ":path"],
+    [(":path", "") if h[0] == ":path" else h for h in _GOOD],
+    _GOOD + [("x-split", "a\r\nx-injected: 1")],
+], ids=["upper-case-name", "connection-specific", "te-gzip", "pseudo-after-regular", "response-pseudo",
+        "pseudo-twice", "no-path", "empty-path", "crlf-in-value"])
+def test_a_malformed_request_is_a_stream_error(peer, headers):
+    peer.send(frame(HEADERS, END_HEADERS, 1, peer.encoder.encode(headers)))
+    assert peer.reset_of(1) == PROTOCOL_ERROR
+    peer.ping_answered()
+
+
+def test_pseudo_headers_in_trailers_are_a_stream_error(peer):
+    peer.send(peer.headers(1, "/hold")
+              + frame(HEADERS, END_HEADERS | END_STREAM, 1, peer.encoder.encode([(":path", "/other")])))
+    assert peer.reset_of(1) == PROTOCOL_ERROR
+    peer.ping_answered()
+
+
 # ---- flow control (RFC 9113 6.9) -----------------------------------------------------------------------
 
 def test_a_window_update_beyond_2_31_on_the_connection_is_a_flow_control_error(peer):
