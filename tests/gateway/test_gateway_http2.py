@@ -3,14 +3,15 @@ frames reassembled from reads cut anywhere."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 
 import hpack
 import pytest
 
 from gateway.transport.connection import Connection
-from gateway.transport.h2 import (DATA, END_HEADERS, END_STREAM, HEADERS, PREFACE, RST_STREAM, SETTINGS, HeaderDecoder,
-                                  _integer, encode_headers, frame)
+from gateway.transport.h2 import (DATA, END_HEADERS, END_STREAM, HEADERS, PING, PREFACE, RST_STREAM, SETTINGS,
+                                  HeaderDecoder, _integer, encode_headers, frame)
 
 GRPC_REQUEST = [(":method", "POST"), (":scheme", "http"), (":path", "/inference.GRPCInferenceService/ModelInfer"),
                 (":authority", "127.0.0.1:8001"), ("content-type", "application/grpc"), ("te", "trailers"),
@@ -143,3 +144,36 @@ def test_a_data_payload_longer_than_a_read_is_handed_on_in_pieces_of_the_reads_t
     assert [p.obj for p in pieces] == reads[1:]
     assert b"".join(pieces) == payload
     assert [e[3] for e in connection.events if e[0] == "data"] == [False, False, True]
+
+
+class CountingTransport(DiscardingTransport):
+    def __init__(self):
+        self.writes: list[bytes] = []
+
+    def write(self, data):
+        self.writes.append(bytes(data))
+
+    def writelines(self, chunks):
+        self.writes.append(b"".join(chunks))
+
+
+def test_what_a_turn_of_the_event_loop_sends_leaves_in_one_write_without_a_flush():
+    async def scenario():
+        connection = RecordingConnection()
+        transport = CountingTransport()
+        connection.connection_made(transport)
+        connection.data_received(_client_bytes(bytes(100)))  # streams 1 (complete) and 3 (reset)
+        for _ in range(3):
+            connection.send_headers(1, [(":status", "200")], False)
+        connection.send_data(1, b"answer", False)
+        connection.send_headers(1, [("grpc-status", "0")], True)
+        connection.ping(b"12345678")
+        assert transport.writes == []  # nothing yet: the write is scheduled for the end of this turn
+        turned = asyncio.get_running_loop().create_future()
+        asyncio.get_running_loop().call_soon(turned.set_result, None)  # runs after the scheduled write
+        await turned
+        return transport.writes
+
+    writes = asyncio.run(scenario())
+    assert len(writes) == 1
+    assert writes[0].count(b"answer") == 1 and writes[0].endswith(frame(PING, 0, 0, b"12345678"))

@@ -5,13 +5,16 @@ for stream errors) and that a second, well-behaved client on another connection 
 
 The server is a `gateway.transport.connection.Connection` answering gRPC-like calls: `/echo` sends the
 request's body back and ends with trailers; `/hold` never answers (its stream stays half-closed or open,
-its received bytes unacknowledged, as a call waiting for its pod would be)."""
+its received bytes unacknowledged, as a call waiting for its pod would be). The last cases go to the
+real gateway process (its own limits from GatewayConfig's defaults), with a pod address where nothing
+listens: the protocol cases need no fleet, and a well-behaved call is still answered with its status."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
 import struct
+import sys
 import threading
 
 import h2.config
@@ -23,6 +26,9 @@ import pytest
 
 from gateway.transport.connection import Connection
 from gateway.transport.h2 import H2Limits
+from tritonfleet.paths import REPO_ROOT
+from tritonfleet.processes import ChildProcess
+from tritonfleet.triton_server import LOOPBACK, free_port
 
 DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = range(10)
 END_STREAM, END_HEADERS, ACK = 0x1, 0x4, 0x1
@@ -474,3 +480,108 @@ def test_resets_spread_over_many_answered_calls_are_not_rapid_reset(peer):
         peer.send(peer.headers(stream_id, "/hold") + frame(RST_STREAM, 0, stream_id, CANCEL.to_bytes(4, "big"))
                   + peer.headers(stream_id + 2, "/echo", END_HEADERS | END_STREAM))
     peer.ping_answered()
+
+
+# ---- the gateway process itself ------------------------------------------------------------------------
+
+MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
+
+
+@pytest.fixture(scope="module")
+def gateway_port(tmp_path_factory):
+    port, nothing_there = free_port(), free_port()
+    argv = [sys.executable, "-m", "tritonfleet.cli", "gateway", "--listen", f"{LOOPBACK}:{port}",
+            "--metrics-port", str(free_port()), "--backend", f"{LOOPBACK}:{nothing_there}"]
+    gateway = ChildProcess("gateway", argv, tmp_path_factory.mktemp("gateway") / "gateway.log", cwd=REPO_ROOT)
+    try:
+        gateway.wait_listening(f"{LOOPBACK}:{port}", timeout=30)
+        yield port
+    finally:
+        gateway.stop()
+
+
+def answered_by_the_gateway(port: int) -> str:
+    """A well-behaved h2 client's ModelInfer call; the grpc-status the gateway ends it with."""
+    peer = Peer(port, handshake=False)
+    try:
+        client = peer.h2
+        client.initiate_connection()
+        client.send_headers(1, [(":method", "POST"), (":scheme", "http"), (":path", MODEL_INFER),
+                                (":authority", "gateway"), ("content-type", "application/grpc"), ("te", "trailers"),
+                                ("grpc-timeout", "2S")])
+        message = b"\n\x05model"  # ModelInferRequest{model_name: "model"}
+        client.send_data(1, b"\0" + len(message).to_bytes(4, "big") + message, end_stream=True)
+        peer.send(client.data_to_send())
+        while True:
+            data = peer.sock.recv(1 << 16)
+            assert data, "the gateway closed the connection"
+            for event in client.receive_data(data):
+                assert not isinstance(event, (h2.events.StreamReset, h2.events.ConnectionTerminated)), event
+                if isinstance(event, (h2.events.TrailersReceived, h2.events.ResponseReceived)):
+                    status = dict(event.headers).get("grpc-status")
+                    if status is not None:
+                        return status
+            peer.send(client.data_to_send())
+    finally:
+        peer.close()
+
+
+@pytest.fixture
+def gateway_peer(gateway_port):
+    connection = Peer(gateway_port)
+    connection.encoder = hpack.Encoder()
+    yield connection
+    connection.close()
+    # No pod serves the model (NOT_FOUND) or none is reachable (UNAVAILABLE): either way, answered.
+    assert answered_by_the_gateway(gateway_port) in ("5", "14")
+
+
+def _gateway_headers(peer: Peer, stream_id: int, flags: int = END_HEADERS) -> bytes:
+    headers = [(":method", "POST"), (":scheme", "http"), (":path", MODEL_INFER), (":authority", "gateway"),
+               ("content-type", "application/grpc"), ("te", "trailers")]
+    return frame(HEADERS, flags, stream_id, peer.encoder.encode(headers))
+
+
+def test_the_gateway_refuses_a_bad_preface(gateway_port, gateway_peer):
+    bad = Peer(gateway_port, handshake=False)
+    bad.send(b"GET /metrics HTTP/1.1\r\nHost: gateway\r\n\r\n")
+    assert bad.goaway() == (PROTOCOL_ERROR, 0)
+    bad.close()
+
+
+def test_the_gateway_cuts_off_a_continuation_flood(gateway_peer):
+    gateway_peer.send(_gateway_headers(gateway_peer, 1, flags=0))
+    try:
+        gateway_peer.send(frame(CONTINUATION, 0, 1, b"\x40\x01a\x01b") * 20_000)
+    except OSError:
+        pass
+    assert gateway_peer.goaway()[0] == ENHANCE_YOUR_CALM
+
+
+def test_the_gateway_cuts_off_rapid_reset(gateway_peer):
+    limits = H2Limits()  # the gateway's defaults
+    opened_and_reset = b"".join(_gateway_headers(gateway_peer, stream_id)
+                                + frame(RST_STREAM, 0, stream_id, CANCEL.to_bytes(4, "big"))
+                                for stream_id in range(1, 2 * (limits.max_rapid_resets + 1), 2))
+    gateway_peer.send(opened_and_reset)
+    assert gateway_peer.goaway() == (ENHANCE_YOUR_CALM, 2 * limits.max_rapid_resets + 1)
+
+
+def test_the_gateway_cuts_off_a_ping_flood(gateway_peer):
+    try:
+        gateway_peer.send(frame(PING, 0, 0, b"12345678") * (H2Limits().max_control_frames + 1))
+    except OSError:
+        pass
+    assert gateway_peer.goaway()[0] == ENHANCE_YOUR_CALM
+
+
+def test_the_gateway_resets_a_malformed_request_and_serves_the_connection_on(gateway_peer):
+    headers = [(":method", "POST"), (":scheme", "http"), (":path", MODEL_INFER), ("Content-Type", "application/grpc")]
+    gateway_peer.send(frame(HEADERS, END_HEADERS | END_STREAM, 1, gateway_peer.encoder.encode(headers)))
+    assert gateway_peer.reset_of(1) == PROTOCOL_ERROR
+    gateway_peer.ping_answered()
+
+
+def test_the_gateway_refuses_oversize_frames(gateway_peer):
+    gateway_peer.send(_gateway_headers(gateway_peer, 1) + frame(DATA, 0, 1, bytes(H2Limits().max_frame_size + 1)))
+    assert gateway_peer.goaway()[0] == FRAME_SIZE_ERROR
