@@ -59,6 +59,8 @@ MAX_STREAM_ID = (1 << 31) - 1
 
 # A frame header: 24-bit length (as 16 + 8 bits), type, flags, stream id (RFC 9113 4.1).
 _FRAME_HEADER = struct.Struct(">HBBBI")
+# What a HEADERS frame may carry besides its block: the pad length and padding, and the priority.
+_HEADERS_OVERHEAD = 1 + 255 + 5
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,8 @@ class H2Limits:
     # among the latest `rapid_reset_streams` streams it opened, end the connection (ENHANCE_YOUR_CALM).
     max_rapid_resets: int = 500
     rapid_reset_streams: int = 1000
-    # PING and SETTINGS frames (each costs us an answer) in a row without HEADERS or DATA in between.
+    # PING and SETTINGS frames (each costs us an answer) in a row without HEADERS or DATA in between,
+    # either way (peers ping in answer to what they receive: BDP probes).
     max_control_frames: int = 1000
     # Streams remembered after they closed, so late frames on them are told from frames on streams
     # that never were (frames on a stream we reset are ignored, as RFC 9113 5.1 asks).
@@ -521,6 +524,8 @@ class H2Connection:
             length = high << 8 | low
             if length > max_frame:
                 raise H2Error(FRAME_SIZE_ERROR, f"a frame of {length} bytes, larger than the {max_frame} announced")
+            if kind == HEADERS or kind == CONTINUATION:
+                self._check_header_frame(length)
             start = position + 9
             end = start + length
             if end > size:
@@ -540,7 +545,15 @@ class H2Connection:
             need = 9 if size - position < 9 else 9 + (rest[0] << 16 | rest[1] << 8 | rest[2])
             if need - 9 > max_frame:
                 raise H2Error(FRAME_SIZE_ERROR, f"a frame of {need - 9} bytes, larger than the {max_frame} announced")
+            if need > 9 and rest[3] in (HEADERS, CONTINUATION):
+                self._check_header_frame(need - 9)
             self._hold(rest, need)
+
+    def _check_header_frame(self, length: int) -> None:
+        """A header frame longer than a whole header list may be is refused before it is buffered."""
+        if length > self.limits.max_header_list_size + _HEADERS_OVERHEAD:
+            raise H2Error(ENHANCE_YOUR_CALM, f"a header frame of {length} bytes, beyond the header-list limit "
+                                             f"of {self.limits.max_header_list_size}")
 
     def _hold(self, rest, need: int) -> None:
         """Hold the start of an incomplete frame (or preface) until `need` bytes of it have arrived."""
@@ -575,6 +588,8 @@ class H2Connection:
                 raise H2Error(FRAME_SIZE_ERROR, f"a frame of {length} bytes, larger than the "
                                                 f"{self.limits.max_frame_size} announced")
             kind, flags, stream_id = held[3], held[4], int.from_bytes(held[5:9], "big") & MAX_STREAM_ID
+            if kind == HEADERS or kind == CONTINUATION:
+                self._check_header_frame(length)
             if kind == DATA and not flags & PADDED:
                 self._begin_piece(flags, stream_id, length, view[position:position])
                 return position
@@ -967,6 +982,7 @@ class H2Connection:
         self._headers_out(stream, block, end_stream)
 
     def _headers_out(self, stream: Stream, block: bytes, end_stream: bool) -> None:
+        self._control_frames = 0  # the peer's PINGs and SETTINGS may well answer what we send
         flags = END_STREAM if end_stream else 0
         limit = self.peer_max_frame
         if len(block) <= limit:
@@ -996,6 +1012,7 @@ class H2Connection:
     def _data_out(self, stream: Stream, view: memoryview, end_stream: bool) -> memoryview | None:
         """Send as much of `view` as the windows allow; the rest, or None when all of it went."""
         stream_id = stream.stream_id
+        self._control_frames = 0
         while True:
             window = min(self.send_window, stream.send_window, self.peer_max_frame)
             size = min(len(view), window)

@@ -412,6 +412,18 @@ def test_a_small_block_that_decodes_to_a_huge_header_list_is_refused(peer):
     assert peer.goaway()[0] == ENHANCE_YOUR_CALM
 
 
+@pytest.mark.parametrize("cut", [9, 4], ids=["whole-frame-header", "frame-header-in-two-reads"])
+def test_a_header_frame_longer_than_a_header_list_may_be_is_refused_before_its_payload(peer, cut):
+    header = struct.pack(">I", 16_000)[1:] + bytes((HEADERS, END_HEADERS)) + (1).to_bytes(4, "big")
+    if cut < 9:  # a PING and the start of the frame header in one read, the rest in the next
+        peer.send(frame(PING, 0, 0, b"87654321") + header[:cut])
+        for kind, flags, _, payload in peer.frames():
+            if kind == PING and flags & ACK:
+                break
+    peer.send(header[cut:] if cut < 9 else header)
+    assert peer.goaway()[0] == ENHANCE_YOUR_CALM  # the 16,000 bytes it announces never come
+
+
 def test_a_header_block_interrupted_by_another_frame_is_a_protocol_error(peer):
     block = peer.encoder.encode(request("/hold"))
     peer.send(frame(HEADERS, 0, 1, block[:5]) + frame(PING, 0, 0, b"12345678") + frame(CONTINUATION, END_HEADERS, 1, block[5:]))
