@@ -111,9 +111,12 @@ class StatelessMessage:
             self._end(grpc.StatusCode.INTERNAL, f"the pod answered {len(self.replies)} messages to a ModelInfer")
             return
         reply = self.replies[0]
-        payload = decompress(reply, header(headers, "grpc-encoding"), self.call.max_message_bytes) \
-            if reply.compressed else reply.joined()
-        self.call.answer(wire.stream_response(payload))
+        if reply.compressed:
+            self.call.answer(wire.stream_response(decompress(reply, header(headers, "grpc-encoding"),
+                                                             self.call.max_message_bytes)))
+        else:
+            head = wire.stream_response_head(reply.size)
+            self.call.answer_pieces(head, reply.pieces, len(head) + reply.size)
         self._finish(grpc.StatusCode.OK, reply.size)
 
     def on_upstream_data(self, data, end_stream: bool) -> None:
@@ -243,7 +246,7 @@ class PodStream:
                 self.call.outstanding -= 1
             else:  # a decoupled model's answer: its message was counted when it went to the pod
                 self.call.metrics.bytes_out.inc(answer.size)
-            self.call.answer_framed(answer)
+            self.call.answer_pieces(b"", answer.pieces, answer.size)
         self.call.freed()
 
     def _lost(self, code: grpc.StatusCode, details: str, unreachable: bool) -> None:

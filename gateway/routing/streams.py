@@ -34,12 +34,15 @@ from gateway.backends import Backend, NoBackendError
 from gateway.routing.lifecycle import Lifecycle, Router
 from gateway.routing.sequences import SequenceError, stream_sequences
 from gateway.routing.stream_upstreams import METHOD, PodStream, StatelessMessage, describe
-from gateway.transport.messages import PREFIX_SIZE, BadMessage, Message, MessageTooLarge, decompress, ok_headers
+from gateway.transport.messages import (PREFIX_SIZE, BadMessage, Message, MessageTooLarge, decompress, ok_headers,
+                                        prefix)
 
 SERVICE = "/inference.GRPCInferenceService/"
 PATH = SERVICE + METHOD
 # Messages of one stream in flight at once; a client that sends more waits for flow-control window.
 MAX_OUTSTANDING = 256
+# Answers up to this size go to the client as one DATA frame (HTTP/2's default frame size).
+_JOINED_BELOW = 16 * 1024
 SHUTTING_DOWN = "the gateway is shutting down; reconnect to continue the stream"
 # Not passed on to the pods: each attempt sets its own deadline, and a pod's answers must come
 # uncompressed (a stateless message's answer is rewrapped here).
@@ -186,13 +189,19 @@ class StreamCall:
         if not self.over:
             self.stream.send_message(payload)
 
-    def answer_framed(self, message: Message) -> None:
-        """A pod's own `ModelStreamInferResponse`, relayed as its pieces came."""
+    def answer_pieces(self, head: bytes, pieces: list, size: int) -> None:
+        """A `ModelStreamInferResponse` of `size` bytes: `head`, then `pieces` as they came from the pod
+        (views of its reads, not copied), except that a small answer goes as one DATA frame."""
         if self.over:
             return
         if not self.stream.answered:
             self.stream.send_headers(ok_headers())
-        for piece in message.framed():
+        first = prefix(size) + head
+        if size <= _JOINED_BELOW:
+            self.stream.send_data(b"".join((first, *pieces)))
+            return
+        self.stream.send_data(first)
+        for piece in pieces:
             self.stream.send_data(piece)
 
     def answer_error(self, text: str) -> None:

@@ -79,6 +79,21 @@ def test_one_streams_stateless_messages_go_to_every_pod(fleet3, gateway3):
     assert sum(deltas) == 90 and min(deltas) >= 90 / 5, deltas
 
 
+def test_large_messages_cross_a_stream_intact(gateway3):
+    stream = StreamClient(gateway3.url)
+    tensors = {index: np.arange(index, index + (1 << 20), dtype=np.float32) for index in range(4)}  # 4 MiB each
+    for index, values in tensors.items():
+        tensor = grpcclient.InferInput("INPUT0", list(values.shape), "FP32")
+        tensor.set_data_from_numpy(values)
+        stream.send("add_one", [tensor], request_id=str(index))
+    answers = stream.close()
+    assert all(error is None for _, error in answers), [str(e) for _, e in answers if e][:3]
+    got = {int(result.get_response().id): result.as_numpy("OUTPUT0") for result, _ in answers}
+    assert sorted(got) == sorted(tensors)
+    for index, values in tensors.items():
+        np.testing.assert_array_equal(got[index], values + 1)
+
+
 def test_two_sequences_on_one_stream_keep_their_pods_among_stateless_messages(fleet3, gateway3):
     before = served_counts(fleet3, "running_sum")
     stream = StreamClient(gateway3.url)
@@ -114,6 +129,14 @@ def test_every_answer_of_a_decoupled_model_arrives(fleet3, gateway3):
         values.setdefault(result.get_response().id, []).append(int(result.as_numpy("VALUE")[0]))
     assert {key: sorted(got, reverse=True) for key, got in values.items()} == {
         key: list(range(count - 1, -1, -1)) for key, count in counts.items() if count}
+
+
+def test_an_answer_rewrapped_for_a_stream_is_its_head_then_its_own_bytes():
+    from gateway import wire
+
+    inner = service_pb2.ModelInferResponse(model_name="add_one", id="x" * 300).SerializeToString()
+    wrapped = service_pb2.ModelStreamInferResponse.FromString(wire.stream_response_head(len(inner)) + inner)
+    assert wrapped.infer_response.id == "x" * 300 and not wrapped.error_message
 
 
 def test_a_bad_message_gets_its_own_error_and_the_stream_goes_on(gateway3):
