@@ -69,6 +69,7 @@ class StreamCall:
         self.pods: dict[Backend, PodStream] = {}
         self.sequences = stream_sequences()
         self.picking: asyncio.Task | None = None  # a sequence's or decoupled message's wait for a pod
+        self.pumping = False
         self.client_done = False
         self.draining = False
         self.over = False
@@ -110,8 +111,14 @@ class StreamCall:
     # ---- dispatching ------------------------------------------------------------------------------
 
     def _pump(self) -> None:
-        while self.waiting and self.picking is None and self.outstanding < MAX_OUTSTANDING and not self.over:
-            self._dispatch(self.waiting.popleft())
+        if self.pumping:  # a message answered at once (its deadline had passed) makes room from inside
+            return
+        self.pumping = True
+        try:
+            while self.waiting and self.picking is None and self.outstanding < MAX_OUTSTANDING and not self.over:
+                self._dispatch(self.waiting.popleft())
+        finally:
+            self.pumping = False
         self.stream.hold_window(bool(self.waiting))
 
     def _dispatch(self, message: Message) -> None:
