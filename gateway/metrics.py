@@ -72,6 +72,11 @@ class GatewayMetrics:
             "tritonfleet_gateway_buffered_bytes", "Request bytes received from clients and held by the gateway",
             registry=r, multiprocess_mode="livesum",
         )
+        self.withheld_bytes = Gauge(
+            "tritonfleet_gateway_withheld_bytes",
+            "Received request bytes not granted back to clients yet (over max_buffered_bytes)",
+            registry=r, multiprocess_mode="livesum",
+        )
         self.refusals = Counter(
             "tritonfleet_gateway_refusals", "Client calls refused at the edge, by reason", ["reason"], registry=r
         )

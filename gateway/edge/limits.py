@@ -20,6 +20,7 @@ class BufferBudget:
         self.max_bytes = max_bytes
         self.held = 0
         self._gauge = metrics.buffered_bytes
+        self._withheld_gauge = metrics.withheld_bytes
         self._withheld: deque = deque()  # (connection, stream_id, bytes) not granted back yet
 
     def received(self, connection, stream_id: int, size: int) -> None:
@@ -30,6 +31,7 @@ class BufferBudget:
             connection.consumed(stream_id, size)
         else:
             self._withheld.append((connection, stream_id, size))
+            self._withheld_gauge.inc(size)
 
     def released(self, size: int) -> None:
         """`size` held bytes are no longer held: grant withheld windows while there is room again."""
@@ -37,5 +39,6 @@ class BufferBudget:
         self._gauge.dec(size)
         while self._withheld and self.held <= self.max_bytes:
             connection, stream_id, withheld = self._withheld.popleft()
+            self._withheld_gauge.dec(withheld)
             if not connection.closed:
                 connection.consumed(stream_id, withheld)

@@ -15,10 +15,12 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aioclient
+from tritonclient.grpc import service_pb2
 from tritonclient.utils import InferenceServerException
 
-from gateway.transport.h2 import (DATA, END_HEADERS, END_STREAM, HEADERS, PING, PREFACE, REFUSED_STREAM, RST_STREAM,
-                                  SETTINGS, frame)
+from gateway.transport.h2 import (CANCEL, DATA, END_HEADERS, END_STREAM, HEADERS, PING, PREFACE, REFUSED_STREAM,
+                                  RST_STREAM, SETTINGS, SETTINGS_INITIAL_WINDOW_SIZE, WINDOW_UPDATE, frame,
+                                  settings_payload, window_update)
 from tests.gateway.helpers import GatewayProcess, add_one_inputs
 from tests.gateway.polling import metric, wait_for
 
@@ -55,13 +57,16 @@ class RawClient:
     """An HTTP/2 client on a plain socket: it sends exactly the frames a test writes, and reads the
     gateway's frames only when the test asks (a client that stops reading is one that never asks)."""
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, receive_window: int = 0):
+        """`receive_window`: the window this client opens for the gateway's answers (0: HTTP/2's 64 KiB)."""
         host, _, port = url.rpartition(":")
         self.sock = socket.create_connection((host, int(port)), timeout=20)
         self.encoder = hpack.Encoder()
         self.decoder = hpack.Decoder()
         self._buffer = b""
-        self.sock.sendall(PREFACE + frame(SETTINGS, 0, 0))
+        settings = settings_payload({SETTINGS_INITIAL_WINDOW_SIZE: receive_window}) if receive_window else b""
+        self.sock.sendall(PREFACE + frame(SETTINGS, 0, 0, settings)
+                          + (window_update(0, receive_window) if receive_window else b""))
 
     def open(self, stream_id: int, method: str = "ModelInfer", body: bytes | None = None, end: bool = False) -> None:
         headers = [(":method", "POST"), (":scheme", "http"), (":path", f"/inference.GRPCInferenceService/{method}"),
@@ -133,6 +138,73 @@ def test_an_oversize_message_is_refused_from_its_prefix_while_another_client_is_
             assert served.result() == "OK"
         raw.close()
         assert metric(gateway.metrics_url, "tritonfleet_gateway_refusals_total", reason="message_too_large") == 2
+
+
+def _add_one_message(elements: int) -> bytes:
+    request = service_pb2.ModelInferRequest(model_name="add_one")
+    request.inputs.add(name="INPUT0", datatype="FP32", shape=[elements])
+    request.raw_input_contents.append(np.ones(elements, dtype=np.float32).tobytes())
+    body = request.SerializeToString()
+    return b"\x00" + len(body).to_bytes(4, "big") + body
+
+
+def test_over_the_buffered_bytes_budget_clients_get_no_more_window_until_calls_release_bytes(fleet3, tmp_path):
+    """Four 7 MiB requests on one connection, sent as fast as flow control allows, against a budget of
+    8 MiB: once the gateway holds more, it grants no window back, and the client stops with bytes
+    unsent; when three calls are cancelled (their bytes released), the window comes back and the
+    fourth request is completed and answered."""
+    budget = 8 << 20
+    with gateway_with(fleet3, tmp_path, max_message_bytes=budget, max_buffered_bytes=budget) as gateway:
+        withheld = "tritonfleet_gateway_withheld_bytes"
+        client = RawClient(gateway.url, receive_window=1 << 30)
+        client.sock.settimeout(0.2)
+        streams = (1, 3, 5, 7)
+        unsent = {stream_id: memoryview(_add_one_message(7 << 18)) for stream_id in streams}
+        for stream_id in streams:
+            client.open(stream_id)
+        window = 65_535  # the connection's send window; each stream's own (16 MiB) is larger than a request
+        answers: dict[int, dict] = {}
+
+        def send_within_window() -> None:
+            nonlocal window
+            while window and unsent:
+                for stream_id in list(unsent):
+                    size = min(16_384, window, len(unsent[stream_id]))
+                    piece, unsent[stream_id] = unsent[stream_id][:size], unsent[stream_id][size:]
+                    window -= size
+                    done = not unsent[stream_id]
+                    client.sock.sendall(frame(DATA, END_STREAM if done else 0, stream_id, bytes(piece)))
+                    if done:
+                        del unsent[stream_id]
+
+        def read_what_came() -> None:
+            nonlocal window
+            for kind, flags, stream_id, payload in client.frames():
+                if kind == WINDOW_UPDATE and stream_id == 0:
+                    window += int.from_bytes(payload, "big")
+                elif kind == HEADERS and flags & END_STREAM:
+                    answers[stream_id] = payload
+
+        def stuck() -> bool:
+            send_within_window()
+            read_what_came()  # until a read finds nothing for a moment
+            return not window and bool(unsent) and metric(gateway.metrics_url, withheld) > 0
+
+        assert wait_for(stuck, timeout=60), f"the client sent everything: window {window}, unsent {len(unsent)}"
+        assert metric(gateway.metrics_url, "tritonfleet_gateway_buffered_bytes") <= budget + (16 << 20)
+        client.sock.sendall(b"".join(frame(RST_STREAM, 0, stream_id, CANCEL.to_bytes(4, "big")) for stream_id in (1, 3, 5)))
+        for stream_id in (1, 3, 5):
+            unsent.pop(stream_id, None)
+
+        def answered() -> bool:
+            send_within_window()
+            read_what_came()
+            return 7 in answers
+
+        assert wait_for(answered, timeout=60), f"no answer: window {window}, unsent {[len(v) for v in unsent.values()]}"
+        assert answers[7].get("grpc-status") == "0", answers[7]
+        assert wait_for(lambda: metric(gateway.metrics_url, withheld) == 0)
+        client.close()
 
 
 def test_streams_above_the_per_connection_limit_are_refused_and_grpc_clients_retry_them(fleet3, tmp_path):
