@@ -18,7 +18,7 @@ import tritonclient.grpc.aio as aioclient
 from tritonclient.grpc import service_pb2
 from tritonclient.utils import InferenceServerException
 
-from gateway.transport.h2 import (CANCEL, DATA, END_HEADERS, END_STREAM, HEADERS, PING, PREFACE, REFUSED_STREAM,
+from gateway.transport.h2 import (CANCEL, DATA, END_HEADERS, END_STREAM, GOAWAY, HEADERS, NO_ERROR, PING, PREFACE, REFUSED_STREAM,
                                   RST_STREAM, SETTINGS, SETTINGS_INITIAL_WINDOW_SIZE, WINDOW_UPDATE, frame,
                                   settings_payload, window_update)
 from tests.gateway.helpers import GatewayProcess, add_one_inputs
@@ -246,6 +246,20 @@ def test_a_frozen_client_is_reclaimed_and_its_calls_are_freed(fleet3, tmp_path):
         # A client that answers the pings keeps its connection through a call longer than the timeouts.
         assert infer_outcome(gateway.url, "slow", slow_inputs(2000)) == "OK"
         assert metric(gateway.metrics_url, "tritonfleet_gateway_client_disconnects_total", reason="ping_timeout") == 1
+
+
+def test_a_client_with_no_call_open_for_the_idle_timeout_is_sent_goaway_and_let_go(fleet3, tmp_path):
+    with gateway_with(fleet3, tmp_path, client_idle_timeout_s=0.5) as gateway:
+        idle = RawClient(gateway.url)
+        idle.open(1, body=_add_one_message(3), end=True)
+        assert idle.trailers(1).get("grpc-status") == "0"
+        # Then nothing: GOAWAY (naming the last call, which was served), and the gateway closes its side.
+        goaways = [(int.from_bytes(p[:4], "big"), int.from_bytes(p[4:8], "big"))
+                   for kind, _, _, p in idle.frames() if kind == GOAWAY]
+        assert goaways == [(1, NO_ERROR)], goaways
+        idle.close()
+        assert metric(gateway.metrics_url, "tritonfleet_gateway_client_disconnects_total", reason="idle") == 1
+        assert wait_for(lambda: metric(gateway.metrics_url, "tritonfleet_gateway_client_connections") == 0)
 
 
 def test_load_shedding_answers_resource_exhausted_at_once_when_every_pod_is_saturated(fleet3, tmp_path):
