@@ -60,8 +60,9 @@ class GatewayConfig:
     # Model load/unload, shared memory, trace and log settings are refused unless this is on.
     allow_admin: bool = False
     # Limits at the edge. A message larger than max_message_bytes is refused (RESOURCE_EXHAUSTED) from
-    # its prefix, before its bytes are held; a worker holds at most about max_buffered_bytes of request
-    # bytes (beyond it, clients get no more flow-control window until calls finish); each client
+    # its prefix, before its bytes are held; a worker holds at most max_buffered_bytes of request bytes,
+    # plus what clients had been granted already (one 16 MiB window per connection at most): beyond it,
+    # clients get no more flow-control window until calls finish; each client
     # connection may have max_concurrent_streams calls open and send header lists of
     # max_header_list_bytes (both announced in SETTINGS).
     max_message_bytes: int = 256 * 1024 * 1024

@@ -1,6 +1,6 @@
 """The gateway's limits at the edge, each against three real Triton servers and a gateway process:
-message size, streams per connection, frozen clients, load shedding, max connection age, a burst of
-calls opened at once. Raw HTTP/2 clients (a plain socket) show what grpcio clients hide: when the
+message size, the buffered-bytes budget, streams per connection, frozen and idle clients, load
+shedding, max connection age, a burst of calls opened at once. Raw HTTP/2 clients (a plain socket) show what grpcio clients hide: when the
 gateway answers, and which frames it sends."""
 
 from __future__ import annotations
