@@ -52,7 +52,8 @@ def client_bytes(size: int, calls: int) -> list[bytes]:
     """What a gRPC client sends for `calls` calls of one `size`-byte message each, cut in reads."""
     encoder = hpack.Encoder()  # a client indexes: after the first call, headers are table references
     message = b"\0" + size.to_bytes(4, "big") + bytes(size)
-    out = [PREFACE, _frame(4, 0, 0, struct.pack(">HI", 4, WINDOW)), _frame(8, 0, 0, (WINDOW - 65_535).to_bytes(4, "big"))]
+    out = [PREFACE, _frame(4, 0, 0, struct.pack(">HI", 4, WINDOW)),
+           _frame(8, 0, 0, (WINDOW - 65_535).to_bytes(4, "big"))]
     for stream_id in range(1, 2 * calls, 2):
         out.append(_frame(1, 0x4, stream_id, encoder.encode(REQUEST)))
         for offset in range(0, len(message), FRAME):
@@ -96,9 +97,10 @@ class Theirs:
     checks = True
 
     def __init__(self):
+        checks = self.checks
         config = h2.config.H2Configuration(client_side=False, header_encoding="utf-8",
-                                           validate_outbound_headers=self.checks, validate_inbound_headers=self.checks,
-                                           normalize_outbound_headers=self.checks, normalize_inbound_headers=self.checks)
+                                           validate_outbound_headers=checks, validate_inbound_headers=checks,
+                                           normalize_outbound_headers=checks, normalize_inbound_headers=checks)
         self.connection = h2.connection.H2Connection(config)
         self.connection.local_settings = h2.settings.Settings(client=False, initial_values={
             h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: WINDOW,

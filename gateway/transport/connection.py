@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import asyncio
 
-from gateway.transport.h2 import (CANCEL, MAX_STREAM_ID, NO_ERROR, PROTOCOL_ERROR, REFUSED_STREAM,  # noqa: F401
-                                  ConnectionFailed, ConnectionTerminated, DataReceived, H2Connection, H2Limits,
-                                  HeadersReceived, PingAckReceived, StreamReset)
+from gateway.transport.h2 import (CANCEL, NO_ERROR, PROTOCOL_ERROR, ConnectionFailed, ConnectionTerminated,
+                                  DataReceived, H2Connection, H2Limits, HeadersReceived, PingAckReceived, StreamReset)
 
 # A turn's output larger than this goes to the socket as a list of chunks; smaller, as one joined copy.
 WRITELINES_FROM = 1 << 14

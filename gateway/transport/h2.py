@@ -17,50 +17,33 @@ what costs us without costing the peer (`H2Limits`): frames larger than we annou
 blocks larger than the header-list limit (CONTINUATION floods), streams beyond the concurrency limit
 (REFUSED_STREAM), rapid resets (CVE-2023-44487) and PING/SETTINGS floods (ENHANCE_YOUR_CALM).
 
-Headers: blocks the core sends use literals without indexing, so they never touch the peer's
-dynamic table and the same headers are always the same bytes (cached); blocks it receives are decoded
-by hpack, and a block that left the table unchanged is cached until the table changes.
+Frames are built in `frames`, header blocks encoded and decoded (cached) in `header_blocks`, and the
+events are those of `events`; the names callers need are importable from here.
 """
 
 from __future__ import annotations
 
-import struct
 from collections import deque
 from dataclasses import dataclass
 
 import hpack
-import hpack.table
 
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-
-DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = range(10)
-END_STREAM = 0x1
-ACK = 0x1
-END_HEADERS = 0x4
-PADDED = 0x8
-PRIORITY_FLAG = 0x20
-
-SETTINGS_HEADER_TABLE_SIZE = 0x1
-SETTINGS_ENABLE_PUSH = 0x2
-SETTINGS_MAX_CONCURRENT_STREAMS = 0x3
-SETTINGS_INITIAL_WINDOW_SIZE = 0x4
-SETTINGS_MAX_FRAME_SIZE = 0x5
-SETTINGS_MAX_HEADER_LIST_SIZE = 0x6
-
-NO_ERROR, PROTOCOL_ERROR, INTERNAL_ERROR, FLOW_CONTROL_ERROR = 0x0, 0x1, 0x2, 0x3
-STREAM_CLOSED, FRAME_SIZE_ERROR, REFUSED_STREAM, CANCEL = 0x5, 0x6, 0x7, 0x8
-COMPRESSION_ERROR, ENHANCE_YOUR_CALM = 0x9, 0xB
-
-DEFAULT_WINDOW = 65_535
-DEFAULT_MAX_FRAME = 16_384
-LARGEST_MAX_FRAME = (1 << 24) - 1
-MAX_WINDOW = (1 << 31) - 1
-MAX_STREAM_ID = (1 << 31) - 1
-
-# A frame header: 24-bit length (as 16 + 8 bits), type, flags, stream id (RFC 9113 4.1).
-_FRAME_HEADER = struct.Struct(">HBBBI")
-# What a HEADERS frame may carry besides its block: the pad length and padding, and the priority.
-_HEADERS_OVERHEAD = 1 + 255 + 5
+from gateway.transport.events import (ConnectionFailed, ConnectionTerminated, DataReceived, Event,  # noqa: F401
+                                      HeadersReceived, PingAckReceived, RemoteSettingsChanged, SettingsAcknowledged,
+                                      StreamReset, WindowUpdated)
+from gateway.transport.frames import (ACK, CANCEL, COMPRESSION_ERROR, CONTINUATION, DATA, DEFAULT_MAX_FRAME,
+                                      DEFAULT_WINDOW, END_HEADERS, END_STREAM, ENHANCE_YOUR_CALM, FLOW_CONTROL_ERROR,
+                                      FRAME_SIZE_ERROR, GOAWAY, HEADERS, INTERNAL_ERROR, LARGEST_MAX_FRAME,
+                                      MAX_STREAM_ID, MAX_WINDOW, NO_ERROR, PADDED, PING, PREFACE, PRIORITY,
+                                      PRIORITY_FLAG, PROTOCOL_ERROR, PUSH_PROMISE, REFUSED_STREAM, RST_STREAM,
+                                      SETTINGS, SETTINGS_ENABLE_PUSH, SETTINGS_HEADER_TABLE_SIZE,
+                                      SETTINGS_INITIAL_WINDOW_SIZE, SETTINGS_MAX_CONCURRENT_STREAMS,
+                                      SETTINGS_MAX_FRAME_SIZE, SETTINGS_MAX_HEADER_LIST_SIZE, STREAM_CLOSED,
+                                      WINDOW_UPDATE, H2Error, frame, frame_header, rst_stream, settings_payload,
+                                      unpad, window_update)
+from gateway.transport.header_blocks import (HeaderDecoder, _integer, encode_headers, request_problem,  # noqa: F401
+                                             trailers_problem)
+from gateway.transport.reader import FrameReader
 
 
 @dataclass(frozen=True)
@@ -99,281 +82,6 @@ class H2Limits:
                      "max_control_frames", "closed_streams_remembered"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, not {getattr(self, name)}")
-
-
-# ---- events (what receive_data returns) -------------------------------------------------------------
-
-class Event:
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
-        return f"{type(self).__name__}({fields})"
-
-
-class HeadersReceived(Event):
-    """A request's or response's headers, or trailers (end_stream), on `stream_id`."""
-    __slots__ = ("stream_id", "headers", "end_stream")
-
-    def __init__(self, stream_id: int, headers: list[tuple[str, str]], end_stream: bool):
-        self.stream_id, self.headers, self.end_stream = stream_id, headers, end_stream
-
-
-class DataReceived(Event):
-    """A piece of a DATA payload: a view of the received bytes; `flow_controlled_length` is what
-    to acknowledge for it (padding is acknowledged by the core itself)."""
-    __slots__ = ("stream_id", "data", "end_stream", "flow_controlled_length")
-
-    def __init__(self, stream_id: int, data, end_stream: bool):
-        self.stream_id, self.data, self.end_stream = stream_id, data, end_stream
-        self.flow_controlled_length = len(data)
-
-
-class StreamReset(Event):
-    """A stream ended by RST_STREAM: sent by the peer (`remote`), or by us for its error."""
-    __slots__ = ("stream_id", "error_code", "remote")
-
-    def __init__(self, stream_id: int, error_code: int, remote: bool):
-        self.stream_id, self.error_code, self.remote = stream_id, error_code, remote
-
-
-class PingAckReceived(Event):
-    __slots__ = ("data",)
-
-    def __init__(self, data: bytes):
-        self.data = data
-
-
-class ConnectionTerminated(Event):
-    """The peer sent GOAWAY: streams above `last_stream_id` were not and will not be processed."""
-    __slots__ = ("error_code", "last_stream_id", "additional_data")
-
-    def __init__(self, error_code: int, last_stream_id: int, additional_data: bytes):
-        self.error_code, self.last_stream_id, self.additional_data = error_code, last_stream_id, additional_data
-
-
-class ConnectionFailed(Event):
-    """The peer broke HTTP/2 or a limit: GOAWAY with `error_code` is queued, nothing more is read."""
-    __slots__ = ("error_code", "reason")
-
-    def __init__(self, error_code: int, reason: str):
-        self.error_code, self.reason = error_code, reason
-
-
-class RemoteSettingsChanged(Event):
-    __slots__ = ("changed",)
-
-    def __init__(self, changed: dict[int, int]):
-        self.changed = changed
-
-
-class SettingsAcknowledged(Event):
-    __slots__ = ()
-
-
-class WindowUpdated(Event):
-    __slots__ = ("stream_id", "delta")
-
-    def __init__(self, stream_id: int, delta: int):
-        self.stream_id, self.delta = stream_id, delta
-
-
-class H2Error(Exception):
-    """A connection error (RFC 9113 5.4.1) found while reading: the connection ends with GOAWAY `code`."""
-
-    def __init__(self, code: int, reason: str):
-        super().__init__(reason)
-        self.code = code
-
-
-# ---- frames -----------------------------------------------------------------------------------------
-
-def frame_header(kind: int, flags: int, stream_id: int, size: int) -> bytes:
-    return _FRAME_HEADER.pack(size >> 8, size & 0xFF, kind, flags, stream_id)
-
-
-def frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
-    return frame_header(kind, flags, stream_id, len(payload)) + payload
-
-
-def settings_payload(values: dict[int, int]) -> bytes:
-    return b"".join(key.to_bytes(2, "big") + value.to_bytes(4, "big") for key, value in values.items())
-
-
-def window_update(stream_id: int, increment: int) -> bytes:
-    return frame(WINDOW_UPDATE, 0, stream_id, increment.to_bytes(4, "big"))
-
-
-def rst_stream(stream_id: int, code: int) -> bytes:
-    return frame(RST_STREAM, 0, stream_id, code.to_bytes(4, "big"))
-
-
-def unpad(flags: int, payload):
-    if flags & PADDED:
-        if not payload or payload[0] >= len(payload):
-            raise H2Error(PROTOCOL_ERROR, "padding longer than the frame")
-        return payload[1 : len(payload) - payload[0]]
-    return payload
-
-
-# ---- HPACK -----------------------------------------------------------------------------------------
-
-_STATIC_NAMES: dict[str, int] = {}
-for _index, (_name, _value) in enumerate(hpack.table.HeaderTable.STATIC_TABLE, 1):
-    _STATIC_NAMES.setdefault(_name.decode(), _index)
-
-
-def _integer(value: int, prefix_bits: int, first: int = 0) -> bytes:
-    """An HPACK integer (RFC 7541 5.1) in a `prefix_bits` prefix, OR-ed into `first`."""
-    limit = (1 << prefix_bits) - 1
-    if value < limit:
-        return bytes((first | value,))
-    out = bytearray((first | limit,))
-    value -= limit
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def _string(text: str) -> bytes:
-    data = text.encode()
-    return _integer(len(data), 7) + data
-
-
-def _field(name: str, value: str) -> bytes:
-    """A literal header field without indexing (RFC 7541 6.2.2), the name from the static table if there."""
-    index = _STATIC_NAMES.get(name)
-    if index is not None:
-        return _integer(index, 4) + _string(value)
-    return b"\x00" + _string(name) + _string(value)
-
-
-_encoded: dict[tuple, bytes] = {}
-
-
-def encode_headers(headers) -> bytes:
-    """A header block that leaves the peer's dynamic table alone, so the same headers always give the
-    same bytes: gRPC answers repeat theirs, and the blocks are cached (a bounded cache)."""
-    key = tuple(headers)
-    block = _encoded.get(key)
-    if block is None:
-        block = b"".join([_field(name, value) for name, value in key])
-        if len(_encoded) >= 1024:
-            _encoded.clear()
-        _encoded[key] = block
-    return block
-
-
-class _TrackedTable(hpack.table.HeaderTable):
-    """hpack's dynamic table, counting its changes."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.changes = 0
-
-    def add(self, name, value) -> None:
-        self.changes += 1
-        super().add(name, value)
-
-    def _set_maxsize(self, newmax: int) -> None:
-        self.changes += 1
-        hpack.table.HeaderTable.maxsize.fset(self, newmax)
-
-    maxsize = property(hpack.table.HeaderTable.maxsize.fget, _set_maxsize)
-
-
-class HeaderDecoder:
-    """hpack's decoder with a cache: a block that left the dynamic table as it was decodes to the same
-    headers for as long as the table stays unchanged, which in steady gRPC traffic is every block."""
-
-    def __init__(self, max_header_list_size: int = 1 << 16) -> None:
-        self._decoder = hpack.Decoder(max_header_list_size=max_header_list_size)
-        self._decoder.max_allowed_table_size = 1 << 16
-        self._table = self._decoder.header_table = _TrackedTable()
-        # block -> (the table's changes when decoded, headers, {check: what it found wrong, or None})
-        self._cache: dict[bytes, tuple[int, list, dict]] = {}
-
-    def decode(self, block: bytes) -> list[tuple[str, str]]:
-        return self._entry(block)[1]
-
-    def decode_checked(self, block: bytes, check) -> tuple[list[tuple[str, str]], str | None]:
-        """The headers of `block` and what `check(headers)` finds wrong with them (cached with them)."""
-        _, headers, problems = self._entry(block)
-        try:
-            return headers, problems[check]
-        except KeyError:
-            problem = problems[check] = check(headers)
-            return headers, problem
-
-    def _entry(self, block: bytes) -> tuple[int, list, dict]:
-        changes = self._table.changes
-        hit = self._cache.get(block)
-        if hit is not None and hit[0] == changes:
-            return hit
-        entry = (changes, self._decoder.decode(block, raw=False), {})
-        if self._table.changes == changes:
-            if len(self._cache) >= 64:
-                self._cache.clear()
-            self._cache[block] = entry
-        return entry
-
-
-# ---- HTTP/2 message rules (RFC 9113 8.1-8.3) ---------------------------------------------------------
-
-_REQUEST_PSEUDO = frozenset((":method", ":scheme", ":authority", ":path", ":protocol"))
-_CONNECTION_SPECIFIC = frozenset(("connection", "proxy-connection", "keep-alive", "transfer-encoding", "upgrade"))
-
-
-def _field_problem(name: str, value: str) -> str | None:
-    if not name or name != name.lower():
-        return f"field name {name!r} is empty or not lower case"
-    if name in _CONNECTION_SPECIFIC:
-        return f"connection-specific field {name}"
-    if name == "te" and value != "trailers":
-        return f"te: {value!r} (only 'trailers' is allowed)"
-    if "\0" in value or "\r" in value or "\n" in value:
-        return f"field {name} has NUL, CR or LF in its value"
-    return None
-
-
-def request_problem(headers: list[tuple[str, str]]) -> str | None:
-    """What makes a request's header list malformed (a stream error), or None."""
-    seen: set[str] = set()
-    regular = False
-    for name, value in headers:
-        if name[:1] == ":":
-            if regular:
-                return f"pseudo-header {name} after regular fields"
-            if name not in _REQUEST_PSEUDO:
-                return f"pseudo-header {name} is not one of a request"
-            if name in seen:
-                return f"pseudo-header {name} twice"
-            seen.add(name)
-            if name == ":path" and not value:
-                return "an empty :path"
-        else:
-            regular = True
-            problem = _field_problem(name, value)
-            if problem:
-                return problem
-    if not seen >= {":method", ":scheme", ":path"} and not (":method" in seen and dict(headers)[":method"] == "CONNECT"):
-        return f"missing {', '.join(sorted({':method', ':scheme', ':path'} - seen))}"
-    return None
-
-
-def trailers_problem(headers: list[tuple[str, str]]) -> str | None:
-    """What makes trailers malformed (a stream error), or None."""
-    for name, value in headers:
-        if name[:1] == ":":
-            return f"pseudo-header {name} in trailers"
-        problem = _field_problem(name, value)
-        if problem:
-            return problem
-    return None
-
-
 
 
 # ---- streams and the connection ---------------------------------------------------------------------
@@ -431,16 +139,8 @@ class H2Connection:
         self._opened = 0  # streams the peer ever opened
         self._early_resets: deque[int] = deque()  # for each recent rapid reset, `_opened` when it came
         self._control_frames = 0
-        # Parsing: the start of a frame (or the preface) not complete yet, and how many bytes it needs.
-        self._await_preface = not client
-        self._held: list = []
-        self._held_size = 0
-        self._held_need = 0
-        # A DATA payload longer than one read: its stream (None: dropped), bytes still to come, END_STREAM.
-        self._piece_stream: Stream | None = None
-        self._piece_left = 0
-        self._piece_end = False
-        self._continuation: list | None = None  # [stream_id, flags, block, bytes on the wire]
+        self._reader = FrameReader(self, not client, limits.max_frame_size, limits.max_header_list_size)
+        self._continuation: list | None = None  # [stream_id, flags, block, bytes on the wire, depends_on_itself]
         self._events: list[Event] = []
         # Output: chunks queued since the last data_to_send().
         self._out: list = []
@@ -481,14 +181,7 @@ class H2Connection:
             return []
         self._events = events = []
         try:
-            position = 0
-            if self._held:  # the rest of a frame (or the preface) that began in an earlier read
-                position = self._finish_held(data)
-                if position < 0:
-                    return events
-            if self._piece_left:  # the rest of a DATA payload that began in an earlier read
-                position = self._continue_piece(data, position)
-            self._frames(data, position)
+            self._reader.feed(data)
         except H2Error as exc:
             self._fail(exc.code, str(exc))
         except hpack.OversizedHeaderListError as exc:
@@ -500,123 +193,19 @@ class H2Connection:
     def _fail(self, code: int, reason: str) -> None:
         self.close_connection(code, reason.encode()[:256])
         self.failed = code
-        self._piece_left = 0
         self._events.append(ConnectionFailed(code, reason))
 
-    def _frames(self, data: bytes, position: int) -> None:
-        """Handle the frames in `data` from `position`; hold the start of one that is not complete."""
-        if self._await_preface:
-            if len(data) - position < len(PREFACE):
-                if not PREFACE.startswith(data[position:]):
-                    raise H2Error(PROTOCOL_ERROR, "not an HTTP/2 connection preface")
-                self._hold(data[position:], len(PREFACE))
-                return
-            if data[position : position + len(PREFACE)] != PREFACE:
-                raise H2Error(PROTOCOL_ERROR, "not an HTTP/2 connection preface")
-            position += len(PREFACE)
-            self._await_preface = False
-        view = memoryview(data)
-        size = len(data)
-        unpack = _FRAME_HEADER.unpack_from
-        max_frame = self.limits.max_frame_size
-        while size - position >= 9:
-            high, low, kind, flags, stream_id = unpack(data, position)
-            length = high << 8 | low
-            if length > max_frame:
-                raise H2Error(FRAME_SIZE_ERROR, f"a frame of {length} bytes, larger than the {max_frame} announced")
-            if kind == HEADERS or kind == CONTINUATION:
-                self._check_header_frame(length)
-            start = position + 9
-            end = start + length
-            if end > size:
-                if kind == DATA and not flags & PADDED:
-                    # A payload larger than this read goes on in pieces, as it arrives: no copy.
-                    self._begin_piece(flags, stream_id & MAX_STREAM_ID, length, view[start:])
-                    return
-                break
-            position = end
-            # DATA payloads stay views of the read (no copy); the rest are small, and bytes.
-            if kind == DATA:
-                self._data(flags, stream_id & MAX_STREAM_ID, view[start:end])
-            else:
-                self._frame(kind, flags, stream_id & MAX_STREAM_ID, data[start:end])
-        if position < size:
-            rest = data[position:]
-            need = 9 if size - position < 9 else 9 + (rest[0] << 16 | rest[1] << 8 | rest[2])
-            if need - 9 > max_frame:
-                raise H2Error(FRAME_SIZE_ERROR, f"a frame of {need - 9} bytes, larger than the {max_frame} announced")
-            if need > 9 and rest[3] in (HEADERS, CONTINUATION):
-                self._check_header_frame(need - 9)
-            self._hold(rest, need)
+    # ---- frames in (from the FrameReader) ------------------------------------------------------------
 
-    def _check_header_frame(self, length: int) -> None:
-        """A header frame longer than a whole header list may be is refused before it is buffered."""
-        if length > self.limits.max_header_list_size + _HEADERS_OVERHEAD:
-            raise H2Error(ENHANCE_YOUR_CALM, f"a header frame of {length} bytes, beyond the header-list limit "
-                                             f"of {self.limits.max_header_list_size}")
+    def data_begins(self, flags: int, stream_id: int, length: int) -> Stream | None:
+        """A DATA frame whose payload is still arriving: the stream to deliver its pieces on, or None."""
+        return self._data_start(flags, stream_id, length)
 
-    def _hold(self, rest, need: int) -> None:
-        """Hold the start of an incomplete frame (or preface) until `need` bytes of it have arrived."""
-        self._held.append(rest)
-        self._held_size = len(rest)
-        self._held_need = need
+    def data_piece(self, stream: Stream | None, stream_id: int, piece, end: bool) -> None:
+        if stream is not None and not stream.reset:
+            self._events.append(DataReceived(stream_id, piece, end))
 
-    def _finish_held(self, data: bytes) -> int:
-        """Complete the held frame (or preface) from the start of `data`, copying only its own bytes, and
-        handle it; returns where the frames after it begin in `data`, or -1 when it needs more."""
-        view = memoryview(data)
-        position = 0
-        while True:
-            missing = self._held_need - self._held_size
-            if len(data) - position < missing:
-                self._held.append(view[position:])
-                self._held_size += len(data) - position
-                if self._await_preface and not PREFACE.startswith(b"".join(self._held)):
-                    raise H2Error(PROTOCOL_ERROR, "not an HTTP/2 connection preface")
-                return -1
-            self._held.append(view[position : position + missing])
-            position += missing
-            held = b"".join(self._held)
-            self._held.clear()
-            self._held_size = 0
-            if self._await_preface or len(held) != 9 or held[:3] == b"\0\0\0":
-                self._frames(held, 0)  # the preface, or one whole frame
-                return position
-            # Only a frame header was held: now the frame's length is known.
-            length = held[0] << 16 | held[1] << 8 | held[2]
-            if length > self.limits.max_frame_size:
-                raise H2Error(FRAME_SIZE_ERROR, f"a frame of {length} bytes, larger than the "
-                                                f"{self.limits.max_frame_size} announced")
-            kind, flags, stream_id = held[3], held[4], int.from_bytes(held[5:9], "big") & MAX_STREAM_ID
-            if kind == HEADERS or kind == CONTINUATION:
-                self._check_header_frame(length)
-            if kind == DATA and not flags & PADDED:
-                self._begin_piece(flags, stream_id, length, view[position:position])
-                return position
-            self._hold(held, 9 + length)
-
-    def _begin_piece(self, flags: int, stream_id: int, length: int, piece) -> None:
-        """A DATA frame of `length` bytes whose payload starts with `piece`; the rest follows in later reads."""
-        stream = self._data_start(flags, stream_id, length)
-        self._piece_stream = stream
-        self._piece_left = length - len(piece)
-        self._piece_end = bool(flags & END_STREAM)
-        if piece and stream is not None:
-            self._events.append(DataReceived(stream_id, piece, False))
-
-    def _continue_piece(self, data: bytes, position: int) -> int:
-        """Deliver the next piece of a DATA payload begun in an earlier read; returns where it ends."""
-        size = min(self._piece_left, len(data) - position)
-        self._piece_left -= size
-        stream = self._piece_stream
-        if size and stream is not None and not stream.reset:
-            self._events.append(DataReceived(stream.stream_id, memoryview(data)[position : position + size],
-                                             self._piece_end and not self._piece_left))
-        return position + size
-
-    # ---- frames in -----------------------------------------------------------------------------------
-
-    def _data(self, flags: int, stream_id: int, payload) -> None:
+    def data_in(self, flags: int, stream_id: int, payload) -> None:
         stream = self._data_start(flags, stream_id, len(payload))
         if stream is None:
             return
@@ -679,7 +268,7 @@ class H2Connection:
             return stream_id > self.last_local_stream
         return stream_id > self.last_peer_stream
 
-    def _frame(self, kind: int, flags: int, stream_id: int, payload: bytes) -> None:
+    def frame_in(self, kind: int, flags: int, stream_id: int, payload: bytes) -> None:
         if self._continuation is not None and kind != CONTINUATION:
             raise H2Error(PROTOCOL_ERROR, "a header block was interrupted")
         if kind == HEADERS:
@@ -745,7 +334,8 @@ class H2Connection:
         if self.client:
             headers, problem = self.decoder.decode(block), None
         else:  # a request, or its trailers, must follow HTTP/2's message rules
-            headers, problem = self.decoder.decode_checked(block, request_problem if stream is None else trailers_problem)
+            check = request_problem if stream is None else trailers_problem
+            headers, problem = self.decoder.decode_checked(block, check)
         end_stream = bool(flags & END_STREAM)
         if stream is None:
             stream = self._new_peer_stream(stream_id)
@@ -1100,5 +690,3 @@ class H2Connection:
             return
         last = self.last_peer_stream if last_stream_id is None else last_stream_id
         self._send(frame(GOAWAY, 0, 0, last.to_bytes(4, "big") + error_code.to_bytes(4, "big") + additional_data))
-
-

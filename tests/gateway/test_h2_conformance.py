@@ -354,7 +354,8 @@ def test_data_beyond_a_streams_window_is_a_flow_control_error_of_that_stream(pee
 def test_data_beyond_the_connection_window_is_a_flow_control_error(peer):
     streams = LIMITS.connection_window_size // LIMITS.initial_window_size  # each filling its own window
     data = b"".join(peer.headers(stream_id, "/hold")
-                    + b"".join(frame(DATA, 0, stream_id, bytes(16_384)) for _ in range(LIMITS.initial_window_size // 16_384))
+                    + b"".join(frame(DATA, 0, stream_id, bytes(16_384))
+                               for _ in range(LIMITS.initial_window_size // 16_384))
                     for stream_id in range(1, 2 * streams, 2))
     peer.send(data + peer.headers(2 * streams + 1, "/hold") + frame(DATA, 0, 2 * streams + 1, b"x"))
     assert peer.goaway()[0] == FLOW_CONTROL_ERROR
@@ -426,7 +427,8 @@ def test_a_header_frame_longer_than_a_header_list_may_be_is_refused_before_its_p
 
 def test_a_header_block_interrupted_by_another_frame_is_a_protocol_error(peer):
     block = peer.encoder.encode(request("/hold"))
-    peer.send(frame(HEADERS, 0, 1, block[:5]) + frame(PING, 0, 0, b"12345678") + frame(CONTINUATION, END_HEADERS, 1, block[5:]))
+    peer.send(frame(HEADERS, 0, 1, block[:5]) + frame(PING, 0, 0, b"12345678")
+              + frame(CONTINUATION, END_HEADERS, 1, block[5:]))
     assert peer.goaway()[0] == PROTOCOL_ERROR
 
 
@@ -479,7 +481,8 @@ def test_pings_between_calls_are_not_a_flood(peer):
 
 
 def test_rapid_reset_is_enhance_your_calm(peer):
-    opened_and_reset = b"".join(peer.headers(stream_id, "/hold") + frame(RST_STREAM, 0, stream_id, CANCEL.to_bytes(4, "big"))
+    opened_and_reset = b"".join(peer.headers(stream_id, "/hold")
+                                + frame(RST_STREAM, 0, stream_id, CANCEL.to_bytes(4, "big"))
                                 for stream_id in range(1, 2 * (LIMITS.max_rapid_resets + 1), 2))
     peer.send(opened_and_reset)
     code, last = peer.goaway()
