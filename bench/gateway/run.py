@@ -3,13 +3,14 @@
 Run from the repository root:  .venv/bin/python bench/gateway/run.py [--rounds 3] [--json out.json]
 (`--parts slow` runs parts 2 and 3 only, `--parts two` part 1 only).
 
-The gateway runs twice: with its default data plane (`frames`: ModelInfer forwarded as HTTP/2 frames)
-and with `--data-plane grpc` (grpcio for every call).
+With `--baseline TREE` (a checkout of an earlier commit, e.g. `git worktree add /tmp/before <rev>`), the
+gateway of that tree runs beside today's in the same run, so a change is measured against what it
+replaced.
 1. Two Triton servers, ONE client channel, concurrency 1 (also through bench/gateway/naive_proxy.py,
    the baseline), `add_one` with a tiny (12 B) and a 150 KB
    request: split over the servers, p50 latency added over going direct, and the proxy's CPU time per
-   1000 requests (from /proc: user + system of the proxy process); then the proxy's CPU per 1000
-   requests again under load, 16 and 64 in flight on the one channel. Rounds are interleaved over the
+   1000 requests (from /proc: user + system of the proxy process); then p50 and the proxy's CPU per
+   1000 requests again under load, 16 and 64 in flight on the one channel. Rounds are interleaved over the
    paths and each figure is the median over rounds.
 2. Three servers, one of them 3x slower (`slow` with delay_ms 2, 2, 6 from per-server repository
    copies), closed loop of 8 concurrent requests on one channel: p50/p99 through the gateway and Envoy,
@@ -50,9 +51,8 @@ TICKS = os.sysconf("SC_CLK_TCK")
 BIG_ELEMENTS = 150 * 1024 // 4
 # The gateway as deployed: health checks every second (the tests check faster).
 GATEWAY_ENV = {"TRITONFLEET_GATEWAY_HEALTH_INTERVAL_S": "1"}
-# The gateway's other data plane, grpcio for every call, side by side with the default (frames).
-GRPC_PLANE = ("--data-plane", "grpc")
-GRPC_PLANE_NAME = "gateway, grpc data plane"
+# The gateway of an earlier tree (--baseline), side by side with today's.
+BASELINE_NAME = "gateway before"
 # Part one also measures proxy CPU under load: these many requests in flight on the one channel.
 LOADED_CONCURRENCY = (16, 64)
 NAIVE_NAME = "naive grpc.aio proxy (baseline)"
@@ -95,23 +95,32 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q))
 
 
-def part_one(workdir: Path, rounds: int, tiny_count: int, big_count: int, loaded_count: int) -> list[dict]:
+def baseline_gateway(urls: list[str], log: Path, baseline: Path | None) -> GatewayProcess | None:
+    """The gateway of an earlier tree: its packages first on the child's path."""
+    if baseline is None:
+        return None
+    return GatewayProcess(urls, log, env={**GATEWAY_ENV, "PYTHONPATH": str(baseline.resolve())})
+
+
+def part_one(workdir: Path, rounds: int, tiny_count: int, big_count: int, loaded_count: int,
+             baseline: Path | None = None) -> list[dict]:
     servers = start_fleet(2, REPOSITORY, workdir / "two")
     urls = [s.grpc_url for s in servers]
     try:
         gateway = GatewayProcess(urls, workdir / "gateway.log", env=GATEWAY_ENV)
-        gateway_grpc = GatewayProcess(urls, workdir / "gateway-grpc.log", *GRPC_PLANE, env=GATEWAY_ENV)
+        earlier = baseline_gateway(urls, workdir / "gateway-before.log", baseline)
         (workdir / "envoy-two").mkdir()
         envoy = start_envoy(urls, workdir / "envoy-two")
         haproxy = start_haproxy(urls, workdir)
         naive = start_naive_proxy(urls, workdir)
         paths = {"direct": (urls[0], None), "gateway": (gateway.url, gateway.process.pid),
-                 GRPC_PLANE_NAME: (gateway_grpc.url, gateway_grpc.process.pid),
+                 **({BASELINE_NAME: (earlier.url, earlier.process.pid)} if earlier else {}),
                  "Envoy 1.40 LEAST_REQUEST": (envoy.url, envoy.process.pid),
                  "HAProxy mode tcp (L4)": (haproxy.url, haproxy.process.pid),
                  NAIVE_NAME: (naive.url, naive.process.pid)}
         figures = {name: {"p50_tiny": [], "p50_big": [], "cpu_tiny": [], "cpu_big": [], "split": [],
-                          **{f"cpu_c{c}_{size}": [] for c in LOADED_CONCURRENCY for size in ("tiny", "big")}}
+                          **{f"{kind}_c{c}_{size}": [] for kind in ("cpu", "p50") for c in LOADED_CONCURRENCY
+                             for size in ("tiny", "big")}}
                    for name in paths}
         for _ in range(rounds):
             for name, (url, pid) in paths.items():
@@ -123,12 +132,14 @@ def part_one(workdir: Path, rounds: int, tiny_count: int, big_count: int, loaded
                 cpu = cpu_seconds(pid) if pid else 0.0
                 big = sequential_latencies(url, inputs(BIG_ELEMENTS), big_count)
                 cpu_big = cpu_seconds(pid) - cpu if pid else 0.0
-                for concurrency in LOADED_CONCURRENCY if pid else ():
+                for concurrency in LOADED_CONCURRENCY:
                     for size, elements in (("tiny", 3), ("big", BIG_ELEMENTS)):
-                        cpu = cpu_seconds(pid)
-                        asyncio.run(closed_loop(url, concurrency, loaded_count, "add_one", elements))
-                        figures[name][f"cpu_c{concurrency}_{size}"].append(
-                            1000 * (cpu_seconds(pid) - cpu) / loaded_count)
+                        cpu = cpu_seconds(pid) if pid else 0.0
+                        loaded = asyncio.run(closed_loop(url, concurrency, loaded_count, "add_one", elements))
+                        figures[name][f"p50_c{concurrency}_{size}"].append(percentile(loaded, 50))
+                        if pid:
+                            figures[name][f"cpu_c{concurrency}_{size}"].append(
+                                1000 * (cpu_seconds(pid) - cpu) / loaded_count)
                 deltas = [a - b for a, b in zip(after_tiny, before)]
                 figures[name]["split"].append([round(100 * d / sum(deltas)) for d in deltas])
                 figures[name]["p50_tiny"].append(percentile(tiny, 50))
@@ -136,8 +147,9 @@ def part_one(workdir: Path, rounds: int, tiny_count: int, big_count: int, loaded
                 # Warm-up requests are part of what the proxy handled: count them.
                 figures[name]["cpu_tiny"].append(1000 * cpu_tiny / (tiny_count + 20))
                 figures[name]["cpu_big"].append(1000 * cpu_big / (big_count + 20))
-        for proxy in (gateway, gateway_grpc, envoy, haproxy, naive):
-            proxy.stop()
+        for proxy in (gateway, earlier, envoy, haproxy, naive):
+            if proxy is not None:
+                proxy.stop()
     finally:
         stop_all(servers)
     direct_tiny = statistics.median(figures["direct"]["p50_tiny"])
@@ -154,7 +166,7 @@ def part_one(workdir: Path, rounds: int, tiny_count: int, big_count: int, loaded
             "cpu_tiny_ms": statistics.median(f["cpu_tiny"]) * 1000,
             "cpu_big_ms": statistics.median(f["cpu_big"]) * 1000,
             **{f"{key}_ms": statistics.median(f[key]) * 1000 if f[key] else None
-               for key in f if key.startswith("cpu_c")},
+               for key in f if key.startswith(("cpu_c", "p50_c"))},
         })
     return rows
 
@@ -207,7 +219,7 @@ def video_stream(url: str, frames: int, fps: float) -> None:
         raise RuntimeError(f"stream errors: {errors[:3]}")
 
 
-def parts_two_and_three(workdir: Path, rounds: int, total: int, frames: int) -> dict:
+def parts_two_and_three(workdir: Path, rounds: int, total: int, frames: int, baseline: Path | None = None) -> dict:
     servers = slow_fleet(workdir, [2, 2, 6])
     urls = [s.grpc_url for s in servers]
     result: dict = {}
@@ -217,11 +229,12 @@ def parts_two_and_three(workdir: Path, rounds: int, total: int, frames: int) -> 
         for url in urls:
             asyncio.run(closed_loop(url, 8, 80))
         gateway = GatewayProcess(urls, workdir / "gateway3.log", env=GATEWAY_ENV)
-        gateway_grpc = GatewayProcess(urls, workdir / "gateway3-grpc.log", *GRPC_PLANE, env=GATEWAY_ENV)
+        earlier = baseline_gateway(urls, workdir / "gateway3-before.log", baseline)
         fast_only = GatewayProcess(urls[:2], workdir / "gateway2-fast.log", env=GATEWAY_ENV)
         (workdir / "envoy3").mkdir()
         envoy = start_envoy(urls, workdir / "envoy3")
-        paths = {"gateway": gateway.url, GRPC_PLANE_NAME: gateway_grpc.url, "Envoy 1.40 LEAST_REQUEST": envoy.url,
+        paths = {"gateway": gateway.url, **({BASELINE_NAME: earlier.url} if earlier else {}),
+                 "Envoy 1.40 LEAST_REQUEST": envoy.url,
                  FAST_ONLY_NAME: fast_only.url}
         p99 = {name: [] for name in paths}
         p50 = {name: [] for name in paths}
@@ -246,8 +259,9 @@ def parts_two_and_three(workdir: Path, rounds: int, total: int, frames: int) -> 
             video_stream(url, frames, 30.0)
             deltas = [served(u, "add_one") - b for u, b in zip(urls, before)]
             result["video"][name] = [round(100 * d / sum(deltas)) for d in deltas]
-        for proxy in (gateway, gateway_grpc, envoy, fast_only):
-            proxy.stop()
+        for proxy in (gateway, earlier, envoy, fast_only):
+            if proxy is not None:
+                proxy.stop()
     finally:
         stop_all(servers)
     return result
@@ -261,14 +275,16 @@ def markdown_part_one(rows: list[dict]) -> list[str]:
         "",
         "| path | split over the 2 servers (%) | p50 tiny / big (ms) | p50 added tiny / big (ms) "
         "| proxy CPU tiny / big (ms), 1 in flight | "
-        + " | ".join(f"{c} in flight" for c in LOADED_CONCURRENCY) + " |",
+        + " | ".join(f"p50 / CPU tiny, big, {c} in flight" for c in LOADED_CONCURRENCY) + " |",
         "| --- | --- | --- | --- | --- |" + " --- |" * len(LOADED_CONCURRENCY),
     ]
     for r in rows:
         direct = r["path"] == "direct"
         cpu = "-" if direct else f"{r['cpu_tiny_ms']:.0f} / {r['cpu_big_ms']:.0f}"
-        loaded = " | ".join("-" if direct else f"{r[f'cpu_c{c}_tiny_ms']:.0f} / {r[f'cpu_c{c}_big_ms']:.0f}"
-                            for c in LOADED_CONCURRENCY)
+        loaded = " | ".join(
+            f"{r[f'p50_c{c}_tiny_ms']:.2f} / " + ("-" if direct else f"{r[f'cpu_c{c}_tiny_ms']:.0f}")
+            + f", {r[f'p50_c{c}_big_ms']:.2f} / " + ("-" if direct else f"{r[f'cpu_c{c}_big_ms']:.0f}")
+            for c in LOADED_CONCURRENCY)
         added = "-" if direct else f"{r['added_tiny_ms']:+.2f} / {r['added_big_ms']:+.2f}"
         lines.append(f"| {r['path']} | {r['split']} | {r['p50_tiny_ms']:.2f} / {r['p50_big_ms']:.2f} | {added} "
                      f"| {cpu} | {loaded} |")
@@ -341,6 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parts", choices=["all", "two", "slow"], default="all",
                         help="two: part 1 only (two servers); slow: parts 2 and 3 only (three servers)")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--baseline", type=Path, help="a checkout of an earlier tree whose gateway runs beside today's")
     args = parser.parse_args(argv)
     command = "python bench/gateway/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
     rows = rest = None
@@ -348,9 +365,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-gateway-") as tmp:
         workdir = Path(tmp)
         if args.parts in ("all", "two"):
-            rows = part_one(workdir, args.rounds, args.tiny, args.big, args.loaded)
+            rows = part_one(workdir, args.rounds, args.tiny, args.big, args.loaded, args.baseline)
         if args.parts in ("all", "slow"):
-            rest = parts_two_and_three(workdir, args.rounds, args.slow_requests, args.frames)
+            rest = parts_two_and_three(workdir, args.rounds, args.slow_requests, args.frames, args.baseline)
     print(markdown(rows, rest, command.strip(), machine))
     if args.json:
         args.json.write_text(json.dumps({"machine": machine, "two_servers": rows, **(rest or {})}, indent=2))
