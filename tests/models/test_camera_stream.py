@@ -17,7 +17,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from models.camera import CameraStreams, DecoderLimit
+from models.camera import CameraStreams, DecoderLimit, warm_up_sizes
 from models.profiles import PROFILES_FILE, ProfileError, render_configs
 from models.video import StreamError
 from tests.models.camera_clips import codec_input, encode_clip, offline_analysis, offline_motion, units_input
@@ -36,6 +36,10 @@ def camera_server(tmp_path_factory):
     config = repo / MODEL / "config.pbtxt"
     config.write_text(config.read_text().replace(
         'key: "MAX_DECODERS" value { string_value: "16" }', f'key: "MAX_DECODERS" value {{ string_value: "{MAX_DECODERS}" }}'
+    ).replace(
+        # The instance runs a warm-up picture through the analysis before it turns ready: every
+        # test below then also checks that the warm-up left no stream state behind.
+        'key: "WARMUP" value { string_value: "" }', 'key: "WARMUP" value { string_value: "320x240" }'
     ))
     servers = start_fleet(1, repo, tmp_path_factory.mktemp("camera-triton"))
     yield servers[0]
@@ -220,12 +224,24 @@ def test_silent_streams_give_their_decoder_back():
 
 def test_the_gpu_profile_gives_the_camera_model_its_decoder_budget(tmp_path):
     gpu = render_configs("gpu")["camera_stream"]
-    assert gpu.parameters["MAX_DECODERS"].string_value == "160"
+    per_instance = int(gpu.parameters["MAX_DECODERS"].string_value)
+    assert per_instance * gpu.instance_group[0].count >= 120
+    # Triton admits no more sequences to an instance than it has decoders for, so none is refused
+    # while another instance has room.
+    assert gpu.sequence_batching.oldest.max_candidate_sequences == per_instance
+    assert gpu.parameters["WARMUP"].string_value == "1920x1080"
     assert render_configs("cpu")["camera_stream"].parameters["MAX_DECODERS"].string_value == "16"
     profiles = tmp_path / "profiles.yaml"
     profiles.write_text(PROFILES_FILE.read_text().replace("MAX_DECODERS:", "MAX_DECODER:"))
     with pytest.raises(ProfileError, match=r"parameters \['MAX_DECODER'\] are not in its config.pbtxt"):
         render_configs("gpu", profiles=profiles)
+
+
+def test_warm_up_sizes_are_width_by_height():
+    assert warm_up_sizes("") == []
+    assert warm_up_sizes("1920x1080, 320x240") == [(1080, 1920), (240, 320)]
+    with pytest.raises(ValueError, match="WARMUP must be sizes like 1920x1080"):
+        warm_up_sizes("1080p")
 
 
 def test_a_camera_streams_h264_through_the_gateway(camera_server, clips, tmp_path):
