@@ -11,8 +11,8 @@ travel together when they fit and one per call (on a warm machine) when they do 
   (the binary, the bundled libraries it and the Python backend load, found by following their ELF
   NEEDED entries, the Python backend and the 3.12 stub only).
 - `base/`: `site.tar.xz`, cp312 wheels of what the machine lacks or has in other versions,
-  unpacked (numpy 1.26.4 for the stubs, tritonclient, protobuf 6, hpack, hdrhistogram,
-  python-rapidjson). grpcio is the machine's own (1.84, tritonclient needs >= 1.81.1): carrying
+  unpacked (numpy 1.26.4 for the stubs, tritonclient, protobuf 6, grpcio-health-checking, hpack,
+  hdrhistogram, python-rapidjson). grpcio is the machine's own (1.84, tritonclient needs >= 1.81.1): carrying
   it too would put server, base, nvdec and av over one call's 64 MiB.
 - `nvdec/`: PyNvVideoCodec (NVDEC), without its samples, FFmpeg sources and CUDA 12 module.
 - `av/`: PyAV (FFmpeg with libx264, to encode test clips there: the H200 has no NVENC).
@@ -45,6 +45,7 @@ PART_WHEELS = {"server": [], "base": [
     "numpy==1.26.4",
     "tritonclient==2.73.0",
     "protobuf==6.33.6",
+    "grpcio-health-checking==1.81.1",
     "hpack==4.1.0",
     "hdrhistogram==0.10.8",
     "python-rapidjson==1.25",

@@ -9,12 +9,16 @@ access unit each round, in batches of `--batch` requests, as fast as the service
 variant (each NVDEC session on a CUDA stream of its own or on the current one) and stream count:
 frames/s, and the ms per frame spent decoding, queueing the analysis, and waiting for the device
 and the copy to the host (CameraService's counters). The sessions' opening is timed apart.
+`--processes P` runs P such services at once in processes of their own, the streams shared out,
+as P model instances would: whether the rate grows with P tells a limit inside one process (its
+GIL) from one of the device.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import time
 from pathlib import Path
 
@@ -75,30 +79,63 @@ def measure(service: CameraService, units: list[bytes], streams: int, batch: int
             "streams_at_30fps": round(frames / elapsed / 30, 1), "ms_per_frame": per_frame}
 
 
+def one_process(variant: str, streams: int, threads: int, size, units, batch: int, seconds: float, ready, results) -> None:
+    service, _ = build(variant, streams, threads, size)
+    try:
+        ready.wait()
+        results.put(measure(service, units, streams, batch, seconds))
+    finally:
+        service.close()
+
+
+def in_processes(variant: str, streams: int, processes: int, threads: int, size, units, batch: int, seconds: float) -> dict:
+    """`processes` services measured at the same time, `streams` shared out; their figures summed."""
+    context = multiprocessing.get_context("spawn")
+    ready, results = context.Barrier(processes), context.Queue()
+    shares = [streams // processes + (i < streams % processes) for i in range(processes)]
+    workers = [context.Process(target=one_process, args=(variant, share, threads, size, units, batch, seconds, ready, results))
+               for share in shares]
+    for worker in workers:
+        worker.start()
+    parts = [results.get(timeout=300) for _ in workers]
+    for worker in workers:
+        worker.join()
+    total = sum(part["frames_per_s"] for part in parts)
+    return {"streams": streams, "processes": processes, "frames_per_s": total, "streams_at_30fps": round(total / 30, 1),
+            "errors": sum(part["errors"] for part in parts), "per_process": parts}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--streams", type=int, nargs="+", default=[30, 60, 120])
     parser.add_argument("--batch", type=int, default=40, help="requests per execution (the instance's max_batch_size)")
-    parser.add_argument("--threads", type=int, default=16, help="DECODE_THREADS")
+    parser.add_argument("--threads", type=int, nargs="+", default=[16], help="DECODE_THREADS values to run")
+    parser.add_argument("--processes", type=int, nargs="+", default=[1], help="services at once, in processes of their own")
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--variants", nargs="+", default=["own-stream", "current-stream"], choices=list(VARIANTS))
     parser.add_argument("--resolution", default="1080p")
     args = parser.parse_args(argv)
     size = parse_resolution(args.resolution)
     units = load_clip("h264", "synthetic", args.resolution, 60, 30.0).units
-    out = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "batch": args.batch, "threads": args.threads,
+    out = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "batch": args.batch,
            "resolution": args.resolution, "clip_units": len(units), "runs": []}
     for variant in args.variants:
-        for streams in args.streams:
-            service, _ = build(variant, streams, args.threads, size)
-            try:
-                run = {"variant": variant, **measure(service, units, streams, args.batch, args.seconds)}
-            finally:
-                service.close()
-            out["runs"].append(run)
-            print(json.dumps(run), flush=True)
-            args.out.write_text(json.dumps(out, indent=1))
+        for threads in args.threads:
+            for processes in args.processes:
+                for streams in args.streams:
+                    if processes > 1:
+                        figures = in_processes(variant, streams, processes, threads, size, units, args.batch, args.seconds)
+                    else:
+                        service, _ = build(variant, streams, threads, size)
+                        try:
+                            figures = measure(service, units, streams, args.batch, args.seconds)
+                        finally:
+                            service.close()
+                    run = {"variant": variant, "threads": threads, **figures}
+                    out["runs"].append(run)
+                    print(json.dumps({k: v for k, v in run.items() if k != "per_process"}), flush=True)
+                    args.out.write_text(json.dumps(out, indent=1))
     return 0
 
 
