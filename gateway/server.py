@@ -22,6 +22,7 @@ import signal
 import tempfile
 
 import grpc
+from grpc_health.v1 import health_pb2_grpc
 
 from gateway import logs, metrics as metrics_module
 from gateway.backends import BackendPool, channel_options
@@ -77,6 +78,7 @@ class Gateway:
             ("grpc.max_receive_message_length", limit),
         ])
         self.server.add_generic_rpc_handlers((self.service.generic_handler(),))
+        health_pb2_grpc.add_HealthServicer_to_server(self.service.readiness.servicer, self.server)
         if self.config.data_plane == "frames":
             # The gRPC service listens privately; the front door takes the clients.
             internal = self.server.add_insecure_port("127.0.0.1:0")
