@@ -18,8 +18,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
+from tests.chart.chart_render import one, render
 from tests.gateway.helpers import TEST_REPOSITORY, GatewayProcess, add_one_inputs
 from tests.gateway.polling import wait_for
+from tritonfleet.chart_runner import ChartRun
 from tritonfleet.triton_server import start_fleet, stop_all
 
 pytestmark = pytest.mark.slow
@@ -310,6 +312,14 @@ def test_the_health_service_through_the_gateway_says_serving(gateway):
     with pytest.raises(grpc.RpcError) as unknown:
         health_check(gateway.url, "no.such.Service")
     assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_the_charts_gateway_probes_pass_against_the_gateway(gateway):
+    container = one(render(None), "Deployment", "gateway")["spec"]["template"]["spec"]["containers"][0]
+    for kind in ("readinessProbe", "livenessProbe"):
+        probe = container[kind]["grpc"]
+        # As the kubelet would ask, on the gateway's port here instead of the pod's.
+        assert ChartRun._grpc_health("127.0.0.1", gateway.port, 5.0, probe.get("service", "")), kind  # noqa: SLF001
 
 
 def test_the_health_service_says_not_serving_when_every_pod_is_gone(tmp_path):
