@@ -196,14 +196,25 @@ def pictures_to_pixels(pictures: list[Picture]) -> torch.Tensor:
 
 
 def figures_to_host(frames: list[FrameResult]) -> None:
-    """Every frame's tiles and top-k on the host, in one copy per kind for the whole batch: a
-    response per request would otherwise wait on the device once per tensor."""
-    if not frames or frames[0].tiles.device.type == "cpu":
-        return
-    for name in ("tiles", "indices", "scores"):
-        host = torch.stack([getattr(f, name) for f in frames]).cpu()
-        for frame, row in zip(frames, host):
-            setattr(frame, name, row)
+    """Every frame's tiles and top-k on the host, in one copy for the whole batch: a response per
+    request would otherwise wait on the device once per tensor (and each wait on a GPU shared by
+    several instances' processes can last a time slice)."""
+    if frames and frames[0].tiles.device.type != "cpu":
+        gather_figures(frames)
+
+
+def gather_figures(frames: list[FrameResult]) -> None:
+    """The frames' tiles, scores and indices replaced by rows of one host tensor made in one copy."""
+    tiles = torch.stack([f.tiles for f in frames]).float().flatten(1)
+    scores = torch.stack([f.scores for f in frames]).float()
+    # Class indices (< 1000) are exact in float32: one tensor, one copy, one wait.
+    indices = torch.stack([f.indices for f in frames]).float()
+    host = torch.cat([tiles, scores, indices], dim=1).cpu()
+    k = scores.shape[1]
+    for frame, row in zip(frames, host):
+        frame.tiles = row[: tiles.shape[1]].view(frame.tiles.shape)
+        frame.scores = row[tiles.shape[1] : tiles.shape[1] + k]
+        frame.indices = row[tiles.shape[1] + k :].long()
 
 
 def luma_frame(picture: Picture) -> torch.Tensor:

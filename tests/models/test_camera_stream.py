@@ -14,12 +14,13 @@ import urllib.request
 
 import numpy as np
 import pytest
+import torch
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from models.camera import CameraStreams, DecoderLimit, warm_up_sizes
+from models.camera import CameraStreams, DecoderLimit, gather_figures, warm_up_sizes
 from models.profiles import PROFILES_FILE, ProfileError, render_configs
-from models.video import StreamError
+from models.video import FrameResult, StreamError
 from tests.models.camera_clips import codec_input, encode_clip, offline_analysis, offline_motion, units_input
 from tritonfleet.paths import MODEL_REPOSITORY
 from tritonfleet.proxies import GatewayProcess
@@ -242,6 +243,16 @@ def test_warm_up_sizes_are_width_by_height():
     assert warm_up_sizes("1920x1080, 320x240") == [(1080, 1920), (240, 320)]
     with pytest.raises(ValueError, match="WARMUP must be sizes like 1920x1080"):
         warm_up_sizes("1080p")
+
+
+def test_a_batch_of_figures_reaches_the_host_in_one_tensor_unchanged():
+    torch.manual_seed(0)
+    frames = [FrameResult(n, 1.0, torch.rand(4, 4), False, True, torch.randperm(1000)[:5], torch.rand(5)) for n in range(3)]
+    expected = [(f.tiles.clone(), f.indices.clone(), f.scores.clone()) for f in frames]
+    gather_figures(frames)
+    for frame, (tiles, indices, scores) in zip(frames, expected):
+        assert torch.equal(frame.tiles, tiles) and torch.equal(frame.scores, scores)
+        assert torch.equal(frame.indices, indices) and frame.indices.dtype == torch.int64
 
 
 def test_a_camera_streams_h264_through_the_gateway(camera_server, clips, tmp_path):
