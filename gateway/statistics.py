@@ -23,7 +23,7 @@ def add_counts(into, other, keys: frozenset[str] = frozenset()) -> None:
     Written over the descriptor so that a duration Triton adds to `InferStatistics` later is summed too.
     """
     for field, value in other.ListFields():
-        if field.label == FieldDescriptor.LABEL_REPEATED or field.name in keys:
+        if field.is_repeated or field.name in keys:
             continue
         if field.type == FieldDescriptor.TYPE_MESSAGE:
             getattr(into, field.name).SetInParent()  # present in the sum where a pod sent it, as Triton does
