@@ -215,25 +215,31 @@ def _slo(row: dict) -> str:
     return "-" if within is None else ("yes" if within else "no")
 
 
+COLUMNS = ("| servers | devices | gateway workers | load | offered | {figure} | p50 ms | p99 ms | errors | efficiency | "
+           "requests per server | spread ± % | gateway CPU µs/request | busiest gateway process | p99 within SLO |")
+
+
+def table_row(data: dict, row: dict, offered: str) -> str:
+    image = row["kind"] == "image"
+    devices = ",".join(data["devices"][: row["servers"]]) if data["devices"] else "cpu"
+    load = f"{row['batch']}/request" if image else data["camera"]
+    per_server = list(row["requests_per_server"].values())[: row["servers"]]
+    cells = [row["servers"], devices, row["gateway_workers"], load, f"{row['offered']} {offered}",
+             _number(row["figure"], 1 if image else 0), _number(row["p50_ms"], 1), _number(row["p99_ms"], 1),
+             _number(row["errors"]), _number(row["efficiency"], 2), " / ".join(f"{n:,}" for n in per_server),
+             _number(row["spread_pct"], 1), _number(row["gateway_cpu_us_per_request"], 0),
+             f"{_number(row['gateway_busiest_process'] * 100, 0)}%", _slo(row)]
+    return "| " + " | ".join(str(cell) for cell in cells) + " |"
+
+
 def tables(data: dict) -> list[str]:
     lines = [f"{data['machine']}; {data['date']}", ""]
-    columns = ("| servers | devices | gateway workers | load | offered | {figure} | p50 ms | p99 ms | errors | "
-               "efficiency | requests per server | spread ± % | gateway CPU µs/request | busiest gateway process | p99 within SLO |")
     for kind, figure, offered in (("image", "images/s", "in flight"), ("camera", "streams sustained", "streams")):
         rows = [r for r in data["rows"] if r["kind"] == kind]
         if not rows:
             continue
-        lines += [columns.format(figure=figure), "| " + " | ".join(["---:"] * 15) + " |"]
-        for row in rows:
-            devices = ",".join(data["devices"][: row["servers"]]) if data["devices"] else "cpu"
-            load = f"{row['batch']}/request" if kind == "image" else data["camera"]
-            lines.append(
-                f"| {row['servers']} | {devices} | {row['gateway_workers']} | {load} | {row['offered']} {offered} | "
-                f"{_number(row['figure'], 1 if kind == 'image' else 0)} | {_number(row['p50_ms'], 1)} | "
-                f"{_number(row['p99_ms'], 1)} | {_number(row['errors'])} | {_number(row['efficiency'], 2)} | "
-                f"{' / '.join(f'{n:,}' for n in list(row['requests_per_server'].values())[: row['servers']])} | {_number(row['spread_pct'], 1)} | "
-                f"{_number(row['gateway_cpu_us_per_request'], 0)} | {_number(row['gateway_busiest_process'] * 100, 0)}% | "
-                f"{_slo(row)} |")
+        lines += [COLUMNS.format(figure=figure), "| " + " | ".join(["---:"] * 15) + " |"]
+        lines += [table_row(data, row, offered) for row in rows]
         lines.append("")
     lines += [f"- {note}" for note in data["notes"]]
     return lines
@@ -343,13 +349,15 @@ def parse_args(argv):
     parser.add_argument("--auto-busy", type=float, default=0.8,
                         help=f"'{AUTO}': more workers while the busiest gateway process was busy this share of the run")
     parser.add_argument("--load-workers", nargs="+", default=[],
-                        help="load generator processes: one count, or one per step (default: 4 per server, at most half the cores)")
+                        help="load generator processes: one count, or one per step "
+                             "(default: 4 per server, at most half the cores)")
     parser.add_argument("--image-runs", nargs="*", default=["8:16"], metavar="BATCH:C1,C2",
                         help="images per request and the requests in flight per server")
     parser.add_argument("--image-model", default="image_pipeline")
     parser.add_argument("--image-slo-ms", type=float, default=0.0, help="p99 objective the image rows are checked against")
     parser.add_argument("--image-source", default="camera",
-                        help="'camera' (1080p camera-like pictures, JPEG-encoded by the load generator) or loadtest's --source")
+                        help="'camera' (1080p camera-like pictures, JPEG-encoded by the load generator) "
+                             "or loadtest's --source")
     parser.add_argument("--resolution", default="1080p")
     parser.add_argument("--camera-streams", type=int, nargs="*", default=[], help="camera streams per server")
     parser.add_argument("--camera-codec", default="h264")
@@ -357,6 +365,15 @@ def parse_args(argv):
     parser.add_argument("--camera-slo-ms", type=float, default=100.0)
     parser.add_argument("--models", nargs="*", default=[], help="load only these (and what their ensembles need)")
     return parser.parse_args(argv)
+
+
+def new_results(args, argv: list[str], record: Record, devices: list[str] | None, cores: int) -> Results:
+    machine = f"{record.data['gpu']}; {cores} CPUs" if devices else f"CPU servers, no GPU; {cores} CPUs"
+    # The notes are the record's own list, so a note lands in both files.
+    return Results(args.out, {"date": record.data["date"], "command": " ".join(["python -m bench.gpu.scale_out", *argv]),
+                              "cpus": cores, "machine": machine, "devices": devices or [],
+                              "camera": f"{args.camera_codec} 1080p30", "steps": [], "rows": [],
+                              "notes": record.data["notes"]})
 
 
 def main(argv=None) -> int:
@@ -368,25 +385,23 @@ def main(argv=None) -> int:
     # Per-step values follow --gpus as given, also where this machine runs only the first steps.
     gateway_workers = per_step(args.gateway_workers, steps, "gateway-workers")
     cores = os.cpu_count() or 1
-    load_workers = {n: int(w) for n, w in per_step(args.load_workers, steps, "load-workers").items()} if args.load_workers \
-        else {n: max(1, min(4 * n, cores // 2)) for n in steps}
+    if args.load_workers:
+        load_workers = {n: int(w) for n, w in per_step(args.load_workers, steps, "load-workers").items()}
+    else:
+        load_workers = {n: max(1, min(4 * n, cores // 2)) for n in steps}
     record = Record(args.out, args.budget_s, "scale")
     devices, steps = devices_for(args, steps, record)
     if not steps:
         raise SystemExit(f"scale_out: none of --gpus {args.gpus} fits this machine's GPUs")
-    results = Results(args.out, {"date": record.data["date"], "command": " ".join(["python -m bench.gpu.scale_out", *(sys.argv[1:] if argv is None else argv)]), "cpus": cores,
-                                 "machine": (f"{record.data['gpu']}; {cores} CPUs" if devices
-                                             else f"CPU servers, no GPU; {cores} CPUs"),
-                                 "devices": devices or [], "camera": f"{args.camera_codec} 1080p30",
-                                 "steps": [], "rows": [], "notes": record.data["notes"]})
+    results = new_results(args, sys.argv[1:] if argv is None else argv, record, devices, cores)
     models = args.models or sorted(p.parent.name for p in args.repo.glob("*/config.pbtxt"))
     explicit = ["--model-control-mode=explicit", *(f"--load-model={m}" for m in args.models)] if args.models else []
     pictures = args.workdir / "pictures"
     if args.image_source == "camera" and any(load.kind == "image" for load in loads):
         write_pictures(pictures, 8)
     began = time.monotonic()
-    servers = start_fleet(max(steps), args.repo, args.workdir, extra_args=([] if args.cpu else SERVER_ARGS) + explicit,
-                          timeout=300, devices=devices)
+    server_args = ([] if args.cpu else SERVER_ARGS) + explicit
+    servers = start_fleet(max(steps), args.repo, args.workdir, extra_args=server_args, timeout=300, devices=devices)
     try:
         record.note(f"{len(servers)} servers ready in {time.monotonic() - began:.0f} s on "
                     f"{', '.join(s.device for s in servers) if devices else 'the CPU'} with {models}")
