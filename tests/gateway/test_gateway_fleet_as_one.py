@@ -314,6 +314,12 @@ def test_the_health_service_through_the_gateway_says_serving(gateway):
     assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
 
 
+def test_the_health_service_is_served_on_the_grpc_data_plane_too(fleet, tmp_path):
+    with GatewayProcess([s.grpc_url for s in fleet], tmp_path / "gateway.log", "--data-plane", "grpc") as process:
+        assert health_check(process.url) == SERVING
+        assert health_check(process.url, "inference.GRPCInferenceService") == SERVING
+
+
 def test_the_charts_gateway_probes_pass_against_the_gateway(gateway):
     container = one(render(None), "Deployment", "gateway")["spec"]["template"]["spec"]["containers"][0]
     for kind in ("readinessProbe", "livenessProbe"):
