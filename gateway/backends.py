@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import grpc
@@ -64,8 +64,10 @@ class Backend:
     latency_levels: dict[str, list[float]] = field(default_factory=dict)
     latency_samples: dict[str, int] = field(default_factory=dict)
     last_pick: int = 0
-    # Health: live from ServerReady; ready models from the per-model checks; ejection from failures.
+    # Health: live from ServerLive; server_ready from ServerReady, recorded only (false while any model
+    # loads, with Triton's strict readiness); ready models from the per-model checks; ejection from failures.
     live: bool = False
+    server_ready: bool = False
     ready_models: frozenset[str] = frozenset()
     known_models: frozenset[str] = frozenset()
     ejected_until: float = 0.0
@@ -111,6 +113,8 @@ class BackendPool:
         self._room = asyncio.Event()
         # Told of each pod that leaves the fleet (the front door closes its connection to it).
         self.removal_listeners: list[Callable[[Backend], None]] = []
+        # Awaited after each round of health checks (the gateway's readiness is published then).
+        self.health_listeners: list[Callable[[], Awaitable[None]]] = []
 
     # ---- membership (discovery) -------------------------------------------------------------
 

@@ -1,7 +1,10 @@
 """Active health checks: is each pod live and ready, and which models are READY on it.
 
-Every `interval` each pod is asked ServerReady, then RepositoryIndex for the models it knows, then
-ModelReady for each of them; the answers set the pod's `live` and `ready_models`, which the picker reads.
+Every `interval` each pod is asked ServerLive, ServerReady, then RepositoryIndex for the models it knows,
+then ModelReady for each of them. The three answers are kept apart: `live` (the pod answers and says it
+is live) decides whether the pod is in the fleet at all; `server_ready` is only recorded, because with
+Triton's strict readiness it is false while any model loads or after one failed to load, and a pod in
+that state still serves its other models; `ready_models` (per-model readiness) is what the picker reads.
 A pod ejected after a failure (see `BackendPool.eject`) is checked again only once its backoff is over,
 and comes back when the check passes. The first check of a new model also reads its config, to learn
 whether it is decoupled or stateful (the stream handler routes those differently).
@@ -50,6 +53,8 @@ class HealthChecker:
         while True:
             await self.check_all()
             self.checked.set()
+            for listener in self.pool.health_listeners:
+                await listener()
             await asyncio.sleep(self.interval_s)
 
     async def check_all(self) -> None:
@@ -68,35 +73,49 @@ class HealthChecker:
             return
         stub = self._stub(backend)
         try:
-            live, ready, known = await self._probe(stub)
+            live, server_ready, ready, known = await self._probe(stub)
         except grpc.aio.AioRpcError as exc:
-            live, ready, known = False, frozenset(), backend.known_models
+            live, server_ready, ready, known = False, False, frozenset(), backend.known_models
             if backend.live:
                 log.warning("backend failed its health check", extra={
                     "backend": backend.address, "code": exc.code().name, "details": exc.details()})
+        if ready is None:
+            ready, known = backend.ready_models, backend.known_models
         await self._learn_traits(stub, ready - self.catalog.traits.keys())
-        changed = (live, ready) != (backend.live, backend.ready_models)
-        backend.live, backend.ready_models, backend.known_models = live, ready, known
+        changed = (live, server_ready, ready) != (backend.live, backend.server_ready, backend.ready_models)
+        backend.live, backend.server_ready = live, server_ready
+        backend.ready_models, backend.known_models = ready, known
         self.pool.seen_models.update(known)
         if changed:
             log.info("backend health changed", extra={
-                "backend": backend.address, "live": live, "ready_models": sorted(ready)})
+                "backend": backend.address, "live": live, "server_ready": server_ready,
+                "ready_models": sorted(ready)})
             self.pool.invalidate()
         self.pool.metrics.set_backend_state(backend.address, live and not backend.terminating,
                                             set(ready), set(known))
 
-    async def _probe(self, stub) -> tuple[bool, frozenset[str], frozenset[str]]:
+    async def _probe(self, stub) -> tuple[bool, bool, frozenset[str] | None, frozenset[str] | None]:
+        """(live, server ready, models READY, models known) of one pod; None for the models when the
+        pod is live but did not answer its model questions. A failed ServerLive raises."""
         timeout = self.timeout_s
-        reply = await stub.ServerReady(service_pb2.ServerReadyRequest(), timeout=timeout)
-        if not reply.ready:
-            return False, frozenset(), frozenset()
-        index = await stub.RepositoryIndex(service_pb2.RepositoryIndexRequest(), timeout=timeout)
-        known = frozenset(model.name for model in index.models)
-        checks = await asyncio.gather(*(
-            stub.ModelReady(service_pb2.ModelReadyRequest(name=name), timeout=timeout) for name in known
-        ))
+        live = await stub.ServerLive(service_pb2.ServerLiveRequest(), timeout=timeout)
+        if not live.live:
+            return False, False, frozenset(), frozenset()
+        try:
+            server = await stub.ServerReady(service_pb2.ServerReadyRequest(), timeout=timeout)
+            index = await stub.RepositoryIndex(service_pb2.RepositoryIndexRequest(), timeout=timeout)
+            known = frozenset(model.name for model in index.models)
+            checks = await asyncio.gather(*(
+                stub.ModelReady(service_pb2.ModelReadyRequest(name=name), timeout=timeout) for name in known
+            ))
+        except grpc.aio.AioRpcError as exc:
+            # A live pod busy loading a model may answer these late: it keeps serving what was READY
+            # on it (a model it lost meanwhile is dropped on its first refusal, see drop_model).
+            log.info("backend is live but did not answer its model checks", extra={
+                "code": exc.code().name, "details": exc.details()})
+            return True, False, None, None
         ready = frozenset(name for name, answer in zip(known, checks) if answer.ready)
-        return True, ready, known
+        return True, server.ready, ready, known
 
     async def _learn_traits(self, stub, models: set[str]) -> None:
         for model in models:

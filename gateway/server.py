@@ -23,6 +23,7 @@ import signal
 import tempfile
 
 import grpc
+from grpc_health.v1 import health_pb2_grpc
 
 from gateway import logs, metrics as metrics_module
 from gateway.backends import BackendPool, channel_options
@@ -88,6 +89,7 @@ class Gateway:
             ("grpc.max_receive_message_length", limit),
         ])
         self.server.add_generic_rpc_handlers((self.service.generic_handler(),))
+        health_pb2_grpc.add_HealthServicer_to_server(self.service.readiness.servicer, self.server)
         # The gRPC service listens privately; the front door takes the clients.
         internal = self.server.add_insecure_port("127.0.0.1:0")
         await self.server.start()

@@ -80,11 +80,14 @@ class Decoded:
 
 @dataclass
 class CameraCounters:
-    """Totals since the instance started, for the model's metrics."""
+    """Totals since the instance started, for the model's metrics, and where its time went."""
 
     rejected: int = 0
     corrupt: int = 0
     frames: int = 0
+    decode_s: float = 0.0  # opening sessions and decoding, all streams of a batch together
+    analyze_s: float = 0.0  # queueing the analysis and classification
+    host_s: float = 0.0  # waiting for the device and copying the per-frame figures to the host
 
 
 class CameraStreams:
@@ -192,10 +195,59 @@ def pictures_to_pixels(pictures: list[Picture]) -> torch.Tensor:
     return torch.stack(rows)
 
 
+def figures_to_host(frames: list[FrameResult]) -> None:
+    """Every frame's tiles and top-k on the host, in one copy for the whole batch: a response per
+    request would otherwise wait on the device once per tensor (and each wait on a GPU shared by
+    several instances' processes can last a time slice)."""
+    if frames and frames[0].tiles.device.type != "cpu":
+        gather_figures(frames)
+
+
+def gather_figures(frames: list[FrameResult]) -> None:
+    """The frames' tiles, scores and indices replaced by rows of one host tensor made in one copy."""
+    tiles = torch.stack([f.tiles for f in frames]).float().flatten(1)
+    scores = torch.stack([f.scores for f in frames]).float()
+    # Class indices (< 1000) are exact in float32: one tensor, one copy, one wait.
+    indices = torch.stack([f.indices for f in frames]).float()
+    host = torch.cat([tiles, scores, indices], dim=1).cpu()
+    k = scores.shape[1]
+    for frame, row in zip(frames, host):
+        frame.tiles = row[: tiles.shape[1]].view(frame.tiles.shape)
+        frame.scores = row[tiles.shape[1] : tiles.shape[1] + k]
+        frame.indices = row[tiles.shape[1] + k :].long()
+
+
 def luma_frame(picture: Picture) -> torch.Tensor:
     """The luma plane seen as (H, W, 3) without a copy: the temporal kernels read three channels,
     and three equal channels give the luma plane's own motion, tile and background figures."""
     return picture.luma.unsqueeze(-1).expand(-1, -1, 3)
+
+
+def warm_up_sizes(value: str) -> list[tuple[int, int]]:
+    """WARMUP "1920x1080,1280x720" (width x height, as cameras are named) -> [(1080, 1920), (720, 1280)]."""
+    sizes = []
+    for part in filter(None, (p.strip() for p in value.split(","))):
+        width, sep, height = part.partition("x")
+        if not (sep and width.isdigit() and height.isdigit()):
+            raise ValueError(f"WARMUP must be sizes like 1920x1080, comma-separated, got {value!r}")
+        sizes.append((int(height), int(width)))
+    return sizes
+
+
+# Triton's correlation ids are unsigned: no camera's stream has this id.
+_WARM_UP_STREAM = -1
+
+
+def blank_picture(height: int, width: int, device: torch.device) -> Picture:
+    """A grey 4:2:0 picture laid out as that device's decoder hands them out (NV12 from NVDEC on a
+    GPU, I420 from PyAV on the CPU)."""
+    if height % 2 or width % 2:
+        raise ValueError(f"4:2:0 pictures need an even width and height, got {width}x{height}")
+    luma = torch.full((height, width), 128, dtype=torch.uint8, device=device)
+    chroma = (height // 2, width // 2)
+    if device.type == "cuda":
+        return Picture(luma=luma, uv=torch.full((*chroma, 2), 128, dtype=torch.uint8, device=device))
+    return Picture(luma=luma, u=torch.full(chroma, 128, dtype=torch.uint8), v=torch.full(chroma, 128, dtype=torch.uint8))
 
 
 class CameraService:
@@ -209,12 +261,20 @@ class CameraService:
         self._pool = ThreadPoolExecutor(decode_threads) if decode_threads > 1 else None
 
     def step(self, requests: list[CameraRequest]) -> list[CameraResult | Exception]:
+        """Results with their per-frame figures on the host, so building a response waits for nothing."""
         for stream in self.streams.drop_idle():
             self.analyzer.streams.pop(stream, None)
         results: list = [None] * len(requests)
+        began = time.perf_counter()
         decoded = self._decode_all(requests, results)
+        decoded_at = time.perf_counter()
         frames, owners = self._frames(requests, decoded)
         analyzed = self.analyzer.step(frames) if frames else []
+        analyzed_at = time.perf_counter()
+        figures_to_host([r for r in analyzed if isinstance(r, FrameResult)])
+        self.counters.decode_s += decoded_at - began
+        self.counters.analyze_s += analyzed_at - decoded_at
+        self.counters.host_s += time.perf_counter() - analyzed_at
         per_request: dict[int, list] = {}
         for (position, index), result in zip(owners, analyzed):
             per_request.setdefault(position, []).append((index, result))
@@ -298,6 +358,16 @@ class CameraService:
                 session.frames += 1
                 self.counters.frames += 1
         return frames, owners
+
+    def warm_up(self, height: int, width: int, device: torch.device) -> None:
+        """Two pictures of one stream through the analysis and the classifier, so the kernels are
+        compiled and tuned for pictures of this size before the first camera's arrive."""
+        picture = blank_picture(height, width, device)
+        for n in range(2):
+            frame = CameraFrameIn(stream=_WARM_UP_STREAM, frame=luma_frame(picture), start=n == 0, end=n == 1,
+                                  picture=picture)
+            figures_to_host([r for r in self.analyzer.step([frame]) if isinstance(r, FrameResult)])
+        self.analyzer.streams.pop(_WARM_UP_STREAM, None)
 
     def close(self) -> None:
         for stream in list(self.streams.streams):

@@ -10,7 +10,9 @@ import torch
 import triton_python_backend_utils as pb_utils
 
 from models import triton_io
-from models.camera import CameraAnalyzer, CameraCounters, CameraRequest, CameraResult, CameraService, CameraStreams, DecoderLimit
+from models.camera import (
+    CameraAnalyzer, CameraCounters, CameraRequest, CameraResult, CameraService, CameraStreams, DecoderLimit, warm_up_sizes,
+)
 from models.pipeline import build_from_parameters
 from models.video import settings_from_parameters
 from models.video_decode import codec_name, decoder_factory
@@ -54,6 +56,8 @@ def build_service(args: dict) -> tuple[CameraService, list[str], torch.device]:
         streams, CameraAnalyzer(pipeline, settings), codec_name(params.get("CODEC", "h264")),
         decode_threads=int(params.get("DECODE_THREADS", "1")),
     )
+    for height, width in warm_up_sizes(params.get("WARMUP", "")):
+        service.warm_up(height, width, device)
     return service, labels, device
 
 
@@ -82,29 +86,33 @@ def _flag(request, name: str) -> bool:
 
 
 def result_tensors(result: CameraResult, labels: list[str], k: int, grid: tuple[int, int]) -> list:
-    """One request's outputs, batch dimension 1; the per-frame ones have one row per picture."""
+    """One request's outputs, batch dimension 1; the per-frame ones have one row per picture.
+
+    Built from host values (`CameraService.step` copies the figures off the device per batch), as
+    numpy arrays: nothing here waits on the GPU or hands device memory to Triton.
+    """
     frames = result.frames
     n = len(frames)
-    tiles = torch.stack([f.tiles for f in frames]) if frames else torch.zeros((0, *grid))
-    scores = torch.stack([f.scores for f in frames]) if frames else torch.zeros((0, k))
+    tiles = np.stack([f.tiles.numpy() for f in frames]).astype(np.float32) if frames else np.zeros((0, *grid), np.float32)
+    scores = np.stack([f.scores.numpy() for f in frames]).astype(np.float32) if frames else np.zeros((0, k), np.float32)
+    names = [[labels[i].encode() for i in f.indices.tolist()] for f in frames]
     return [
         triton_io.bytes_output("STATUS", [[result.status]]),
-        triton_io.output("FRAMES_DECODED", torch.tensor([[n]], dtype=torch.int64)),
-        triton_io.output("DECODE_MS", torch.tensor([[result.decode_ms]], dtype=torch.float32)),
-        triton_io.output("STREAM_FRAMES", torch.tensor([[result.stream_frames]], dtype=torch.int64)),
-        triton_io.output("FRAME_INDEX", torch.tensor([result.frame_indices], dtype=torch.int64).view(1, n)),
-        triton_io.output("MOTION", torch.tensor([[f.motion for f in frames]], dtype=torch.float32).view(1, n)),
-        triton_io.output("MOTION_TILES", tiles.to(torch.float32).unsqueeze(0)),
-        triton_io.output("SCENE_CHANGE", torch.tensor([[f.scene_change for f in frames]], dtype=torch.bool).view(1, n)),
-        triton_io.output("CLASSIFIED", torch.tensor([[f.classified for f in frames]], dtype=torch.bool).view(1, n)),
-        _labels_output(frames, labels, k),
-        triton_io.output("SCORES", scores.to(torch.float32).unsqueeze(0)),
+        _tensor("FRAMES_DECODED", np.array([[n]], np.int64)),
+        _tensor("DECODE_MS", np.array([[result.decode_ms]], np.float32)),
+        _tensor("STREAM_FRAMES", np.array([[result.stream_frames]], np.int64)),
+        _tensor("FRAME_INDEX", np.array(result.frame_indices, np.int64).reshape(1, n)),
+        _tensor("MOTION", np.array([f.motion for f in frames], np.float32).reshape(1, n)),
+        _tensor("MOTION_TILES", tiles.reshape(1, n, *grid)),
+        _tensor("SCENE_CHANGE", np.array([f.scene_change for f in frames], np.bool_).reshape(1, n)),
+        _tensor("CLASSIFIED", np.array([f.classified for f in frames], np.bool_).reshape(1, n)),
+        _tensor("LABELS", np.array(names, dtype=np.object_).reshape(1, n, k)),
+        _tensor("SCORES", scores.reshape(1, n, k)),
     ]
 
 
-def _labels_output(frames, labels: list[str], k: int):
-    rows = [[labels[i].encode() for i in f.indices.tolist()] for f in frames]
-    return pb_utils.Tensor("LABELS", np.array(rows, dtype=np.object_).reshape(1, len(frames), k))
+def _tensor(name: str, value: np.ndarray):
+    return pb_utils.Tensor(name, value)
 
 
 def error_response(exc: Exception):

@@ -175,26 +175,32 @@ def _plane(plane, rows: int) -> torch.Tensor:
 class NvDecDecoder:
     """NVDEC through PyNvVideoCodec: pictures stay on the GPU as NV12.
 
-    Decoded surfaces belong to the decoder and are reused, so each picture is copied out (on the
-    instance's CUDA stream, which the decoder also works on, so the copy follows the decode).
+    Decoded surfaces belong to the decoder and are reused, so each picture is copied out. Each
+    session decodes and copies on a CUDA stream of its own: on the stream that was current (the
+    legacy default stream, unless one was set) every session's copies would wait for each other
+    and for the analysis, and sessions decoding in threads would not overlap. `decode` returns once
+    its pictures are complete, and marks them as used by the stream that was current when the
+    session was made, so their memory is not handed out again while work queued there reads it.
     NVDEC's native display latency holds two pictures back (measured on an H200); `low_latency`
     hands each picture out with its own access unit, which is right for the I/P-only streams of
     cameras and wrong for streams with B-frames, whose pictures must be reordered.
     """
 
-    def __init__(self, codec: str, device: torch.device, low_latency: bool = False):
+    def __init__(self, codec: str, device: torch.device, low_latency: bool = False, own_stream: bool = True):
         import PyNvVideoCodec as nvc
 
         self._nvc = nvc
         self._device = device
         self._low_latency = low_latency
         torch.cuda.set_device(device)
-        stream = torch.cuda.current_stream(device)
+        self._consumer = torch.cuda.current_stream(device)
+        # own_stream=False (work on the current stream) is kept to measure what the own stream gains.
+        self._stream = torch.cuda.Stream(device) if own_stream else self._consumer
         self._decoder = nvc.CreateDecoder(
             gpuid=device.index or 0,
             codec={"h264": nvc.cudaVideoCodec.H264, "hevc": nvc.cudaVideoCodec.HEVC}[codec],
             cudacontext=_current_cuda_context(),
-            cudastream=stream.cuda_stream,
+            cudastream=self._stream.cuda_stream,
             usedevicememory=True,
             latency=nvc.DisplayDecodeLatencyType.LOW if low_latency else nvc.DisplayDecodeLatencyType.NATIVE,
         )
@@ -224,14 +230,18 @@ class NvDecDecoder:
         except self._nvc.PyNvVCExceptionDecode as exc:
             raise CorruptAccessUnit(f"NVDEC refused the access unit: {exc}") from None
         pictures = []
-        for frame in frames:
-            nv12 = torch.from_dlpack(frame).clone()  # (H * 3/2, W)
-            height = nv12.shape[0] * 2 // 3
-            pictures.append(Picture(
-                luma=nv12[:height],
-                uv=nv12[height:].view(height // 2, nv12.shape[1] // 2, 2),
-                standard="bt601" if height < 720 else "bt709",
-            ))
+        with torch.cuda.stream(self._stream):
+            for frame in frames:
+                nv12 = torch.from_dlpack(frame).clone()  # (H * 3/2, W)
+                nv12.record_stream(self._consumer)
+                height = nv12.shape[0] * 2 // 3
+                pictures.append(Picture(
+                    luma=nv12[:height],
+                    uv=nv12[height:].view(height // 2, nv12.shape[1] // 2, 2),
+                    standard="bt601" if height < 720 else "bt709",
+                ))
+        if pictures:
+            self._stream.synchronize()
         return pictures
 
 

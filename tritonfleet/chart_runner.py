@@ -300,7 +300,8 @@ class ChartRun:
                 with socket.create_connection((pod.ip, pod.port(container, probe["tcpSocket"]["port"])), timeout):
                     return True
             if "grpc" in probe:
-                return self._grpc_health(pod.ip, pod.port(container, probe["grpc"]["port"]), timeout)
+                return self._grpc_health(pod.ip, pod.port(container, probe["grpc"]["port"]), timeout,
+                                         probe["grpc"].get("service", ""))
             if "exec" in probe:
                 name = next(n for n in pod.containers if n.endswith(f"-{container['name']}"))
                 return run(*PODMAN, "exec", name, *probe["exec"]["command"], check=False).returncode == 0
@@ -309,13 +310,14 @@ class ChartRun:
         raise ChartRunError(f"pod {pod.name}: a probe of an unknown kind: {sorted(probe)}")
 
     @staticmethod
-    def _grpc_health(host: str, port: int, timeout: float) -> bool:
+    def _grpc_health(host: str, port: int, timeout: float, service: str = "") -> bool:
         import grpc
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
         with grpc.insecure_channel(f"{host}:{port}") as channel:
             try:
-                reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout)
+                reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service),
+                                                                  timeout=timeout)
             except grpc.RpcError:
                 return False
             return reply.status == health_pb2.HealthCheckResponse.SERVING

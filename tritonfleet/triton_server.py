@@ -1,7 +1,8 @@
 """Start, watch and stop real `tritonserver` processes on this machine.
 
 One `TritonServer` is one process with its own ports and log file. `start_fleet` starts several on
-one model repository and gives them back only when every one is ready, or stops them all and raises.
+one model repository and gives them back only when every one is ready, or stops them all and raises;
+given devices, each server sees only its own GPU (`CUDA_VISIBLE_DEVICES`), one server per GPU.
 Every server runs in its own process group (Python-backend stubs are its children) and is asked to
 die with its parent, so an interrupted test or a Ctrl-C leaves no `tritonserver` behind.
 """
@@ -88,6 +89,9 @@ class TritonServer:
     ports: ServerPorts = field(default_factory=ServerPorts.pick)
     extra_args: list[str] = field(default_factory=list)
     install: TritonInstall = field(default_factory=TritonInstall.locate)
+    # The GPU this server may use (an index or UUID as CUDA_VISIBLE_DEVICES takes it); None leaves
+    # the variable as this process has it (every GPU, or none on a CPU machine).
+    device: str | None = None
     process: subprocess.Popen | None = None
 
     @property
@@ -133,7 +137,15 @@ class TritonServer:
         backend_dir = self.install.prepare_backend_dir(self.workdir / "backends")
         # A fresh log per start, so a failure report reads this start's lines only.
         self.log_path.unlink(missing_ok=True)
-        self.process = spawn(self.command(backend_dir), self.log_path, env=self.install.environment())
+        self.process = spawn(self.command(backend_dir), self.log_path, env=self.environment())
+
+    def environment(self) -> dict[str, str]:
+        env = self.install.environment()
+        if self.device is not None:
+            # Triton and its stubs then number this GPU 0, so one repository and the same flags
+            # (`--cuda-memory-pool-byte-size=0:...`) serve on every GPU.
+            env["CUDA_VISIBLE_DEVICES"] = self.device
+        return env
 
     def restart(self, timeout: float = 120.0) -> None:
         """Start again on the same ports (after a crash), and wait until ready."""
@@ -220,8 +232,13 @@ def start_fleet(
     workdir: Path,
     extra_args: list[str] | None = None,
     timeout: float = 180.0,
+    devices: list[str] | None = None,
 ) -> list[TritonServer]:
-    """Start `count` servers at once and wait until all are ready; on any failure stop them all."""
+    """Start `count` servers at once and wait until all are ready; on any failure stop them all.
+
+    `devices`, one per server, gives server i the GPU devices[i] alone."""
+    if devices is not None and len(devices) != count:
+        raise ValueError(f"start_fleet: {count} servers need {count} devices, got {len(devices)}: {devices}")
     install = TritonInstall.locate()
     servers = [
         TritonServer(
@@ -230,6 +247,7 @@ def start_fleet(
             name=f"triton-{index}",
             extra_args=list(extra_args or []),
             install=install,
+            device=None if devices is None else str(devices[index]),
         )
         for index in range(count)
     ]

@@ -1,17 +1,19 @@
 """Build what travels to the GPU machine, from pinned versions, into .gpu-carry/ (git-ignored).
 
-    .venv/bin/python -m bench.gpu.build_carry [--parts base nvdec av] [--out .gpu-carry]
+    .venv/bin/python -m bench.gpu.build_carry [--parts server base nvdec av] [--out .gpu-carry]
 
 The GPU machine has Python 3.12, torch, torchvision and triton, but no Triton server, no numpy<2
 for the Python-backend stubs and none of the project's other needs, and it reaches no registry.
 A call to it carries at most 64 MiB, so the pieces are trimmed and xz-compressed, in parts that
 travel together when they fit and one per call (on a warm machine) when they do not:
 
-- `base/`: `server.tar.xz`, the Triton 2.51 server of the installed nvidia-pytriton 0.7.0 wheel
+- `server/`: `server.tar.xz`, the Triton 2.51 server of the installed nvidia-pytriton 0.7.0 wheel
   (the binary, the bundled libraries it and the Python backend load, found by following their ELF
-  NEEDED entries, the Python backend and the 3.12 stub only); `site.tar.xz`, cp312 wheels of
-  what the machine lacks or has in other versions, unpacked (numpy 1.26.4 for the stubs,
-  tritonclient, grpcio, protobuf, hpack, hdrhistogram, python-rapidjson).
+  NEEDED entries, the Python backend and the 3.12 stub only).
+- `base/`: `site.tar.xz`, cp312 wheels of what the machine lacks or has in other versions,
+  unpacked (numpy 1.26.4 for the stubs, tritonclient, protobuf 6, grpcio-health-checking, hpack,
+  hdrhistogram, python-rapidjson). grpcio is the machine's own (1.84, tritonclient needs >= 1.81.1): carrying
+  it too would put server, base, nvdec and av over one call's 64 MiB.
 - `nvdec/`: PyNvVideoCodec (NVDEC), without its samples, FFmpeg sources and CUDA 12 module.
 - `av/`: PyAV (FFmpeg with libx264, to encode test clips there: the H200 has no NVENC).
 
@@ -39,11 +41,11 @@ from tritonfleet.triton_install import TritonInstall
 PYTRITON_VERSION = "0.7.0"
 STUB_PYTHON = (3, 12)
 # cp312 manylinux wheels; versions match requirements.lock where the project pins them.
-PART_WHEELS = {"base": [
+PART_WHEELS = {"server": [], "base": [
     "numpy==1.26.4",
     "tritonclient==2.73.0",
-    "grpcio==1.85.3",
     "protobuf==6.33.6",
+    "grpcio-health-checking==1.81.1",
     "hpack==4.1.0",
     "hdrhistogram==0.10.8",
     "python-rapidjson==1.25",
@@ -140,8 +142,9 @@ def build_part(part: str, out: Path, wheel_cache: Path) -> None:
         shutil.rmtree(folder)
     staging = wheel_cache.parent / f"gpu-staging-{part}"
     shutil.rmtree(staging, ignore_errors=True)
-    if part == "base":
+    if part == "server":
         write_tar(folder / "server.tar.xz", server_files(TritonInstall.locate()))
+        return
     unpack_wheels(download(PART_WHEELS[part], wheel_cache), staging)
     write_tar(folder / "site.tar.xz", tree(staging))
     shutil.rmtree(staging)

@@ -6,7 +6,7 @@
 #
 # Parts unpack into ROOT/site (one site folder for everything), so a part carried by an earlier
 # call on the same warm machine stays usable. The stubs' environment and the repository need the
-# base part (numpy<2, tritonclient); without it only the other parts are unpacked. Afterwards run Python as
+# server and base parts (the Triton server; numpy<2, tritonclient); without them only the other parts are unpacked. Afterwards run Python as
 #     PYTHONPATH=ROOT/site:. ROOT/stub-env/bin/python3 ...
 # (bench/gpu/run_fleet.py does). Prints what the machine has, for the record.
 set -euo pipefail

@@ -69,7 +69,8 @@ def test_probe_ports_are_container_ports(objects):
             ports = named_ports(container)
             for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
                 if probe in container:
-                    action = container[probe].get("httpGet") or container[probe].get("tcpSocket")
+                    action = (container[probe].get("httpGet") or container[probe].get("tcpSocket")
+                              or container[probe].get("grpc"))
                     assert action["port"] in ports or action["port"] in ports.values(), f"{name} {probe}"
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 import urllib.request
 
 import numpy as np
@@ -22,20 +21,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.chart.chart_render import CHART, NAMESPACE, RELEASE, helm
 from tritonfleet.chart_runner import ChartRun, can_run
 from tritonfleet.paths import REPO_ROOT
+from tests.polling import wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 BUILD = REPO_ROOT / "deploy/docker/build-images.sh"
 INSTALL_TOOLS = REPO_ROOT / "deploy/scripts/install-container-tools.sh"
-
-
-def wait_for(condition, what: str, timeout: float = 120.0):
-    deadline = time.monotonic() + timeout
-    while not (value := condition()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
-    return value
 
 
 def samples(url: str, name: str) -> dict[frozenset, float]:
@@ -114,8 +105,8 @@ def test_the_gateway_balances_over_both_triton_pods(cluster):
     tritons = pods_of(cluster, "triton")
     assert len(tritons) == 2
     metrics = f"http://{gateway.ip}:9100/metrics"
-    wait_for(lambda: sum(samples(metrics, "tritonfleet_gateway_backend_model_ready").values()) == 2,
-             "the gateway to see image_preprocess ready on both pods")
+    wait_until(lambda: sum(samples(metrics, "tritonfleet_gateway_backend_model_ready").values()) == 2,
+             "the gateway to see image_preprocess ready on both pods", timeout=120)
     client = grpcclient.InferenceServerClient(f"{gateway.ip}:8001")
     frames = np.zeros((1, 32, 32, 3), dtype=np.uint8)
     for _ in range(20):

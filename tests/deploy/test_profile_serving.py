@@ -5,7 +5,6 @@ server with a warmup turns ready only after the warmup request has run."""
 from __future__ import annotations
 
 import shutil
-import time
 import urllib.request
 from pathlib import Path
 
@@ -19,17 +18,9 @@ from google.protobuf import text_format
 from models.profiles import ModelProfile, ProfileError, apply_profile, load_profile, read_config
 from tritonfleet.paths import REPO_ROOT
 from tritonfleet.triton_server import TritonServer, start_fleet
+from tests.polling import wait_until
 
 GATED = Path(__file__).parent / "model_repository" / "gated"
-
-
-def wait_for(condition, what: str, timeout: float = 60.0):
-    deadline = time.monotonic() + timeout
-    while not (value := condition()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-    return value
 
 
 def pending(metrics_url: str) -> float:
@@ -73,9 +64,9 @@ def test_a_full_queue_refuses_the_next_request_at_once(gated_server):
     client = grpcclient.InferenceServerClient(server.grpc_url)
     answers = {}
     client.async_infer("gated", request(1), callback=lambda result, error: answers.setdefault(1, (result, error)))
-    wait_for(lambda: (gate / "started-1").exists(), "request 1 to be executing")
+    wait_until(lambda: (gate / "started-1").exists(), "request 1 to be executing")
     client.async_infer("gated", request(2), callback=lambda result, error: answers.setdefault(2, (result, error)))
-    wait_for(lambda: pending(server.metrics_url) == 1, "request 2 to wait in the queue")
+    wait_until(lambda: pending(server.metrics_url) == 1, "request 2 to wait in the queue")
 
     with pytest.raises(InferenceServerException) as refused:
         client.infer("gated", request(3), client_timeout=30)
@@ -83,7 +74,7 @@ def test_a_full_queue_refuses_the_next_request_at_once(gated_server):
     assert "Exceeds maximum queue size" in refused.value.message()
 
     (gate / "open").touch()
-    wait_for(lambda: len(answers) == 2, "the queued requests to be answered")
+    wait_until(lambda: len(answers) == 2, "the queued requests to be answered")
     for value in (1, 2):
         result, error = answers[value]
         assert error is None and result.as_numpy("Y")[0, 0] == value
@@ -98,7 +89,7 @@ def test_a_server_with_a_warmup_is_ready_only_after_the_warmup_ran(tmp_path):
     server.start()
     try:
         # The zero-filled warmup request (X = 0) runs before the model is READY, and holds it.
-        wait_for(lambda: (gate / "started-0").exists(), "the warmup request to run")
+        wait_until(lambda: (gate / "started-0").exists(), "the warmup request to run")
         assert server.is_running() and not server.is_ready()
         (gate / "open").touch()
         server.wait_ready(120)

@@ -69,13 +69,13 @@ def test_each_failure_in_a_row_doubles_the_backoff_up_to_the_limit_and_an_answer
 
 def test_an_ejected_pod_is_checked_again_only_after_its_backoff_and_then_readmitted(clock):
     class Probed(HealthChecker):
-        """The real checker, with the pod's answers to ServerReady/ModelReady given by the test."""
+        """The real checker, with the pod's answers to ServerLive/ServerReady/ModelReady given by the test."""
 
         probes = 0
 
         async def _probe(self, stub):
             self.probes += 1
-            return True, frozenset({"m"}), frozenset({"m"})
+            return True, True, frozenset({"m"}), frozenset({"m"})
 
     async def scenario():
         pool = _pool()

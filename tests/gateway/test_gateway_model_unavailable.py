@@ -1,6 +1,6 @@
 """A model's own UNAVAILABLE (a model out of capacity: Triton's Python backend has no RESOURCE_EXHAUSTED)
 is the model's answer, not a lost pod: the client gets it as it is, no pod is ejected, and the pod goes on
-answering. A pod that really goes away is still ejected. Both data planes, unary calls (with and without
+answering. A pod that really goes away is still ejected. Unary calls (with and without
 a sequence id) and ModelStreamInfer, against real Triton servers."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""What passes through the gateway untouched, on both data planes, seen from the pod: a client's custom
+"""What passes through the gateway untouched, seen from the pod: a client's custom
 metadata (the pod's model reads it and answers with it) and a client's cancellation (the pod's model
 sees its request cancelled and stops)."""
 

@@ -57,8 +57,7 @@ def test_metadata_arrives_on_camera_streams(proxy, mode, method):
     assert {call.metadata for call in calls} == {(("x-camera-site", "dock-7"),)}
 
 
-@pytest.mark.parametrize("data_plane", ["frames"])
-def test_the_gateway_passes_the_metadata_on_to_the_pod(proxy, tmp_path, data_plane):
+def test_the_gateway_passes_the_metadata_on_to_the_pod(proxy, tmp_path):
     with GatewayProcess([proxy.url], tmp_path / "gateway.log") as gateway:
         assert image_cli(gateway.url, tmp_path / "run.json", "--rate", "10", "--workers", "1",
                          "-H", "x-tenant:team-a", "-H", f"authorization:{TOKEN}") == 0

@@ -14,12 +14,13 @@ import urllib.request
 
 import numpy as np
 import pytest
+import torch
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from models.camera import CameraStreams, DecoderLimit
+from models.camera import CameraStreams, DecoderLimit, gather_figures, warm_up_sizes
 from models.profiles import PROFILES_FILE, ProfileError, render_configs
-from models.video import StreamError
+from models.video import FrameResult, StreamError
 from tests.models.camera_clips import codec_input, encode_clip, offline_analysis, offline_motion, units_input
 from tritonfleet.paths import MODEL_REPOSITORY
 from tritonfleet.proxies import GatewayProcess
@@ -36,6 +37,10 @@ def camera_server(tmp_path_factory):
     config = repo / MODEL / "config.pbtxt"
     config.write_text(config.read_text().replace(
         'key: "MAX_DECODERS" value { string_value: "16" }', f'key: "MAX_DECODERS" value {{ string_value: "{MAX_DECODERS}" }}'
+    ).replace(
+        # The instance runs a warm-up picture through the analysis before it turns ready: every
+        # test below then also checks that the warm-up left no stream state behind.
+        'key: "WARMUP" value { string_value: "" }', 'key: "WARMUP" value { string_value: "320x240" }'
     ))
     servers = start_fleet(1, repo, tmp_path_factory.mktemp("camera-triton"))
     yield servers[0]
@@ -220,12 +225,34 @@ def test_silent_streams_give_their_decoder_back():
 
 def test_the_gpu_profile_gives_the_camera_model_its_decoder_budget(tmp_path):
     gpu = render_configs("gpu")["camera_stream"]
-    assert gpu.parameters["MAX_DECODERS"].string_value == "160"
+    per_instance = int(gpu.parameters["MAX_DECODERS"].string_value)
+    assert per_instance * gpu.instance_group[0].count >= 120
+    # Triton admits no more sequences to an instance than it has decoders for, so none is refused
+    # while another instance has room.
+    assert gpu.sequence_batching.oldest.max_candidate_sequences == per_instance
+    assert gpu.parameters["WARMUP"].string_value == "1920x1080"
     assert render_configs("cpu")["camera_stream"].parameters["MAX_DECODERS"].string_value == "16"
     profiles = tmp_path / "profiles.yaml"
     profiles.write_text(PROFILES_FILE.read_text().replace("MAX_DECODERS:", "MAX_DECODER:"))
     with pytest.raises(ProfileError, match=r"parameters \['MAX_DECODER'\] are not in its config.pbtxt"):
         render_configs("gpu", profiles=profiles)
+
+
+def test_warm_up_sizes_are_width_by_height():
+    assert warm_up_sizes("") == []
+    assert warm_up_sizes("1920x1080, 320x240") == [(1080, 1920), (240, 320)]
+    with pytest.raises(ValueError, match="WARMUP must be sizes like 1920x1080"):
+        warm_up_sizes("1080p")
+
+
+def test_a_batch_of_figures_reaches_the_host_in_one_tensor_unchanged():
+    torch.manual_seed(0)
+    frames = [FrameResult(n, 1.0, torch.rand(4, 4), False, True, torch.randperm(1000)[:5], torch.rand(5)) for n in range(3)]
+    expected = [(f.tiles.clone(), f.indices.clone(), f.scores.clone()) for f in frames]
+    gather_figures(frames)
+    for frame, (tiles, indices, scores) in zip(frames, expected):
+        assert torch.equal(frame.tiles, tiles) and torch.equal(frame.scores, scores)
+        assert torch.equal(frame.indices, indices) and frame.indices.dtype == torch.int64
 
 
 def test_a_camera_streams_h264_through_the_gateway(camera_server, clips, tmp_path):

@@ -15,6 +15,7 @@ from kernels.postprocess import softmax_topk_reference
 from kernels.preprocess import preprocess_reference
 from models.classifier import Classifier, ClassifierSettings
 from models.decode import decode_cpu
+from tests.polling import wait_until
 
 MODELS = ["image_preprocess", "image_classifier", "image_postprocess", "image_pipeline", "video_pipeline", "video_events"]
 
@@ -93,7 +94,7 @@ def test_bad_image_fails_alone_in_its_batch(client, good_reference_ids, bad, mes
     client.async_infer("image_pipeline", [image_input([good[0]])], done("good0"))
     client.async_infer("image_pipeline", [image_input([bad])], done("bad"))
     client.async_infer("image_pipeline", [image_input([good[1]])], done("good1"))
-    wait_for(lambda: len(outcomes) == 3)
+    wait_until(lambda: len(outcomes) == 3, "every answer", timeout=120)
 
     result, error = outcomes["bad"]
     assert result is None and message in error.message()
@@ -134,7 +135,7 @@ def test_dynamic_batching_runs_fewer_executions_than_requests(client):
         tensor = grpcclient.InferInput("PIXELS", list(pixels.shape), "FP32")
         tensor.set_data_from_numpy(pixels)
         client.async_infer("image_classifier", [tensor], lambda result, error: outcomes.append(error))
-    wait_for(lambda: len(outcomes) == requests)
+    wait_until(lambda: len(outcomes) == requests, "every answer", timeout=120)
     after = classifier_stats(client)
 
     assert outcomes == [None] * requests
@@ -146,11 +147,3 @@ def classifier_stats(client) -> dict[str, int]:
     stats = client.get_inference_statistics("image_classifier", as_json=True)["model_stats"][0]
     return {key: int(stats.get(key, 0)) for key in ("inference_count", "execution_count")}
 
-
-def wait_for(condition, timeout: float = 120.0) -> None:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "no answer in time"
-        time.sleep(0.02)

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import urllib.parse
 import urllib.request
 
@@ -18,6 +17,7 @@ from tritonfleet.paths import DEFAULT_STACK, REPO_ROOT
 from tritonfleet.processes import command_lines_containing
 from tritonfleet.stack import Stack, StackError
 from tritonfleet.stack_config import load_stack_config, parse_stack_config
+from tests.polling import poll
 
 pytestmark = pytest.mark.slow
 
@@ -28,14 +28,12 @@ def prometheus_query(address: str, query: str) -> list[dict]:
         return json.load(reply)["data"]["result"]
 
 
-def wait_for(predicate, timeout: float, interval: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    return predicate()
+def answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as reply:
+            return reply.status == 200
+    except OSError:
+        return False
 
 
 @pytest.fixture(scope="module")
@@ -70,9 +68,9 @@ def test_services_start_in_order_and_publish_their_addresses(stack):
 @pytest.mark.skipif(not shutil.which("prometheus"), reason="prometheus is not installed (make system)")
 def test_prometheus_scrapes_the_triton_servers(stack):
     address = stack.placeholders()["prometheus.http"]
-    up = wait_for(lambda: prometheus_query(address, 'up{job="triton"} == 1'), timeout=30)
+    up = poll(lambda: prometheus_query(address, 'up{job="triton"} == 1'), timeout=30)
     assert len(up) == 1
-    series = wait_for(lambda: prometheus_query(address, "nv_inference_request_success"), timeout=30)
+    series = poll(lambda: prometheus_query(address, "nv_inference_request_success"), timeout=30)
     assert {s["metric"]["model"] for s in series} >= {"image_preprocess"}
 
 
@@ -85,9 +83,8 @@ def test_a_dead_process_is_restarted_on_the_same_port(stack):
     watcher = threading.Thread(target=stack.watch, args=(stop, 0.2))
     watcher.start()
     try:
-        assert wait_for(web.is_running, timeout=30)
-        with urllib.request.urlopen(f"http://{address}/", timeout=5) as reply:
-            assert reply.status == 200
+        # Running is not yet listening: the restarted server is asked until it answers.
+        assert poll(lambda: web.is_running() and answers(f"http://{address}/"), timeout=30)
     finally:
         stop.set()
         watcher.join()

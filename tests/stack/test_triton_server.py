@@ -6,7 +6,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
 import urllib.error
 import urllib.request
 
@@ -28,6 +27,7 @@ from tritonfleet.triton_server import (
     TritonServer,
     parse_model_load_failure,
 )
+from tests.polling import poll
 
 pytestmark = pytest.mark.slow
 
@@ -70,7 +70,7 @@ def test_metrics_counters_move_with_traffic(shared_fleet):
     def moved() -> float:
         return triton_metrics.successes(server.metrics_url, "image_preprocess") - before
 
-    assert wait_until(lambda: moved() >= 3, timeout=30), moved()
+    assert poll(lambda: moved() >= 3, timeout=30), moved()
     assert moved() == 3
 
 
@@ -157,15 +157,6 @@ def processes_mentioning(text: str) -> list[str]:
     return command_lines_containing(text)
 
 
-def wait_until(predicate, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return predicate()
-
-
 def start_servers_cli(workdir, count: int = 1) -> subprocess.Popen:
     process = subprocess.Popen(
         [sys.executable, "-m", "tritonfleet.cli", "servers", "-n", str(count), "--workdir", str(workdir)],
@@ -190,7 +181,7 @@ def test_no_server_outlives_the_launcher(tmp_path, how, triton_runs_here):
     else:
         launcher.kill()
         launcher.wait(timeout=10)
-    assert wait_until(lambda: not processes_mentioning(str(workdir)), timeout=30), processes_mentioning(str(workdir))
+    assert poll(lambda: not processes_mentioning(str(workdir)), timeout=30), processes_mentioning(str(workdir))
 
 
 def test_a_failing_test_leaves_no_server_behind(tmp_path):

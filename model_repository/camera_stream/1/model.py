@@ -6,7 +6,6 @@ of the whole batch. A bad access unit, a stream waiting for its keyframe or a ca
 decoder limit only ever affect their own request.
 """
 
-import torch
 import triton_python_backend_utils as pb_utils
 
 from models import camera_io, triton_io
@@ -44,8 +43,6 @@ class TritonPythonModel:
             served = [exc] * len(accepted)
         for position, result in zip(positions, served):
             results[position] = result
-        if self.device.type == "cuda":
-            torch.cuda.current_stream(self.device).synchronize()
         self.metrics.publish(len(self.service.streams.streams), self.service.counters)
         return [self._response(result) for result in results]
 

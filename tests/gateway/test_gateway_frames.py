@@ -1,5 +1,4 @@
-"""The data plane (every call forwarded as HTTP/2 frames; "frames", the one plane there is) against
-three real Triton servers. A raw HTTP/2 client (the gateway's own frame code, as a client) sends
+"""Every call forwarded as HTTP/2 frames, against three real Triton servers. A raw HTTP/2 client (the gateway's own frame code, as a client) sends
 requests cut into DATA frames at awkward places."""
 
 from __future__ import annotations
@@ -23,15 +22,14 @@ from tests.gateway.polling import served_since
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module", params=["frames"])
-def plane(request, fleet3, tmp_path_factory):
-    log = tmp_path_factory.mktemp(f"gateway-{request.param}") / "gateway.log"
-    with GatewayProcess([s.grpc_url for s in fleet3], log) as gateway:
-        yield request.param, gateway
+@pytest.fixture(scope="module")
+def gateway(fleet3, tmp_path_factory):
+    log = tmp_path_factory.mktemp("gateway") / "gateway.log"
+    with GatewayProcess([s.grpc_url for s in fleet3], log) as process:
+        yield process
 
 
-def test_requests_spread_and_answer_correctly(plane, fleet3):
-    _, gateway = plane
+def test_requests_spread_and_answer_correctly(gateway, fleet3):
     before = served_counts(fleet3, "add_one")
     client = grpcclient.InferenceServerClient(gateway.url)
     for value in range(60):
@@ -42,9 +40,8 @@ def test_requests_spread_and_answer_correctly(plane, fleet3):
     assert sum(deltas) == 60 and min(deltas) >= 10, deltas
 
 
-def test_tensors_larger_than_every_flow_control_window_cross_intact(plane):
+def test_tensors_larger_than_every_flow_control_window_cross_intact(gateway):
     # 24 MB each way: more than the gateway's 16 MiB receive window and the client's 64 KB one.
-    _, gateway = plane
     data = np.arange(6 * 1024 * 1024, dtype=np.float32)
     client = grpcclient.InferenceServerClient(gateway.url)
     tensor = grpcclient.InferInput("INPUT0", list(data.shape), "FP32")
@@ -54,8 +51,7 @@ def test_tensors_larger_than_every_flow_control_window_cross_intact(plane):
     client.close()
 
 
-def test_hundreds_of_concurrent_calls_on_one_channel_each_get_their_own_answer(plane):
-    _, gateway = plane
+def test_hundreds_of_concurrent_calls_on_one_channel_each_get_their_own_answer(gateway):
 
     async def run():
         async with aioclient.InferenceServerClient(gateway.url) as client:
@@ -71,11 +67,10 @@ def test_hundreds_of_concurrent_calls_on_one_channel_each_get_their_own_answer(p
         assert request_id == str(value) and output == [value + 1, 2 * value + 1]
 
 
-def test_a_deadline_ends_only_that_call(plane):
+def test_a_deadline_ends_only_that_call(gateway):
     """A call whose deadline passes while the pod works on it (2 s asked, 0.3 s allowed) ends with
     DEADLINE_EXCEEDED; the next call on the same client is answered. That a cancel reaches the pod is
     in test_gateway_pass_through.py, where a model watches for it."""
-    _, gateway = plane
     client = grpcclient.InferenceServerClient(gateway.url)
     tensor = grpcclient.InferInput("INPUT0", [3], "FP32")
     tensor.set_data_from_numpy(np.ones(3, dtype=np.float32))
@@ -89,17 +84,15 @@ def test_a_deadline_ends_only_that_call(plane):
     client.close()
 
 
-def test_compressed_requests_are_served(plane):
+def test_compressed_requests_are_served(gateway):
     # The front door decodes a compressed message only to read its model, and forwards it as it came.
-    _, gateway = plane
     client = grpcclient.InferenceServerClient(gateway.url)
     result = client.infer("add_one", add_one_inputs([5.0]), compression_algorithm="gzip")
     assert result.as_numpy("OUTPUT0").tolist() == [6.0]
     client.close()
 
 
-def test_streams_and_metadata_calls_pass_through(plane):
-    _, gateway = plane
+def test_streams_and_metadata_calls_pass_through(gateway):
     client = grpcclient.InferenceServerClient(gateway.url)
     assert client.is_server_ready() and client.is_model_ready("add_one")
     assert client.get_model_metadata("add_one").name == "add_one"
@@ -176,8 +169,7 @@ def _output(client: RawClient, stream_id: int) -> np.ndarray:
     (3, [30]),  # ... inside the tensor's description
     (40_000, [60, 70_000, 150_000]),  # 160 KB: the routing fields in the first frame, the tensor spread
 ], ids=["cut-in-prefix-and-name", "cut-in-inputs", "large-in-four"])
-def test_a_request_in_awkwardly_cut_data_frames_is_routed_and_answered(plane, elements, cuts):
-    _, gateway = plane
+def test_a_request_in_awkwardly_cut_data_frames_is_routed_and_answered(gateway, elements, cuts):
     values = np.arange(elements, dtype=np.float32)
     message = _add_one_message(values)
 
@@ -192,8 +184,7 @@ def test_a_request_in_awkwardly_cut_data_frames_is_routed_and_answered(plane, el
     assert np.array_equal(_output(client, 1), values + 1)
 
 
-def test_a_call_without_a_message_is_refused_and_the_connection_goes_on(plane):
-    _, gateway = plane
+def test_a_call_without_a_message_is_refused_and_the_connection_goes_on(gateway):
     values = np.arange(3, dtype=np.float32)
 
     async def scenario():

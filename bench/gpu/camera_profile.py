@@ -1,0 +1,143 @@
+"""Where a camera frame's time goes inside the camera model, without Triton around it.
+
+    PYTHONPATH=/tmp/gpu/site:. python3 -m bench.gpu.camera_profile --out FILE [--streams 30 60 120]
+
+Runs `models.camera.CameraService` as one `camera_stream` instance does (NVDEC sessions in
+`--threads` threads, the analysis and classification on the GPU, the per-frame figures copied to
+the host), on the load generator's synthetic 1080p30 H.264 clip: every stream sends its next
+access unit each round, in batches of `--batch` requests, as fast as the service takes them. Per
+variant (each NVDEC session on a CUDA stream of its own or on the current one) and stream count:
+frames/s, and the ms per frame spent decoding, queueing the analysis, and waiting for the device
+and the copy to the host (CameraService's counters). The sessions' opening is timed apart.
+`--processes P` runs P such services at once in processes of their own, the streams shared out,
+as P model instances would: whether the rate grows with P tells a limit inside one process (its
+GIL) from one of the device.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import time
+from pathlib import Path
+
+import torch
+
+from loadtest.payloads import parse_resolution
+from loadtest.video_source import load_clip
+from models.camera import CameraAnalyzer, CameraRequest, CameraService, CameraStreams
+from models.classifier import Classifier, ClassifierSettings
+from models.pipeline import ImagePipeline
+from models.video import VideoSettings
+from models.video_decode import NvDecDecoder, PyAVDecoder
+
+# Variant -> (device, codec -> decoder); "pyav" is the CPU path, for a smoke run anywhere.
+VARIANTS = {
+    "own-stream": lambda device: lambda codec: NvDecDecoder(codec, device, low_latency=True, own_stream=True),
+    "current-stream": lambda device: lambda codec: NvDecDecoder(codec, device, low_latency=True, own_stream=False),
+    "pyav": lambda device: PyAVDecoder,
+}
+
+
+def build(variant: str, streams: int, threads: int, size: tuple[int, int]) -> tuple[CameraService, torch.device]:
+    device = torch.device("cpu") if variant == "pyav" else torch.device("cuda", 0)
+    pipeline = ImagePipeline(Classifier(ClassifierSettings(weights=None, seed=0, device=device)))
+    sessions = CameraStreams(VARIANTS[variant](device), max_decoders=streams, idle_timeout_s=600)
+    service = CameraService(sessions, CameraAnalyzer(pipeline, VideoSettings()), "h264", decode_threads=threads)
+    service.warm_up(*size, device)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return service, device
+
+
+def batches(requests: list[CameraRequest], size: int):
+    for at in range(0, len(requests), size):
+        yield requests[at : at + size]
+
+
+def measure(service: CameraService, units: list[bytes], streams: int, batch: int, seconds: float) -> dict:
+    began = time.perf_counter()
+    for part in batches([CameraRequest(s + 1, [units[0]], None, True, False) for s in range(streams)], batch):
+        service.step(part)
+    opened_s = time.perf_counter() - began
+    counters = service.counters
+    counters.decode_s = counters.analyze_s = counters.host_s = 0.0
+    frames_before, errors, rounds = counters.frames, 0, 0
+    began = time.perf_counter()
+    while time.perf_counter() - began < seconds:
+        rounds += 1
+        unit = units[rounds % len(units)]  # the clip loops from its keyframe, as the load generator sends it
+        for part in batches([CameraRequest(s + 1, [unit], None, False, False) for s in range(streams)], batch):
+            errors += sum(isinstance(r, Exception) for r in service.step(part))
+    elapsed = time.perf_counter() - began
+    frames = counters.frames - frames_before
+    per_frame = {phase: round(getattr(counters, f"{phase}_s") / max(frames, 1) * 1e3, 3)
+                 for phase in ("decode", "analyze", "host")}
+    return {"streams": streams, "open_ms_per_stream": round(opened_s / streams * 1e3, 1), "rounds": rounds,
+            "frames": frames, "errors": errors, "frames_per_s": round(frames / elapsed),
+            "streams_at_30fps": round(frames / elapsed / 30, 1), "ms_per_frame": per_frame}
+
+
+def one_process(variant: str, streams: int, threads: int, size, units, batch: int, seconds: float, ready, results) -> None:
+    service, _ = build(variant, streams, threads, size)
+    try:
+        ready.wait()
+        results.put(measure(service, units, streams, batch, seconds))
+    finally:
+        service.close()
+
+
+def in_processes(variant: str, streams: int, processes: int, threads: int, size, units, batch: int, seconds: float) -> dict:
+    """`processes` services measured at the same time, `streams` shared out; their figures summed."""
+    context = multiprocessing.get_context("spawn")
+    ready, results = context.Barrier(processes), context.Queue()
+    shares = [streams // processes + (i < streams % processes) for i in range(processes)]
+    workers = [context.Process(target=one_process, args=(variant, share, threads, size, units, batch, seconds, ready, results))
+               for share in shares]
+    for worker in workers:
+        worker.start()
+    parts = [results.get(timeout=300) for _ in workers]
+    for worker in workers:
+        worker.join()
+    total = sum(part["frames_per_s"] for part in parts)
+    return {"streams": streams, "processes": processes, "frames_per_s": total, "streams_at_30fps": round(total / 30, 1),
+            "errors": sum(part["errors"] for part in parts), "per_process": parts}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--streams", type=int, nargs="+", default=[30, 60, 120])
+    parser.add_argument("--batch", type=int, default=40, help="requests per execution (the instance's max_batch_size)")
+    parser.add_argument("--threads", type=int, nargs="+", default=[16], help="DECODE_THREADS values to run")
+    parser.add_argument("--processes", type=int, nargs="+", default=[1], help="services at once, in processes of their own")
+    parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--variants", nargs="+", default=["own-stream", "current-stream"], choices=list(VARIANTS))
+    parser.add_argument("--resolution", default="1080p")
+    args = parser.parse_args(argv)
+    size = parse_resolution(args.resolution)
+    units = load_clip("h264", "synthetic", args.resolution, 60, 30.0).units
+    out = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "batch": args.batch,
+           "resolution": args.resolution, "clip_units": len(units), "runs": []}
+    for variant in args.variants:
+        for threads in args.threads:
+            for processes in args.processes:
+                for streams in args.streams:
+                    if processes > 1:
+                        figures = in_processes(variant, streams, processes, threads, size, units, args.batch, args.seconds)
+                    else:
+                        service, _ = build(variant, streams, threads, size)
+                        try:
+                            figures = measure(service, units, streams, args.batch, args.seconds)
+                        finally:
+                            service.close()
+                    run = {"variant": variant, "threads": threads, **figures}
+                    out["runs"].append(run)
+                    print(json.dumps({k: v for k, v in run.items() if k != "per_process"}), flush=True)
+                    args.out.write_text(json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
