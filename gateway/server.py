@@ -26,17 +26,16 @@ import grpc
 from grpc_health.v1 import health_pb2_grpc
 
 from gateway import logs, metrics as metrics_module
-from gateway.backends import BackendPool, channel_options
+from gateway.fleet.backends import BackendPool, channel_options
 from gateway.config import GatewayConfig
-from gateway.discovery import DnsDiscovery, StaticDiscovery
+from gateway.fleet.discovery import DnsDiscovery, StaticDiscovery
 from gateway.edge.frontdoor import FrontDoor
 from gateway.fleet.upstreams import Upstreams
-from gateway.forwarding import Forwarder
-from gateway.health import HealthChecker, ModelCatalog
+from gateway.fleet.health import HealthChecker, ModelCatalog
 from gateway.metrics import GatewayMetrics
 from gateway.routing.lifecycle import RetryBudget, Router
 from gateway.routing.sequences import unary_sequences
-from gateway.service import InferenceService
+from gateway.control.service import InferenceService
 
 log = logging.getLogger("tritonfleet.gateway")
 
@@ -60,8 +59,7 @@ class Gateway:
                              upstreams=Upstreams(config.keepalive_time_s, config.keepalive_timeout_s),
                              catalog=self.catalog,
                              sequences=unary_sequences(lambda b: pool.backends.get(b.address) is b))
-        self.forwarder = Forwarder(self.router)
-        self.service = InferenceService(self.pool, self.forwarder, self.catalog, config.allow_admin,
+        self.service = InferenceService(self.pool, self.catalog, config.allow_admin,
                                         on_model_change=self.health.check_all)
         self.server: grpc.aio.Server | None = None
         self.frontdoor: FrontDoor | None = None
@@ -73,7 +71,7 @@ class Gateway:
         if config.discovery == "dns":
             return DnsDiscovery(self.pool, config.dns_target, config.dns_interval_s)
         if config.discovery == "kubernetes":
-            from gateway.kubernetes_discovery import EndpointSliceDiscovery
+            from gateway.fleet.kubernetes_discovery import EndpointSliceDiscovery
 
             return EndpointSliceDiscovery(self.pool, config.kubernetes_namespace, config.kubernetes_service,
                                           config.kubernetes_port_name)

@@ -2,7 +2,7 @@
 
 ServerLive, ServerReady, ServerMetadata, RepositoryIndex, ModelStatistics, the admin calls, the
 grpc.health.v1 service and any method the gateway does not know: each goes, headers and messages as
-they came, over one loopback HTTP/2 connection to the grpcio service (`gateway.service`), which
+they came, over one loopback HTTP/2 connection to the grpcio service (`gateway.control.service`), which
 answers them (merging over the pods, fanning an admin call out to every pod); the answer comes back
 the same way.
 """

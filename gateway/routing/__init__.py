@@ -1,2 +1,2 @@
-"""How a request finds its pod: one lifecycle for every call (lifecycle), unary calls (unary), streams
-and sequences (streams, sequences)."""
+"""How a request finds its pod: one lifecycle for every call (lifecycle), the pick (policy), unary calls
+(unary), streams (streams, stream_upstreams) and sequences (sequences)."""

@@ -29,15 +29,14 @@ import time
 from typing import TYPE_CHECKING
 
 import grpc
-from tritonclient.grpc import service_pb2
 
-from gateway.backends import Backend, BackendPool, NoBackendError
+from gateway.fleet.backends import Backend, BackendPool, NoBackendError
 from gateway.metrics import GatewayMetrics
 from gateway.transport.messages import format_timeout
 
 if TYPE_CHECKING:
     from gateway.fleet.upstreams import Upstreams
-    from gateway.health import ModelCatalog
+    from gateway.fleet.health import ModelCatalog
     from gateway.routing.sequences import SequencePins
 
 # A client resets its stream when its deadline passes, and the gateway saw the call start a little
@@ -107,8 +106,8 @@ class Lifecycle:
 
     def __init__(self, router: Router, model: str, method: str, deadline_s: float | None,
                  pinned: Backend | None = None, retryable: bool = True, request_bytes: int = 0):
-        """`model` "" means any live pod (a question about a model no pod has ready: a live pod gives
-        Triton's own answer); `pinned` sends to that pod only, never retried."""
+        """`pinned` sends to that pod only, never retried; `model` "" is a request refused before
+        routing (counted as model "unknown")."""
         self.router = router
         self.model = model
         self.method = method
@@ -133,11 +132,6 @@ class Lifecycle:
         if self.pinned is not None:
             pool.hold(self.pinned)
             return self.pinned
-        if not self.model:
-            backend = next((b for b in pool.backends.values() if b.admitted and b not in self.tried), None)
-            if backend is not None:
-                pool.hold(backend)
-            return backend
         return pool.try_acquire(self.model, self.tried)
 
     async def pick(self) -> Backend:
@@ -145,8 +139,6 @@ class Lifecycle:
         backend = self.try_pick()
         if backend is not None:
             return backend
-        if not self.model:
-            raise NoBackendError(grpc.StatusCode.UNAVAILABLE, "no live backend")
         router = self.router
         if router.max_queued and router.queued >= router.max_queued:
             raise NoBackendError(grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -235,27 +227,3 @@ class Lifecycle:
         left = self.time_left()
         late = left is not None and left <= DEADLINE_MARGIN_S
         self.ended(grpc.StatusCode.DEADLINE_EXCEEDED if late else grpc.StatusCode.CANCELLED)
-
-
-_SERVER_LIVE = service_pb2.ServerLiveRequest().SerializeToString()
-# How long a pod has to answer ServerLive after an UNAVAILABLE before it counts as unreachable. A
-# dead pod fails the probe at once (refused or reset), so the bound only matters for a live pod on a
-# busy node, which must not be ejected for answering slowly; a frozen pod is caught by keepalive too.
-PROBE_TIMEOUT_S = 3.0
-
-
-async def unreachable(backend: Backend, code: grpc.StatusCode, details: str) -> bool:
-    """For a call made through grpcio (the control service): whether its UNAVAILABLE means the pod
-    cannot be reached, as opposed to the pod itself answering UNAVAILABLE (its model refused).
-
-    grpcio (1.85) does not say which side a status came from (grpc/grpc#20360), and the channel's state
-    lags the call's end, so the pod is asked on the same channel: a pod that answers ServerLive was
-    reachable. Calls forwarded as frames need no probe: there, an answer is the pod's own.
-    """
-    if code != grpc.StatusCode.UNAVAILABLE or says_model_missing(code, details):
-        return False
-    try:
-        await backend.unary("ServerLive")(_SERVER_LIVE, timeout=PROBE_TIMEOUT_S)
-    except grpc.aio.AioRpcError:
-        return True
-    return False

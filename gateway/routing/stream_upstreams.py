@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import grpc
 
 from gateway import wire
-from gateway.backends import Backend, NoBackendError
+from gateway.fleet.backends import Backend, NoBackendError
 from gateway.fleet.upstreams import UpstreamStream
 from gateway.routing.lifecycle import Lifecycle, says_model_missing
 from gateway.transport.messages import (PREFIX_SIZE, BadMessage, Message, MessageReader, MessageTooLarge,

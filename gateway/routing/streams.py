@@ -30,7 +30,7 @@ from collections import deque
 import grpc
 
 from gateway import wire
-from gateway.backends import Backend, NoBackendError
+from gateway.fleet.backends import Backend, NoBackendError
 from gateway.routing.lifecycle import Lifecycle, Router
 from gateway.routing.sequences import SequenceError, stream_sequences
 from gateway.routing.stream_upstreams import METHOD, PodStream, StatelessMessage, describe

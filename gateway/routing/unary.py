@@ -1,5 +1,5 @@
-"""Unary calls routed per request, as HTTP/2 frames: `ModelInfer`, and the per-model questions
-`ModelReady`, `ModelMetadata` and `ModelConfig`.
+"""Unary calls routed per request, as HTTP/2 frames: `ModelInfer`, and `ModelReady` (clients ask it
+before and between requests, so it takes the same cheap road).
 
 The request message is held until it is complete (a unary call is one message), read for its model
 (`wire.parse_infer_request` or `wire.parse_model_name`; a compressed message is decoded for this only),
@@ -7,8 +7,9 @@ and sent as it came, prefix and bytes untouched, on its pod's shared connection;
 frame by frame. A request in a sequence goes to the pod its sequence started on. Which pod, whether
 to try another, and what is counted: the request's `Lifecycle`.
 
-A question about a model no pod has ready is answered by any live pod (Triton's own "not found" or
-"not ready"), except `ModelReady`, which the gateway answers itself: not ready.
+`ModelReady` for a model no pod has ready is answered by the gateway itself: not ready. The other
+per-model questions (`ModelMetadata`, `ModelConfig`, `ModelStatistics`) are the control service's
+(gateway/control/), which answers for the fleet as a whole.
 """
 
 from __future__ import annotations
@@ -19,15 +20,14 @@ import grpc
 from tritonclient.grpc import service_pb2
 
 from gateway import wire
-from gateway.backends import Backend, NoBackendError
+from gateway.fleet.backends import Backend, NoBackendError
 from gateway.routing.lifecycle import Lifecycle, Router, says_model_missing
 from gateway.routing.sequences import SequenceError
 from gateway.transport.messages import (PREFIX_SIZE, BadMessage, Message, MessageTooLarge, decompress,
                                         message_of, status_of)
 
 SERVICE = "/inference.GRPCInferenceService/"
-PER_MODEL = ("ModelReady", "ModelMetadata", "ModelConfig")
-PATHS = {SERVICE + method: method for method in ("ModelInfer", *PER_MODEL)}
+PATHS = {SERVICE + method: method for method in ("ModelInfer", "ModelReady")}
 _MODEL_NOT_READY = service_pb2.ModelReadyResponse(ready=False).SerializeToString()
 # Enough of a ModelInferRequest to hold its routing fields, mostly; when not, the pieces are joined.
 _ROUTING_BYTES = 4096
@@ -98,15 +98,13 @@ class UnaryCall:
         data = self._readable(message)
         deadline = self.stream.deadline_s
         size = message.size + PREFIX_SIZE
-        if self.method != "ModelInfer":
+        if self.method == "ModelReady":
             model = wire.parse_model_name(message.joined() if not message.compressed else data)
-            if model and not self.router.pool.candidates(model):
-                if self.method == "ModelReady":
-                    self.stream.send_message(_MODEL_NOT_READY)
-                    self.stream.end(grpc.StatusCode.OK)
-                    self.over = True
-                    return
-                model = ""  # a live pod gives Triton's own answer (not found, not ready)
+            if not self.router.pool.candidates(model):
+                self.stream.send_message(_MODEL_NOT_READY)
+                self.stream.end(grpc.StatusCode.OK)
+                self.over = True
+                return
             self.lifecycle = Lifecycle(self.router, model, self.method, deadline, request_bytes=size)
             self._attempt()
             return

@@ -3,7 +3,7 @@ service names the gateway serves; Envoy, which serves no health service of its o
 
 from __future__ import annotations
 
-from gateway import readiness
+from gateway.control import readiness
 from tests.chart.chart_render import CHART, one, render
 
 

@@ -15,9 +15,9 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aioclient
 from kubernetes import client
 
-from gateway.backends import BackendPool
-from gateway.discovery import DnsDiscovery
-from gateway.kubernetes_discovery import EndpointSliceDiscovery, endpoints_of
+from gateway.fleet.backends import BackendPool
+from gateway.fleet.discovery import DnsDiscovery
+from gateway.fleet.kubernetes_discovery import EndpointSliceDiscovery, endpoints_of
 from gateway.metrics import GatewayMetrics
 from tests.gateway.fake_kubernetes import FakeKubernetesApiServer, endpoint_slice
 from tests.gateway.helpers import GatewayProcess, add_one_inputs, served_counts

@@ -10,10 +10,10 @@ import types
 
 import pytest
 
-from gateway import backends as backends_module
-from gateway import health as health_module
-from gateway.backends import BackendPool
-from gateway.health import HealthChecker, ModelCatalog, ModelTraits
+from gateway.fleet import backends as backends_module
+from gateway.fleet import health as health_module
+from gateway.fleet.backends import BackendPool
+from gateway.fleet.health import HealthChecker, ModelCatalog, ModelTraits
 from gateway.metrics import GatewayMetrics
 
 POD, OTHER = "10.0.0.1:8001", "10.0.0.2:8001"

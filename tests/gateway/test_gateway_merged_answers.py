@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from tritonclient.grpc import service_pb2
 
-from gateway import repository_index, statistics
+from gateway.control import repository_index
+from gateway.control import statistics
 
 ModelIndex = service_pb2.RepositoryIndexResponse.ModelIndex
 

@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from gateway import policy
-from gateway.backends import SETTLING_SAMPLES, WARMUP_SAMPLES, Backend, BackendPool
+from gateway.routing import policy
+from gateway.fleet.backends import SETTLING_SAMPLES, WARMUP_SAMPLES, Backend, BackendPool
 from gateway.metrics import GatewayMetrics
 
 

@@ -16,7 +16,7 @@ import threading
 from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 
-from gateway.backends import BackendPool
+from gateway.fleet.backends import BackendPool
 
 log = logging.getLogger("tritonfleet.gateway")
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from gateway.backends import Backend
+from gateway.fleet.backends import Backend
 
 log = logging.getLogger("tritonfleet.gateway")
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from gateway import policy
+from gateway.routing import policy
 from gateway.config import GatewayConfig
 from gateway.metrics import GatewayMetrics
 

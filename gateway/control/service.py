@@ -1,12 +1,12 @@
 """The KServe v2 `GRPCInferenceService` as the gateway serves it: raw-bytes handlers per method.
 
 Inference (`ModelInfer`, `ModelStreamInfer`) goes through the front door, not here. `ServerLive` and `ServerReady` are
-answered here (ready while at least one pod is; gateway/readiness.py). The fleet answers as one server:
-`ModelStatistics` is the sum over the pods (gateway/statistics.py), `RepositoryIndex` their merged index
-(gateway/repository_index.py), and `ServerMetadata`, `ModelMetadata` and `ModelConfig` the answer of
+answered here (ready while at least one pod is; gateway/control/readiness.py). The fleet answers as one server:
+`ModelStatistics` is the sum over the pods (gateway/control/statistics.py), `RepositoryIndex` their merged index
+(gateway/control/repository_index.py), and `ServerMetadata`, `ModelMetadata` and `ModelConfig` the answer of
 the first pod by address that has the model READY, the others asked too so that a pod answering
 differently is logged. Admin methods are refused unless enabled; then a model load or unload is
-rolled out, one pod first (gateway/rollout.py), and the other admin calls go to every pod.
+rolled out, one pod first (gateway/control/rollout.py), and the other admin calls go to every pod.
 """
 
 from __future__ import annotations
@@ -18,16 +18,18 @@ import grpc
 from google.protobuf.message import DecodeError
 from tritonclient.grpc import service_pb2
 
-from gateway import repository_index, rollout, statistics, wire
-from gateway.backends import Backend, BackendPool
-from gateway.forwarding import Forwarder, UpstreamError, upstream_metadata
+from gateway import wire
+from gateway.control import repository_index, rollout, statistics
+from gateway.control.readiness import Readiness
+from gateway.control.upstream import UpstreamError, upstream_metadata
+from gateway.fleet.backends import Backend, BackendPool
 from gateway.routing.lifecycle import says_model_missing
-from gateway.readiness import Readiness
 
 log = logging.getLogger("tritonfleet.gateway")
 
 SERVICE_NAME = "inference.GRPCInferenceService"
-_PER_MODEL = ("ModelReady", "ModelMetadata", "ModelConfig", "ModelStatistics")
+# ModelReady is answered on the data plane (gateway/routing/unary.py).
+_PER_MODEL = ("ModelMetadata", "ModelConfig", "ModelStatistics")
 _ROLLED_OUT = ("RepositoryModelLoad", "RepositoryModelUnload")
 # How long a pod has to answer a question the gateway asks every pod (index, statistics, metadata).
 ASK_TIMEOUT_S = 5.0
@@ -46,13 +48,11 @@ _ADMIN = (
 _READY = service_pb2.ServerReadyResponse(ready=True).SerializeToString()
 _NOT_READY = service_pb2.ServerReadyResponse(ready=False).SerializeToString()
 _LIVE = service_pb2.ServerLiveResponse(live=True).SerializeToString()
-_MODEL_NOT_READY = service_pb2.ModelReadyResponse(ready=False).SerializeToString()
 
 
 class InferenceService:
-    def __init__(self, pool: BackendPool, forwarder: Forwarder, catalog, allow_admin: bool, on_model_change):
+    def __init__(self, pool: BackendPool, catalog, allow_admin: bool, on_model_change):
         self.pool = pool
-        self.forwarder = forwarder
         self.catalog = catalog
         self.allow_admin = allow_admin
         self.on_model_change = on_model_change
@@ -103,11 +103,6 @@ class InferenceService:
             try:
                 if method == "ModelStatistics":
                     return await self._statistics(request, context)
-                if method == "ModelReady":
-                    if not self.pool.candidates(model):
-                        return _MODEL_NOT_READY
-                    return await self.forwarder.unary(method, model, request, upstream_metadata(context),
-                                                      context.time_remaining())
                 # Where no pod has the model READY, the pods give Triton's own answer (not found, not ready).
                 pods = self.pool.candidates(model) if model else []
                 return await self._consistent(method, model, request, context, pods or self._live_backends())
@@ -178,7 +173,7 @@ class InferenceService:
         return [b for b in self.pool.backends.values() if b.admitted]
 
     async def repository_index(self, request: bytes, context) -> bytes:
-        """Every model any live pod knows, once per version (gateway/repository_index.py); a live pod
+        """Every model any live pod knows, once per version (gateway/control/repository_index.py); a live pod
         that does not answer fails the call instead of leaving its models out."""
         try:
             query = service_pb2.RepositoryIndexRequest.FromString(request)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from gateway.backends import Backend, BackendPool
+from gateway.fleet.backends import Backend, BackendPool
 
 log = logging.getLogger("tritonfleet.gateway")
 

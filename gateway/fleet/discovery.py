@@ -12,7 +12,7 @@ import asyncio
 import logging
 import socket
 
-from gateway.backends import BackendPool
+from gateway.fleet.backends import BackendPool
 
 log = logging.getLogger("tritonfleet.gateway")
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from grpc_health.v1 import health, health_pb2
 
-from gateway.backends import BackendPool
+from gateway.fleet.backends import BackendPool
 
 SERVED = ("", "inference.GRPCInferenceService")
 LIVENESS = "liveness"
