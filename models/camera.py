@@ -104,15 +104,6 @@ class CameraStreams:
         self.idle_timeout_s = idle_timeout_s
         self.clock = clock
         self.streams: dict[int, CameraStream] = {}
-        self.spare: dict[str, list[Decoder]] = {}
-
-    def prepare(self, codec: str, count: int) -> None:
-        """Open `count` sessions ahead for cameras to come: opening one NVDEC session takes 70 ms on
-        an H200, 240 ms while other instances open theirs, and a camera's START should not wait
-        for that (a fleet's cameras all start at once). Used up as cameras start, not refilled."""
-        pool = self.spare.setdefault(codec, [])
-        while len(pool) < min(count, self.max_decoders):
-            pool.append(self.make_decoder(codec))
 
     def open(self, stream: int, codec: str) -> CameraStream:
         """A fresh session for a sequence's START; a restarted id gives its old session back first."""
@@ -124,9 +115,7 @@ class CameraStreams:
                 f"(MAX_DECODERS); stream {stream} was not admitted, retry later "
                 "or on another instance"
             )
-        pool = self.spare.get(codec)
-        decoder = pool.pop() if pool else self.make_decoder(codec)
-        session = self.streams[stream] = CameraStream(codec, decoder, last_seen=self.clock())
+        session = self.streams[stream] = CameraStream(codec, self.make_decoder(codec), last_seen=self.clock())
         return session
 
     def get(self, stream: int) -> CameraStream:
@@ -383,9 +372,6 @@ class CameraService:
     def close(self) -> None:
         for stream in list(self.streams.streams):
             self.streams.close(stream)
-        for pool in self.streams.spare.values():
-            while pool:
-                pool.pop().close()
         self.analyzer.streams.clear()
         if self._pool:
             self._pool.shutdown(wait=True)

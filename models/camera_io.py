@@ -56,7 +56,6 @@ def build_service(args: dict) -> tuple[CameraService, list[str], torch.device]:
         streams, CameraAnalyzer(pipeline, settings), codec_name(params.get("CODEC", "h264")),
         decode_threads=int(params.get("DECODE_THREADS", "1")),
     )
-    streams.prepare(service.default_codec, int(params.get("SPARE_DECODERS", "0")))
     for height, width in warm_up_sizes(params.get("WARMUP", "")):
         service.warm_up(height, width, device)
     return service, labels, device

@@ -41,9 +41,6 @@ def camera_server(tmp_path_factory):
         # The instance runs a warm-up picture through the analysis before it turns ready: every
         # test below then also checks that the warm-up left no stream state behind.
         'key: "WARMUP" value { string_value: "" }', 'key: "WARMUP" value { string_value: "320x240" }'
-    ).replace(
-        # Sessions opened ahead serve the first cameras; the limit still counts every camera.
-        'key: "SPARE_DECODERS" value { string_value: "0" }', 'key: "SPARE_DECODERS" value { string_value: "1" }'
     ))
     servers = start_fleet(1, repo, tmp_path_factory.mktemp("camera-triton"))
     yield servers[0]
@@ -226,22 +223,6 @@ def test_silent_streams_give_their_decoder_back():
         streams.get(1)
 
 
-def test_sessions_opened_ahead_serve_the_first_cameras_then_new_ones_are_opened():
-    made, closed = [], []
-
-    def make(codec):
-        made.append(FakeDecoder(closed))
-        return made[-1]
-
-    streams = CameraStreams(make, max_decoders=3, idle_timeout_s=60)
-    streams.prepare("h264", 2)
-    assert len(made) == 2
-    first, second, third = (streams.open(n, "h264").decoder for n in (1, 2, 3))
-    assert {id(first), id(second)} == {id(d) for d in made[:2]} and third is made[2] and len(made) == 3
-    streams.prepare("h264", 5)  # never more sessions than the instance's limit
-    assert len(streams.spare["h264"]) == 3 and len(made) == 6
-
-
 def test_the_gpu_profile_gives_the_camera_model_its_decoder_budget(tmp_path):
     gpu = render_configs("gpu")["camera_stream"]
     per_instance = int(gpu.parameters["MAX_DECODERS"].string_value)
@@ -250,7 +231,6 @@ def test_the_gpu_profile_gives_the_camera_model_its_decoder_budget(tmp_path):
     # while another instance has room.
     assert gpu.sequence_batching.oldest.max_candidate_sequences == per_instance
     assert gpu.parameters["WARMUP"].string_value == "1920x1080"
-    assert gpu.parameters["SPARE_DECODERS"].string_value == str(per_instance)
     assert render_configs("cpu")["camera_stream"].parameters["MAX_DECODERS"].string_value == "16"
     profiles = tmp_path / "profiles.yaml"
     profiles.write_text(PROFILES_FILE.read_text().replace("MAX_DECODERS:", "MAX_DECODER:"))
