@@ -238,7 +238,7 @@ def main(argv=None) -> int:
     parser.add_argument("--camera-codec", default="h264")
     parser.add_argument("--camera-source", default="synthetic")
     parser.add_argument("--gateway-first", action="store_true",
-                        help="camera runs through the gateway before the direct ones (the first run gets the sessions opened ahead)")
+                        help="camera runs through the gateway before the direct ones (the target route gets the fresh server)")
     parser.add_argument("--models", nargs="*", default=[], help="load only these (and what their ensembles need)")
     parser.add_argument("--instances", nargs="*", default=[], metavar="MODEL=KIND:COUNT",
                         help="serve a copy of the repository with these instance groups")
