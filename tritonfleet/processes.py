@@ -49,21 +49,31 @@ def spawn(argv: list[str], log_path: Path, env: dict[str, str] | None = None,
 
 def terminate(process: subprocess.Popen | None, grace: float = 15.0) -> None:
     """SIGTERM the whole process group, wait up to `grace` seconds, then SIGKILL what is left."""
-    if process is None:
-        return
-    pgid = process.pid
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGTERM)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        process.wait(timeout=grace)
-    # Children that outlived their parent (backend stubs), or a parent that ignored SIGTERM.
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        process.wait(timeout=5)
-    # Orphaned children are reaped by init a moment later; until then the group still exists.
+    terminate_all([process], grace)
+
+
+def terminate_all(processes: list[subprocess.Popen | None], grace: float = 15.0) -> None:
+    """`terminate` for several processes at once: every group is sent SIGTERM first and they shut
+    down side by side, so stopping n servers takes as long as the slowest (a Triton server takes
+    seconds to unload its models), not the sum."""
+    processes = [p for p in processes if p is not None]
+    for process in processes:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for process in processes:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=max(deadline - time.monotonic(), 0.0))
+    for process in processes:
+        # Children that outlived their parent (backend stubs), or a parent that ignored SIGTERM.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)
+    for process in processes:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=5)
+    # Orphaned children are reaped by init a moment later; until then a group still exists.
     deadline = time.monotonic() + 5.0
-    while group_alive(process) and time.monotonic() < deadline:
+    while any(group_alive(p) for p in processes) and time.monotonic() < deadline:
         time.sleep(0.05)
 
 

@@ -19,7 +19,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tritonfleet.processes import spawn, terminate
+from tritonfleet.processes import spawn, terminate, terminate_all
 from tritonfleet.triton_install import TritonInstall
 
 LOOPBACK = "127.0.0.1"
@@ -263,9 +263,9 @@ def start_fleet(
     return servers
 
 
-def stop_all(servers: list[TritonServer]) -> None:
-    for server in servers:
-        server.stop()
+def stop_all(servers: list[TritonServer], grace: float = 15.0) -> None:
+    """Stop the servers side by side (each unloads its models on SIGTERM, which takes seconds)."""
+    terminate_all([server.process for server in servers], grace)
 
 
 def _ensure_distinct_ports(servers: list[TritonServer]) -> None:

@@ -53,7 +53,9 @@ PART_WHEELS = {"server": [], "base": [
 PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64", "manylinux1_x86_64"]
 # What no run imports: test suites, type stubs, the wheel's FFmpeg sources, samples and notebooks,
 # the module for CUDA 12 drivers (the machine's driver is CUDA 13), and wheel-duplicated .so names.
-DROP_PARTS = {"tests", "testing", "samples", "benchmarks", "pynvvideocodec-2.2.4.data", "__pycache__"}
+DROP_PARTS = {"tests", "testing", "samples", "benchmarks", "pynvvideocodec-2.2.4.data", "__pycache__", "include"}
+# Type stubs, Cython declarations and C headers: read by compilers and type checkers, never at run time.
+DROP_SUFFIXES = (".pyi", ".pxd", ".h")
 DROP_FILES = ("PyNvVideoCodec_121.cpython-312-x86_64-linux-gnu.so", "libavformat.so", "libavformat.so.63.1.101",
               "libavutil.so", "libavutil.so.61.1.101")
 CARRY_LIMIT = 64 * 1024 * 1024
@@ -81,7 +83,7 @@ def unpack_wheels(wheels: list[Path], site: Path) -> None:
         with zipfile.ZipFile(wheel) as archive:
             for member in archive.infolist():
                 parts = Path(member.filename).parts
-                if DROP_PARTS.intersection(parts) or parts[-1] in DROP_FILES:
+                if DROP_PARTS.intersection(parts) or parts[-1] in DROP_FILES or parts[-1].endswith(DROP_SUFFIXES):
                     continue
                 archive.extract(member, site)
                 mode = member.external_attr >> 16

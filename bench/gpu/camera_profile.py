@@ -8,7 +8,8 @@ the host), on the load generator's synthetic 1080p30 H.264 clip: every stream se
 access unit each round, in batches of `--batch` requests, as fast as the service takes them. Per
 variant (each NVDEC session on a CUDA stream of its own or on the current one) and stream count:
 frames/s, and the ms per frame spent decoding, queueing the analysis, and waiting for the device
-and the copy to the host (CameraService's counters). The sessions' opening is timed apart.
+and the copy to the host (CameraService's counters). The first step (every stream's START with its
+keyframe, when NVDEC makes a session's surfaces) is timed apart, as open_ms_per_stream.
 `--processes P` runs P such services at once in processes of their own, the streams shared out,
 as P model instances would: whether the rate grows with P tells a limit inside one process (its
 GIL) from one of the device.

@@ -208,11 +208,12 @@ def image_runs(record, workdir, direct, gateway, levels, duration, workers, batc
                      [*common, "--concurrency", str(level)], duration + 120)
 
 
-def camera_runs(record, workdir, direct, gateway, levels, duration, workers, codec, source):
+def camera_runs(record, workdir, direct, gateway, levels, duration, workers, codec, source, gateway_first=False):
     common = ["video", "--model", "camera_stream", "--codec", codec, "--source", source, "--resolution", "1080p",
               "--fps", "30", "--duration", str(duration), "--warmup", "2", "--workers", str(workers), "--slo-ms", "100"]
+    routes = (("direct", direct), ("gateway", gateway))
     for level in levels:
-        for route, url in (("direct", direct), ("gateway", gateway)):
+        for route, url in reversed(routes) if gateway_first else routes:
             if url is None:
                 continue
             if record.left() < duration + 60:
@@ -236,6 +237,8 @@ def main(argv=None) -> int:
     parser.add_argument("--camera-streams", type=int, nargs="*", default=[], help="camera runs (needs camera_stream)")
     parser.add_argument("--camera-codec", default="h264")
     parser.add_argument("--camera-source", default="synthetic")
+    parser.add_argument("--gateway-first", action="store_true",
+                        help="camera runs through the gateway before the direct ones (the target route gets the fresh server)")
     parser.add_argument("--models", nargs="*", default=[], help="load only these (and what their ensembles need)")
     parser.add_argument("--instances", nargs="*", default=[], metavar="MODEL=KIND:COUNT",
                         help="serve a copy of the repository with these instance groups")
@@ -265,7 +268,7 @@ def main(argv=None) -> int:
             record.note(f"gateway ready at {through} with {args.gateway_workers} workers")
         if args.camera_streams:
             camera_runs(record, args.workdir, direct, through, args.camera_streams, args.duration, args.load_workers,
-                        args.camera_codec, args.camera_source)
+                        args.camera_codec, args.camera_source, args.gateway_first)
         for spec in args.image_runs:
             batch, _, levels = spec.partition(":")
             image_runs(record, args.workdir, direct, through, [int(c) for c in levels.split(",")], args.duration,

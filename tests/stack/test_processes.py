@@ -8,7 +8,9 @@ import sys
 
 import pytest
 
-from tritonfleet.processes import ChildProcess, ProcessExited, accepts_connections, command_lines_containing, group_alive
+from tritonfleet.processes import (ChildProcess, ProcessExited, accepts_connections, command_lines_containing, group_alive,
+                                   spawn, terminate_all)
+from tests.polling import wait_until
 
 # A parent that starts a grandchild in its group and ignores SIGTERM: what a stop must still end.
 STUBBORN = """
@@ -18,6 +20,36 @@ subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)", sys.argv
 print("started", flush=True)
 time.sleep(600)
 """
+
+# On SIGTERM, a child says so (a file of its own) and, like a server unloading its models, takes its
+# time to exit: until every child of the stop has been told, or 20 s. It then writes whether it saw
+# them all told, which only happens when the stop tells every child before it waits for any.
+SLOW_TO_STOP = """
+import pathlib, signal, sys, time
+folder, name, count = pathlib.Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+
+def stop(signum, frame):
+    (folder / f"{name}.told").touch()
+    deadline = time.monotonic() + 20
+    while len(list(folder.glob("*.told"))) < count and time.monotonic() < deadline:
+        time.sleep(0.01)
+    (folder / f"{name}.saw").write_text(str(len(list(folder.glob("*.told")))))
+    sys.exit(0)
+
+signal.signal(signal.SIGTERM, stop)
+(folder / f"{name}.up").touch()
+time.sleep(600)
+"""
+
+
+def test_several_children_are_stopped_side_by_side(tmp_path):
+    count = 3
+    children = [spawn([sys.executable, "-c", SLOW_TO_STOP, str(tmp_path), f"child{i}", str(count)],
+                      tmp_path / f"child{i}.log") for i in range(count)]
+    wait_until(lambda: len(list(tmp_path.glob("*.up"))) == count, "the children to start")
+    terminate_all(children, grace=60)
+    assert [(tmp_path / f"child{i}.saw").read_text() for i in range(count)] == [str(count)] * count
+    assert not any(group_alive(child) for child in children)
 
 
 def test_a_child_that_dies_before_it_is_ready_is_reported_with_its_log(tmp_path):
