@@ -1,12 +1,17 @@
-"""Camera-like stream loads through the gateway and Envoy, side by side on two Triton servers: 8
+"""Camera-like stream loads through the gateway and Envoy, side by side on two Triton servers: N
 ModelStreamInfer streams x 30 messages/s of `add_one`, tiny (12 B) and 150 KiB, for each: the proxy's
 CPU per 1,000 messages (user + system from /proc), p50/p99 latency per message (send to answer) and
-how many messages each server answered.
+how many messages each server answered. Rounds are interleaved over the proxies; each figure is the
+median over rounds. `--baseline TREE` runs the gateway of an earlier checkout beside today's.
 
-Run from the repository root:  .venv/bin/python bench/gateway/stream_loads.py [SECONDS [ROUNDS]]
+Run from the repository root:
+    .venv/bin/python bench/gateway/stream_loads.py [--seconds 8] [--rounds 3] [--streams 8 32] [--baseline TREE]
 """
 
+import argparse
+import json
 import os
+import statistics
 import sys
 import tempfile
 import threading
@@ -78,34 +83,83 @@ def load(url, pid, streams, fps, seconds, elements, urls):
     for t in threads:
         t.join()
     used = cpu_seconds(pid) - cpu
-    time.sleep(0.5)
-    deltas = [served(u) - b for u, b in zip(urls, before)]
     messages = streams * count
+    # A server counts a request in its statistics a moment after answering it.
+    deadline = time.monotonic() + 10
+    while True:
+        deltas = [served(u) - b for u, b in zip(urls, before)]
+        if sum(deltas) >= messages - len(errors) or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     return {"cpu_ms_per_1000": round(1000 * used / messages * 1000), "p50_ms": round(1000 * np.percentile(latencies, 50), 2),
             "p99_ms": round(1000 * np.percentile(latencies, 99), 2), "errors": len(errors), "split": deltas,
             "first_errors": errors[:2]}
 
 
+def median_row(runs: list[dict]) -> dict:
+    return {"cpu_ms_per_1000": statistics.median(r["cpu_ms_per_1000"] for r in runs),
+            "p50_ms": statistics.median(r["p50_ms"] for r in runs),
+            "p99_ms": statistics.median(r["p99_ms"] for r in runs),
+            "errors": sum(r["errors"] for r in runs), "splits": [r["split"] for r in runs]}
+
+
+def markdown(results: dict, streams_levels, fps: float) -> str:
+    lines = ["| load | proxy | CPU ms per 1,000 messages | vs Envoy | p50 / p99 ms | errors | messages per server |",
+             "| --- | --- | ---: | ---: | --- | ---: | --- |"]
+    for key, rows in results.items():
+        envoy = rows["Envoy 1.40"]["cpu_ms_per_1000"]
+        for name, row in rows.items():
+            splits = ", ".join("/".join(map(str, s)) for s in row["splits"])
+            lines.append(f"| {key} | {name} | {row['cpu_ms_per_1000']:.0f} | {row['cpu_ms_per_1000'] / envoy:.2f}x "
+                         f"| {row['p50_ms']:.1f} / {row['p99_ms']:.1f} | {row['errors']} | {splits} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
-    seconds = float(sys.argv[1]) if len(sys.argv) > 1 else 8
-    rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 1
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--streams", type=int, nargs="+", default=[8, 32])
+    parser.add_argument("--fps", type=float, default=30.0)
+    parser.add_argument("--baseline", type=Path, help="a checkout of an earlier tree whose gateway runs beside today's")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="stream-bench-"))
     servers = start_fleet(2, REPOSITORY, work / "fleet")
     urls = [s.grpc_url for s in servers]
+    env = {"TRITONFLEET_GATEWAY_HEALTH_INTERVAL_S": "1"}
+    started = []
     try:
-        gateway = GatewayProcess(urls, work / "gateway.log", env={"TRITONFLEET_GATEWAY_HEALTH_INTERVAL_S": "1"})
+        gateway = GatewayProcess(urls, work / "gateway.log", env=env)
+        started.append(gateway)
+        proxies = {"gateway": (gateway.url, gateway.process.pid)}
+        if args.baseline:
+            before = GatewayProcess(urls, work / "gateway-before.log", env={**env, "PYTHONPATH": str(args.baseline.resolve())})
+            started.append(before)
+            proxies["gateway before"] = (before.url, before.process.pid)
         (work / "envoy").mkdir()
         envoy = start_envoy(urls, work / "envoy")
-        proxies = {"gateway": (gateway.url, gateway.process.pid), "envoy": (envoy.url, envoy.process.pid)}
+        started.append(envoy)
+        proxies["Envoy 1.40"] = (envoy.url, envoy.process.pid)
         for url, pid in proxies.values():  # warm every instance and connection
-            load(url, pid, 8, 30, 1, 3, urls)
-        for elements, label in ((3, "tiny"), (150 * 1024 // 4, "150 KiB")):
-            for _ in range(rounds):
-                for name, (url, pid) in proxies.items():
-                    print(label, name, load(url, pid, 8, 30, seconds, elements, urls), flush=True)
-        gateway.stop()
-        envoy.stop()
+            load(url, pid, 8, args.fps, 1, 3, urls)
+        results = {}
+        for streams in args.streams:
+            for elements, label in ((3, "tiny"), (150 * 1024 // 4, "150 KiB")):
+                runs = {name: [] for name in proxies}
+                for _ in range(args.rounds):
+                    for name, (url, pid) in proxies.items():
+                        runs[name].append(load(url, pid, streams, args.fps, args.seconds, elements, urls))
+                key = f"{streams} streams x {args.fps:g}/s, {label}"
+                results[key] = {name: median_row(r) for name, r in runs.items()}
+                print(key, {n: (r["cpu_ms_per_1000"], r["p50_ms"], r["p99_ms"]) for n, r in results[key].items()},
+                      file=sys.stderr, flush=True)
+        print(markdown(results, args.streams, args.fps))
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=2))
     finally:
+        for proxy in started:
+            proxy.stop()
         stop_all(servers)
 
 
