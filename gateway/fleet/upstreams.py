@@ -173,26 +173,26 @@ class UpstreamConnection(Connection):
     # ---- answers from the pod -------------------------------------------------------------------
 
     def on_headers(self, stream_id: int, headers, end_stream: bool) -> None:
-        self.heard = True
-        stream = self.calls.get(stream_id)
-        if stream is None:
-            return
-        if end_stream:
-            del self.calls[stream_id]
-        stream.listener.on_upstream_headers(headers, end_stream)
-        if end_stream:
-            self._close_when_idle()
+        stream = self._answering(stream_id, end_stream)
+        if stream is not None:
+            stream.listener.on_upstream_headers(headers, end_stream)
+            if end_stream:
+                self._close_when_idle()
 
     def on_data(self, stream_id: int, data, end_stream: bool) -> None:
+        stream = self._answering(stream_id, end_stream)
+        if stream is not None:
+            stream.listener.on_upstream_data(data, end_stream)
+            if end_stream:
+                self._close_when_idle()
+
+    def _answering(self, stream_id: int, end_stream: bool):
+        """The stream an answer frame belongs to (None: one already ended or cancelled); the pod
+        was heard from, and a stream that ends here leaves the connection's calls."""
         self.heard = True
-        stream = self.calls.get(stream_id)
-        if stream is None:
-            return
         if end_stream:
-            del self.calls[stream_id]
-        stream.listener.on_upstream_data(data, end_stream)
-        if end_stream:
-            self._close_when_idle()
+            return self.calls.pop(stream_id, None)
+        return self.calls.get(stream_id)
 
     def on_reset(self, stream_id: int, code: int) -> None:
         stream = self.calls.pop(stream_id, None)

@@ -3,6 +3,7 @@ The gateway and the proxies it is compared with run as real processes (tritonfle
 
 from __future__ import annotations
 
+import queue
 from pathlib import Path
 
 import numpy as np
@@ -33,3 +34,23 @@ def add_one_inputs(values=(1.0, 2.0, 3.0)) -> list[grpcclient.InferInput]:
     tensor = grpcclient.InferInput("INPUT0", list(data.shape), "FP32")
     tensor.set_data_from_numpy(data)
     return [tensor]
+
+
+class StreamClient:
+    """tritonclient's streaming API, collecting (result, error) pairs."""
+
+    def __init__(self, url: str):
+        self.client = grpcclient.InferenceServerClient(url)
+        self.answers: queue.Queue = queue.Queue()
+        self.client.start_stream(callback=lambda result, error: self.answers.put((result, error)))
+
+    def send(self, model: str, inputs, **kwargs) -> None:
+        self.client.async_stream_infer(model, inputs, **kwargs)
+
+    def close(self) -> list:
+        self.client.stop_stream()  # returns once the stream has ended: every answer has arrived
+        self.client.close()
+        collected = []
+        while not self.answers.empty():
+            collected.append(self.answers.get())
+        return collected

@@ -17,33 +17,13 @@ from tritonclient.grpc import service_pb2
 from tritonclient.utils import InferenceServerException
 
 from gateway.routing.streams import MAX_OUTSTANDING
-from tests.gateway.helpers import GatewayProcess, add_one_inputs, served_counts
+from tests.gateway.helpers import GatewayProcess, StreamClient, add_one_inputs, served_counts
 from tests.gateway.polling import metric, served_since, wait_for
 from tritonfleet.triton_server import start_fleet, stop_all
 
 pytestmark = pytest.mark.slow
 STREAM_METHOD = "/inference.GRPCInferenceService/ModelStreamInfer"
 PASS_THROUGH = Path(__file__).resolve().parent / "pass_through_repository"
-
-
-class StreamClient:
-    """tritonclient's streaming API, collecting (result, error) pairs."""
-
-    def __init__(self, url: str):
-        self.client = grpcclient.InferenceServerClient(url)
-        self.answers: queue.Queue = queue.Queue()
-        self.client.start_stream(callback=lambda result, error: self.answers.put((result, error)))
-
-    def send(self, model: str, inputs, **kwargs) -> None:
-        self.client.async_stream_infer(model, inputs, **kwargs)
-
-    def close(self) -> list:
-        self.client.stop_stream()  # returns once the stream has ended: every answer has arrived
-        self.client.close()
-        collected = []
-        while not self.answers.empty():
-            collected.append(self.answers.get())
-        return collected
 
 
 def running_sum_input(value: float) -> list[grpcclient.InferInput]:

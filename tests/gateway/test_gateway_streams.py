@@ -3,37 +3,16 @@ its pod, a decoupled model answers 0..n times, and a bad message spoils only its
 
 from __future__ import annotations
 
-import queue
 import time
 
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
-from tests.gateway.helpers import add_one_inputs, served_counts
+from tests.gateway.helpers import StreamClient, add_one_inputs, served_counts
 from tests.gateway.polling import metric, served_since
 
 pytestmark = pytest.mark.slow
-
-
-class StreamClient:
-    """tritonclient's own streaming API, collecting (result, error) pairs."""
-
-    def __init__(self, url: str):
-        self.client = grpcclient.InferenceServerClient(url)
-        self.answers: queue.Queue = queue.Queue()
-        self.client.start_stream(callback=lambda result, error: self.answers.put((result, error)))
-
-    def send(self, model: str, inputs, **kwargs) -> None:
-        self.client.async_stream_infer(model, inputs, **kwargs)
-
-    def close(self) -> list:
-        self.client.stop_stream()  # waits for the stream to end: every response has arrived
-        self.client.close()
-        collected = []
-        while not self.answers.empty():
-            collected.append(self.answers.get())
-        return collected
 
 
 def scalar_input(name: str, value, datatype: str, batched: bool = False) -> grpcclient.InferInput:
