@@ -32,15 +32,36 @@ def register(subparsers) -> None:
                         help="allow model load/unload (applied to every pod) and other admin calls")
     parser.add_argument("--drain-grace-s", type=float, help="seconds to finish in-flight work on SIGTERM")
     parser.add_argument("--log-level")
+    _tls_args(parser)
     parser.set_defaults(func=run)
+
+
+_TLS_KEYS = ("tls_cert_file", "tls_key_file", "tls_client_ca_file", "reload_interval_s", "upstream_tls",
+             "upstream_ca_file", "upstream_cert_file", "upstream_key_file", "upstream_server_name")
+
+
+def _tls_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("TLS", "toward clients (both files turn it on) and toward the pods")
+    group.add_argument("--tls-cert-file", metavar="PEM", help="certificate chain clients are shown")
+    group.add_argument("--tls-key-file", metavar="PEM", help="its private key")
+    group.add_argument("--tls-client-ca-file", metavar="PEM", help="mutual TLS: clients need a certificate from this CA")
+    group.add_argument("--reload-interval-s", type=float, help="how often the files are looked at for changes")
+    group.add_argument("--upstream-tls", action="store_true", default=None, help="TLS to the pods (--grpc-use-ssl)")
+    group.add_argument("--upstream-ca-file", metavar="PEM", help="CA of the pods' certificates (default: system roots)")
+    group.add_argument("--upstream-cert-file", metavar="PEM", help="the gateway's client certificate for the pods")
+    group.add_argument("--upstream-key-file", metavar="PEM", help="its private key")
+    group.add_argument("--upstream-server-name", help="name checked in the pods' certificates (default: their host)")
 
 
 def run(args: argparse.Namespace) -> int:
     overrides = {key: getattr(args, key, None) for key in (
         "listen", "backends", "discovery", "dns_target", "kubernetes_service", "kubernetes_namespace",
-        "metrics_port", "workers", "allow_admin", "drain_grace_s", "log_level")}
+        "metrics_port", "workers", "allow_admin", "drain_grace_s", "log_level", *_TLS_KEYS)}
     try:
         config = config_module.load(args.config, overrides)
+        from gateway.edge.tls import check_files
+
+        check_files(config)
     except (ValueError, OSError) as exc:
         print(f"tritonfleet gateway: {exc}", file=sys.stderr)
         return 2

@@ -78,6 +78,19 @@ class GatewayConfig:
     client_idle_timeout_s: float = 300.0
     max_connection_age_s: float = 0.0
     max_connection_age_grace_s: float = 30.0
+    # TLS toward clients: both files set turn it on (ALPN h2, TLS 1.2+); a client CA makes it mutual.
+    # The files are looked at every reload_interval_s and, when they changed, apply to new connections.
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_client_ca_file: str = ""
+    reload_interval_s: float = 5.0
+    # TLS toward the pods (Triton's --grpc-use-ssl): their CA (empty: system roots), the gateway's
+    # client certificate when they require one, and the name checked in theirs (empty: the pod's host).
+    upstream_tls: bool = False
+    upstream_ca_file: str = ""
+    upstream_cert_file: str = ""
+    upstream_key_file: str = ""
+    upstream_server_name: str = ""
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
@@ -132,7 +145,19 @@ def _validate(config: GatewayConfig) -> None:
     need(config.max_buffered_bytes >= config.max_message_bytes, "max_buffered_bytes",
          f"must be at least max_message_bytes ({config.max_message_bytes}), or a largest message never fits")
     need(config.max_concurrent_streams < 1 << 31, "max_concurrent_streams", "must be below 2^31")
+    _validate_tls(config, need)
     need(config.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"), "log_level", "is not a level")
+
+
+def _validate_tls(config: GatewayConfig, need) -> None:
+    for key, other in (("tls_cert_file", "tls_key_file"), ("tls_key_file", "tls_cert_file"),
+                       ("upstream_cert_file", "upstream_key_file"), ("upstream_key_file", "upstream_cert_file")):
+        need(bool(getattr(config, key)) or not getattr(config, other), key, f"must be set when {other} is")
+    need(config.tls_cert_file or not config.tls_client_ca_file, "tls_client_ca_file",
+         "needs tls_cert_file and tls_key_file (mutual TLS is TLS first)")
+    need(config.reload_interval_s > 0, "reload_interval_s", "must be positive")
+    for key in ("upstream_ca_file", "upstream_cert_file", "upstream_server_name"):
+        need(config.upstream_tls or not getattr(config, key), key, "needs upstream_tls: true")
 
 
 def _coerce(key: str, value: Any) -> Any:

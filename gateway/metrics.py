@@ -87,6 +87,10 @@ class GatewayMetrics:
         self.bytes = Counter(
             "tritonfleet_gateway_bytes", "Payload bytes through the gateway", ["direction"], registry=r
         )
+        self.tls_reloads = Counter(
+            "tritonfleet_gateway_tls_reloads", "Changes of the TLS certificate, key or client CA files, by outcome",
+            ["outcome"], registry=r,
+        )
         self.bytes_in = self.bytes.labels("in")
         self.bytes_out = self.bytes.labels("out")
         self._children: dict[tuple, object] = {}

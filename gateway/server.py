@@ -29,6 +29,7 @@ from gateway import logs, metrics as metrics_module
 from gateway.fleet.backends import BackendPool, channel_options
 from gateway.config import GatewayConfig
 from gateway.fleet.discovery import DnsDiscovery, StaticDiscovery
+from gateway.edge import tls
 from gateway.edge.frontdoor import FrontDoor
 from gateway.fleet.upstreams import Upstreams
 from gateway.fleet.health import HealthChecker, ModelCatalog
@@ -47,16 +48,19 @@ class Gateway:
     def __init__(self, config: GatewayConfig, metrics: GatewayMetrics | None = None):
         self.config = config
         self.metrics = metrics or GatewayMetrics()
+        upstream_tls = tls.upstream_tls(config)
         self.pool = BackendPool(self.metrics, config.max_inflight_per_backend, config.queue_timeout_s,
                                 config.eject_base_s, config.eject_max_s,
-                                channel_options(config.keepalive_time_s, config.keepalive_timeout_s))
+                                channel_options(config.keepalive_time_s, config.keepalive_timeout_s)
+                                + (upstream_tls.channel_options() if upstream_tls else []),
+                                upstream_tls.channel_credentials() if upstream_tls else None)
         self.catalog = ModelCatalog()
         self.health = HealthChecker(self.pool, self.catalog, config.health_interval_s, config.health_timeout_s)
         pool = self.pool
         self.router = Router(pool, self.metrics, config.retry_attempts,
                              RetryBudget(config.retry_budget_ratio, config.retry_budget_reserve),
                              config.max_queued_requests,
-                             upstreams=Upstreams(config.keepalive_time_s, config.keepalive_timeout_s),
+                             upstreams=Upstreams(config.keepalive_time_s, config.keepalive_timeout_s, upstream_tls),
                              catalog=self.catalog,
                              sequences=unary_sequences(lambda b: pool.backends.get(b.address) is b))
         self.service = InferenceService(self.pool, self.catalog, config.allow_admin,
@@ -91,7 +95,10 @@ class Gateway:
         # The gRPC service listens privately; the front door takes the clients.
         internal = self.server.add_insecure_port("127.0.0.1:0")
         await self.server.start()
-        self.frontdoor = FrontDoor(self.config, self.router, f"127.0.0.1:{internal}")
+        server_tls = tls.server_tls(self.config, self.metrics.tls_reloads)
+        if server_tls is not None:
+            self._tasks.append(asyncio.create_task(server_tls.run(self.config.reload_interval_s)))
+        self.frontdoor = FrontDoor(self.config, self.router, f"127.0.0.1:{internal}", server_tls)
         self.port = await self.frontdoor.start(self.config.listen_host.strip("[]"), self.config.listen_port)
         log.info("gateway listening", extra={"listen": f"{self.config.listen_host}:{self.port}"})
         return self.port

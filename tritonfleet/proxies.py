@@ -102,9 +102,10 @@ def envoy_healthy_hosts(admin_url: str) -> int:
     return 0
 
 
-def wait_ready(url: str, timeout: float = 30.0, child: ChildProcess | None = None) -> None:
-    """Until the gRPC server at `url` says it is ready (ServerReady); `child` failing first raises."""
-    client = grpcclient.InferenceServerClient(url)
+def wait_ready(url: str, timeout: float = 30.0, child: ChildProcess | None = None, **client_tls) -> None:
+    """Until the gRPC server at `url` says it is ready (ServerReady); `child` failing first raises.
+    `client_tls`: tritonclient's ssl keywords (ssl, root_certificates, ...) for a TLS server."""
+    client = grpcclient.InferenceServerClient(url, **client_tls)
 
     def ready() -> bool:
         with contextlib.suppress(Exception):
@@ -129,7 +130,7 @@ class GatewayProcess(ChildProcess):
     """`tritonfleet gateway` (through tritonfleet.cli) as a child process on a free loopback port."""
 
     def __init__(self, backends: list[str], log_path: Path, *extra: str, workers: int = 1,
-                 env: dict[str, str] | None = None):
+                 env: dict[str, str] | None = None, client_tls: dict | None = None):
         self.port = free_port()
         self.metrics_port = free_port()
         self.url = f"{LOOPBACK}:{self.port}"
@@ -141,7 +142,7 @@ class GatewayProcess(ChildProcess):
         env = {**os.environ, "TRITONFLEET_GATEWAY_HEALTH_INTERVAL_S": "0.2", **(env or {})}
         super().__init__("gateway", argv, log_path, env=env, cwd=REPO_ROOT)
         try:
-            wait_ready(self.url, child=self)
+            wait_ready(self.url, child=self, **(client_tls or {}))
         except BaseException:
             self.stop()
             raise

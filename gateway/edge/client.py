@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import grpc
 
+from gateway.edge.tls import speaks_h2
 from gateway.transport.connection import Connection
 from gateway.transport.h2 import MAX_STREAM_ID, NO_ERROR, REFUSED_STREAM
 from gateway.transport.messages import (PREFIX_SIZE, BadMessage, Message, MessageReader, MessageTooLarge,
@@ -160,6 +161,8 @@ class ClientConnection(Connection):
         age = self.door.max_connection_age_s
         if age:  # +-10% so that connections made together do not all go at once
             self._age_timer = self._loop.call_later(age * random.uniform(0.9, 1.1), self._aged)
+        if not speaks_h2(transport):
+            self.close()
 
     def data_received(self, data: bytes) -> None:
         self.last_read = self._loop.time()

@@ -3,7 +3,8 @@
 Clients connect here (`ClientConnection`, one per client connection); each of their calls is given to
 the handler its :path names (`handler_for`): unary inference and per-model questions to
 `routing.unary`, streams to the stream router, everything else to the control relay (`edge.relay`).
-No gRPC library runs on the data path: calls go to the pods as HTTP/2 frames.
+No gRPC library runs on the data path: calls go to the pods as HTTP/2 frames. With TLS on
+(`edge.tls.ServerTls`), the listening socket does the handshake first, with the context of the moment.
 
 A periodic sweep keeps the client connections honest (pings, idle timeout: `ClientConnection.keepalive`).
 The drain on SIGTERM: stop accepting, GOAWAY to every client, let calls in flight finish within the
@@ -21,6 +22,8 @@ from gateway.config import GatewayConfig
 from gateway.edge.client import CallHandler, ClientConnection, ClientStream
 from gateway.edge.limits import BufferBudget
 from gateway.edge.relay import ControlRelay
+from gateway.edge.tls import HANDSHAKE_TIMEOUT_S, ServerTls
+from gateway.fleet.upstreams import Upstreams
 from gateway.routing import streams, unary
 from gateway.routing.lifecycle import Router
 from gateway.transport.h2 import H2Limits
@@ -37,9 +40,13 @@ def h2_limits(config: GatewayConfig) -> H2Limits:
 
 
 class FrontDoor:
-    def __init__(self, config: GatewayConfig, router: Router, control_address: str):
+    def __init__(self, config: GatewayConfig, router: Router, control_address: str,
+                 tls: ServerTls | None = None):
         self.router = router
         self.upstreams = router.upstreams
+        # The loopback connection to the gateway's own gRPC service stays plaintext, whatever the pods'.
+        self.control_upstreams = Upstreams(config.keepalive_time_s, config.keepalive_timeout_s)
+        self.tls = tls
         self.metrics = router.metrics
         self.control_address = control_address
         self.max_message_bytes = config.max_message_bytes
@@ -62,12 +69,14 @@ class FrontDoor:
             return unary.UnaryCall(self.router, stream, method)
         if stream.path == streams.PATH:
             return streams.StreamCall(self.router, stream)
-        return ControlRelay(self.upstreams, self.control_address, stream)
+        return ControlRelay(self.control_upstreams, self.control_address, stream)
 
     async def start(self, host: str, port: int) -> int:
         loop = asyncio.get_running_loop()
-        self.server = await loop.create_server(lambda: ClientConnection(self), host, port, reuse_port=True)
+        tls = {} if self.tls is None else {"ssl": self.tls.listening, "ssl_handshake_timeout": HANDSHAKE_TIMEOUT_S}
+        self.server = await loop.create_server(lambda: ClientConnection(self), host, port, reuse_port=True, **tls)
         self.upstreams.start()
+        self.control_upstreams.start()
         periods = [p for p in (self.client_keepalive_time_s, self.client_keepalive_timeout_s,
                                self.client_idle_timeout_s) if p]
         if periods:
@@ -104,3 +113,4 @@ class FrontDoor:
         for client in list(self.clients):
             client.close()
         self.upstreams.close()
+        self.control_upstreams.close()

@@ -96,8 +96,10 @@ class Backend:
 class BackendPool:
     def __init__(self, metrics: GatewayMetrics, max_inflight: int = 0, queue_timeout_s: float = 1.0,
                  eject_base_s: float = 0.5, eject_max_s: float = 30.0,
-                 options: list[tuple[str, int]] | None = None):
+                 options: list[tuple[str, int]] | None = None,
+                 credentials: grpc.ChannelCredentials | None = None):
         self.metrics = metrics
+        self.credentials = credentials  # TLS to the pods; None: plaintext
         self.channel_options = options if options is not None else channel_options(
             GatewayConfig.keepalive_time_s, GatewayConfig.keepalive_timeout_s)  # the configuration's defaults
         self.max_inflight = max_inflight
@@ -121,7 +123,10 @@ class BackendPool:
     def set_addresses(self, addresses: set[str], terminating: set[str] = frozenset()) -> None:
         """Make the pool match discovery: new pods are added (not admitted until healthy), gone pods removed."""
         for address in addresses - self.backends.keys():
-            channel = grpc.aio.insecure_channel(address, options=self.channel_options)
+            if self.credentials is None:
+                channel = grpc.aio.insecure_channel(address, options=self.channel_options)
+            else:
+                channel = grpc.aio.secure_channel(address, self.credentials, options=self.channel_options)
             self.backends[address] = Backend(address=address, channel=channel)
             log.info("backend added", extra={"backend": address})
         for address in set(self.backends) - addresses:

@@ -24,13 +24,18 @@ Keepalive: a pod silent for `keepalive_time_s` while streams wait on it is pinge
 unanswered for `keepalive_timeout_s` drops the connection (its streams fail, and are retried on another
 pod like those of any lost connection); a connection that does not open within `keepalive_timeout_s`
 fails its streams the same way.
+
+With `tls` (gateway.edge.tls.UpstreamTls), each connection is TLS with ALPN h2 (Triton's
+`--grpc-use-ssl`); a handshake that fails is a failed connection like any other.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ssl
 from typing import Protocol
 
+from gateway.edge.tls import UpstreamTls
 from gateway.transport.connection import Connection
 from gateway.transport.h2 import CANCEL, MAX_STREAM_ID, REFUSED_STREAM
 
@@ -225,9 +230,11 @@ class UpstreamConnection(Connection):
 class Upstreams:
     """One connection per pod address, opened on first use; retired ones finish their streams."""
 
-    def __init__(self, keepalive_time_s: float, keepalive_timeout_s: float):
+    def __init__(self, keepalive_time_s: float, keepalive_timeout_s: float, tls: UpstreamTls | None = None):
         self.keepalive_time_s = keepalive_time_s
         self.keepalive_timeout_s = keepalive_timeout_s
+        self.tls = tls
+        self._ssl: ssl.SSLContext | None = tls.context() if tls is not None else None
         self._connections: dict[str, UpstreamConnection] = {}
         # Every connection, the retired ones with streams still on them included: all are pinged.
         self._all: set[UpstreamConnection] = set()
@@ -252,13 +259,14 @@ class Upstreams:
     def connect(self, host: str, port: int) -> UpstreamConnection:
         connection = UpstreamConnection()
         loop = asyncio.get_running_loop()
+        tls = {} if self._ssl is None else {"ssl": self._ssl, "server_hostname": self.tls.hostname(host)}
 
         async def connect():
             # A pod on a node that went away answers no SYN: without a bound, the streams queued for the
             # connection would wait for the kernel to give up (minutes).
             timeout = self.keepalive_timeout_s
             try:
-                await asyncio.wait_for(loop.create_connection(lambda: connection, host, port), timeout)
+                await asyncio.wait_for(loop.create_connection(lambda: connection, host, port, **tls), timeout)
             except TimeoutError:
                 connection.on_lost(ConnectionError(f"no connection within {timeout:g} s"))
             except OSError as exc:

@@ -39,8 +39,8 @@ def add_one_inputs(values=(1.0, 2.0, 3.0)) -> list[grpcclient.InferInput]:
 class StreamClient:
     """tritonclient's streaming API, collecting (result, error) pairs."""
 
-    def __init__(self, url: str):
-        self.client = grpcclient.InferenceServerClient(url)
+    def __init__(self, url: str, **client_kwargs):
+        self.client = grpcclient.InferenceServerClient(url, **client_kwargs)
         self.answers: queue.Queue = queue.Queue()
         self.client.start_stream(callback=lambda result, error: self.answers.put((result, error)))
 

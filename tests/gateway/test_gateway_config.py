@@ -40,6 +40,13 @@ def test_config_is_frozen():
     ({"backends": ["a:1"], "client_keepalive_timeout_s": 0}, "client_keepalive_timeout_s must be positive"),
     ({"backends": ["a:1"], "max_connection_age_s": -5}, "max_connection_age_s must not be negative"),
     ({"backends": ["a:1"], "max_queued_requests": -1}, "max_queued_requests must not be negative"),
+    ({"backends": ["a:1"], "tls_cert_file": "c.pem"}, "tls_key_file must be set when tls_cert_file is"),
+    ({"backends": ["a:1"], "tls_key_file": "k.pem"}, "tls_cert_file must be set when tls_key_file is"),
+    ({"backends": ["a:1"], "tls_client_ca_file": "ca.pem"}, "tls_client_ca_file needs tls_cert_file"),
+    ({"backends": ["a:1"], "reload_interval_s": 0}, "reload_interval_s must be positive"),
+    ({"backends": ["a:1"], "upstream_ca_file": "ca.pem"}, "upstream_ca_file needs upstream_tls"),
+    ({"backends": ["a:1"], "upstream_tls": True, "upstream_cert_file": "c.pem"},
+     "upstream_key_file must be set when upstream_cert_file is"),
 ])
 def test_bad_values_name_the_key(values, message):
     with pytest.raises(ValueError, match=message):
@@ -62,3 +69,13 @@ def test_the_example_file_holds_every_key_and_loads():
     assert set(yaml.safe_load(example.read_text())) == set(config._FIELDS)  # noqa: SLF001
     loaded = config.load(example, environ={})
     assert (loaded.discovery, loaded.kubernetes_service, loaded.workers) == ("kubernetes", "triton", 2)
+
+
+def test_tls_files_that_do_not_load_stop_the_start_naming_the_keys(tmp_path):
+    from gateway.edge.tls import check_files
+
+    (tmp_path / "cert.pem").write_text("not a certificate")
+    loaded = config.from_mapping({"backends": ["a:1"], "tls_cert_file": str(tmp_path / "cert.pem"),
+                                  "tls_key_file": str(tmp_path / "missing.pem")})
+    with pytest.raises(ValueError, match="tls_cert_file, tls_key_file, tls_client_ca_file: the files did not load"):
+        check_files(loaded)
