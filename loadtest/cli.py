@@ -9,7 +9,7 @@ from pathlib import Path
 from rich.console import Console
 
 from loadtest import report, runs
-from loadtest.channels import parse_header
+from loadtest.channels import ClientTls, parse_header
 from loadtest.engine import LoadRunError
 from loadtest.payloads import TensorSpec
 from loadtest.results import RunResult, merge_results
@@ -118,6 +118,7 @@ def _common_args(parser: argparse.ArgumentParser, workload: str) -> None:
                         help="gRPC connections per worker; its requests (or cameras) take them in turn")
     parser.add_argument("-H", "--header", dest="metadata", action="append", type=_header, default=[],
                         metavar="KEY:VALUE", help="gRPC metadata sent with every call (repeat for several)")
+    _tls_args(parser)
     parser.add_argument("--warmup", type=float, default=1.0, help="seconds of load left out of the figures")
     parser.add_argument("--timeout", type=float, default=30.0, help="per-request deadline, seconds")
     parser.add_argument("--window", type=int, default=1, help="stability window, seconds")
@@ -133,6 +134,23 @@ def _common_args(parser: argparse.ArgumentParser, workload: str) -> None:
     parser.add_argument("--html", type=Path, help="also write the HTML report here")
     parser.add_argument("--quiet", action="store_true", help="no progress display")
     _threshold_args(parser, workload)
+
+
+def _tls_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("TLS", "any --tls-* flag implies --tls")
+    group.add_argument("--tls", action="store_true", help="connect with TLS (trusting the system's roots)")
+    group.add_argument("--tls-ca-file", metavar="PEM", help="trust this CA instead of the system's roots")
+    group.add_argument("--tls-cert-file", metavar="PEM", help="mutual TLS: the client certificate chain")
+    group.add_argument("--tls-key-file", metavar="PEM", help="mutual TLS: its private key")
+    group.add_argument("--tls-server-name", metavar="NAME", help="name to check in the server's certificate "
+                                                                 "(default: the host of --url)")
+
+
+def client_tls(args) -> ClientTls | None:
+    files = (args.tls_ca_file, args.tls_cert_file, args.tls_key_file, args.tls_server_name)
+    if not (args.tls or any(files)):
+        return None
+    return ClientTls(*(value or "" for value in files))
 
 
 def _image_args(parser: argparse.ArgumentParser) -> None:
@@ -176,7 +194,7 @@ def _common(args) -> dict:
             "timeout_s": args.timeout, "window_s": args.window, "slo_ms": args.slo_ms,
             "metrics_urls": args.metrics_url, "metrics_port": args.metrics_port,
             "metrics_address": args.metrics_address, "quiet": args.quiet, "connections": args.connections,
-            "metadata": tuple(args.metadata)}
+            "metadata": tuple(args.metadata), "tls": client_tls(args)}
 
 
 def image_options(args) -> runs.ImageOptions:

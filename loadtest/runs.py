@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from loadtest import payloads, server_share, video_source
-from loadtest.channels import validate_metadata
+from loadtest.channels import ClientTls, validate_metadata
 from loadtest.engine import default_workers, run_workers
 from loadtest.live import LiveMetrics, serve_metrics
 from loadtest.results import RunResult
@@ -32,11 +32,14 @@ class CommonOptions:
     quiet: bool = False
     connections: int = 1  # gRPC connections each worker spreads its requests over
     metadata: tuple[tuple[str, str], ...] = ()  # (key, value) sent with every call
+    tls: ClientTls | None = None  # TLS toward the target; None: plaintext
 
     def __post_init__(self):
         if self.connections < 1:
             raise ValueError(f"--connections must be at least 1, got {self.connections}")
         validate_metadata(self.metadata)
+        if self.tls is not None:
+            self.tls.credentials()  # a file that cannot be read stops the run before any worker starts
 
 
 @dataclass
@@ -98,7 +101,8 @@ def run_image(options: ImageOptions, bodies: list[bytes] | None = None) -> RunRe
         shape = Shape((Stage(options.warmup_s, first), *shape.stages))
     spec = WorkerSpec("image", options.url, bodies or image_bodies(options), shape, loop=options.loop,
                       poisson=options.poisson, seed=options.seed, warmup_s=options.warmup_s,
-                      timeout_s=options.timeout_s, connections=options.connections, metadata=options.metadata)
+                      timeout_s=options.timeout_s, connections=options.connections, metadata=options.metadata,
+                      tls=options.tls)
     config = ImageConfig(**_common_config(options), loop=options.loop, poisson=options.poisson,
                          shape=options.shape, source=options.source, resolution=options.resolution)
     return _run(spec, options, config)
@@ -112,7 +116,8 @@ def run_video(options: VideoOptions, bodies: list[bytes] | None = None) -> RunRe
     shape = Shape.constant(options.streams, options.warmup_s + options.duration_s)
     spec = WorkerSpec("video", options.url, bodies or video_bodies(options), shape, warmup_s=options.warmup_s,
                       timeout_s=options.timeout_s, streams=options.streams, fps=options.fps,
-                      video_mode=options.mode, catch_up=_catch_up(options), connections=options.connections, metadata=options.metadata)
+                      video_mode=options.mode, catch_up=_catch_up(options), connections=options.connections, metadata=options.metadata,
+                      tls=options.tls)
     config = VideoConfig(**_common_config(options), streams=options.streams, fps=options.fps, mode=options.mode,
                          duration_s=options.duration_s, miss_tolerance=options.miss_tolerance,
                          source=" ".join(filter(None, (options.codec, options.video_file or f"synthetic {options.resolution}"))))

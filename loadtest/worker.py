@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import uvloop
 
-from loadtest.channels import Channels
+from loadtest.channels import Channels, ClientTls
 from loadtest.generators import Camera, CameraPlan, Unary, closed_loop, open_loop
 from loadtest.live import LiveDelta
 from loadtest.records import Recorder, RequestResult
@@ -45,6 +45,7 @@ class WorkerSpec:
     catch_up: object | None = None  # encoded video: loadtest.video_source.UnitRequests
     connections: int = 1  # gRPC channels (each its own TCP connection) this worker spreads calls over
     metadata: tuple[tuple[str, str], ...] = ()  # sent with every call
+    tls: ClientTls | None = None  # TLS toward the target; None: plaintext
     correlation_base: int = field(default_factory=lambda: random.randrange(1, 2**31) << 16)
 
     def my_streams(self) -> list[int]:
@@ -67,7 +68,7 @@ def worker_main(start_queue, report_queue) -> None:
 
 
 async def _run(spec: WorkerSpec, start_queue, report_queue) -> None:
-    channels = Channels(spec.url, spec.connections, spec.metadata)
+    channels = Channels(spec.url, spec.connections, spec.metadata, spec.tls)
     try:
         await asyncio.wait_for(channels.ready(), timeout=CONNECT_TIMEOUT_S)
     except asyncio.TimeoutError:
