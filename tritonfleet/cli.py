@@ -93,6 +93,8 @@ def _register_stack_commands(subparsers) -> None:
         sub.set_defaults(func=func)
         if name == "demo":
             sub.add_argument("--reports", type=Path, default=REPO_ROOT / "reports", help="where the HTML reports go")
+            sub.add_argument("--tls", action="store_true",
+                             help="the gateway serves TLS with a throwaway CA's certificate; the demo's clients trust it")
 
 
 def wait_for_signal() -> threading.Event:
@@ -137,7 +139,7 @@ def cmd_up(args) -> int:
 def cmd_demo(args) -> int:
     from tritonfleet.demo import run_demo
 
-    return run_demo(load_stack_config(args.stack), args.workdir, args.reports)
+    return run_demo(load_stack_config(args.stack), args.workdir, args.reports, tls=args.tls)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,9 @@ gRPC to real Triton servers. The load is bounded: a few seconds of JPEG images t
 classification pipeline, then a few camera streams through the stateful video pipeline, each
 reported by the load-test harness (terminal tables, and HTML pages under `reports/`), with how the
 requests were spread over the servers read from the gateway's or the servers' own metrics.
+
+With `--tls`, a throwaway CA (trustme) issues the gateway a certificate in the work directory, the
+gateway serves TLS with it, and every client of the demo trusts that CA alone.
 """
 
 from __future__ import annotations
@@ -17,12 +20,15 @@ import tritonclient.grpc as grpcclient
 from rich.console import Console
 
 from loadtest import report
+from loadtest.channels import ClientTls
 from loadtest.payloads import TensorSpec, encode_jpeg, load_images
 from loadtest.results import RunResult, summarize
 from loadtest.runs import ImageOptions, VideoOptions, run_image, run_video
 from loadtest.shape import Shape
 from tritonfleet.stack import Stack
+from tritonfleet.certificates import LocalCA
 from tritonfleet.stack_config import StackConfig
+from tritonfleet.triton_server import LOOPBACK
 
 
 @dataclass(frozen=True)
@@ -43,22 +49,37 @@ class FrontDoor:
     url: str
     metrics_urls: list[str]
     label: str
+    tls: ClientTls | None = None  # the gateway speaks TLS: the CA the clients trust
+
+    def client(self) -> grpcclient.InferenceServerClient:
+        if self.tls is None:
+            return grpcclient.InferenceServerClient(self.url)
+        return grpcclient.InferenceServerClient(self.url, ssl=True, root_certificates=self.tls.ca_file)
 
 
-def front_door(stack: Stack) -> FrontDoor:
+def gateway_tls(workdir: Path) -> tuple[dict[str, str], ClientTls]:
+    """A throwaway CA and a gateway certificate for loopback: the gateway's environment, the clients' TLS."""
+    files = LocalCA(Path(workdir) / "tls", "demo").issue("gateway", "localhost", LOOPBACK)
+    environment = {"TRITONFLEET_GATEWAY_TLS_CERT_FILE": str(files.cert_file),
+                   "TRITONFLEET_GATEWAY_TLS_KEY_FILE": str(files.key_file)}
+    return environment, ClientTls(ca_file=str(files.ca_file))
+
+
+def front_door(stack: Stack, tls: ClientTls | None = None) -> FrontDoor:
     values = stack.placeholders()
     if "gateway.grpc" in values:
-        return FrontDoor(values["gateway.grpc"], [f"http://{values['gateway.metrics']}/metrics"], "the gateway")
+        return FrontDoor(values["gateway.grpc"], [f"http://{values['gateway.metrics']}/metrics"],
+                         "the gateway" + (" over TLS" if tls else ""), tls)
     servers = stack.triton_servers()
     return FrontDoor(servers[0].grpc_url, [s.metrics_url for s in servers], f"Triton server {servers[0].name}")
 
 
-def classify_photo(url: str, console: Console) -> list[str]:
+def classify_photo(door: FrontDoor, console: Console) -> list[str]:
     """One real request: scikit-image's astronaut photograph through image_pipeline, top-5 printed."""
     photo = load_images("skimage", 1)[0]
     tensor = grpcclient.InferInput("IMAGE", [1, 1], "BYTES")
     tensor.set_data_from_numpy(np.array([[encode_jpeg(photo)]], dtype=np.object_))
-    reply = grpcclient.InferenceServerClient(url).infer("image_pipeline", [tensor], client_timeout=120)
+    reply = door.client().infer("image_pipeline", [tensor], client_timeout=120)
     labels = [label.decode() for label in reply.as_numpy("LABELS")[0]]
     scores = reply.as_numpy("SCORES")[0]
     console.print(f"[bold]image_pipeline[/] on a {photo.shape[1]}x{photo.shape[0]} photograph, top-5:")
@@ -76,6 +97,7 @@ def image_run(door: FrontDoor, load: DemoLoad) -> RunResult:
         metrics_urls=door.metrics_urls,
         warmup_s=1.0,
         timeout_s=60.0,
+        tls=door.tls,
     )
     return run_image(options)
 
@@ -91,25 +113,27 @@ def video_run(door: FrontDoor, load: DemoLoad) -> RunResult:
         metrics_urls=door.metrics_urls,
         warmup_s=1.0,
         timeout_s=60.0,
+        tls=door.tls,
     )
     return run_video(options)
 
 
 def run_demo(config: StackConfig, workdir: Path, report_dir: Path, load: DemoLoad = DemoLoad(),
-             console: Console | None = None) -> int:
+             console: Console | None = None, tls: bool = False) -> int:
     console = console or Console(width=max(Console().width, 110))
     console.print(f"[bold]Starting the local stack[/] ({', '.join(s.name for s in config.services)}) ...")
     report_dir.mkdir(parents=True, exist_ok=True)
-    with Stack(config, workdir) as stack:
+    environment, client_tls = gateway_tls(workdir) if tls else ({}, None)
+    with Stack(config, workdir, environment) as stack:
         for name, reason in stack.skipped.items():
             console.print(f"[yellow]skipped {name}[/]: {reason}")
         servers = stack.triton_servers()
         console.print(f"{len(servers)} Triton servers ready: " + ", ".join(s.grpc_url for s in servers))
-        door = front_door(stack)
+        door = front_door(stack, client_tls)
         console.print(f"Requests go to {door.label} at {door.url}")
         if "dashboard.http" in stack.placeholders():
             console.print(f"Live dashboard while it runs: http://{stack.placeholders()['dashboard.http']}/")
-        classify_photo(door.url, console)
+        classify_photo(door, console)
         results = {}
         for name, run in (("image", image_run), ("video", video_run)):
             console.rule(f"{name} load through {door.label}")

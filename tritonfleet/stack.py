@@ -10,6 +10,7 @@ growing pause, up to `MAX_RESTARTS` times.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import shutil
 import subprocess
@@ -48,6 +49,7 @@ class Process:
     log_path: Path
     ready_url: str | None = None
     ready_port: int | None = None
+    env: dict[str, str] | None = None  # None: this process's environment
     child: ChildProcess | None = None
     _started_at: float = 0.0
 
@@ -56,7 +58,7 @@ class Process:
         return self.child.process if self.child else None
 
     def start(self, timeout: float = 60.0) -> None:
-        self.child = ChildProcess(self.name, self.argv, self.log_path)
+        self.child = ChildProcess(self.name, self.argv, self.log_path, env=self.env)
         self._started_at = time.monotonic()
         try:
             self.child.wait_until(self._ready, timeout)
@@ -114,9 +116,11 @@ class RunningService:
 class Stack:
     """Runs a StackConfig. Use as a context manager, or call start() and stop()."""
 
-    def __init__(self, config: StackConfig, workdir: Path):
+    def __init__(self, config: StackConfig, workdir: Path, environment: dict[str, str] | None = None):
         self.config = config
         self.workdir = Path(workdir)
+        # Added to the environment of every command service (the demo's TLS files for the gateway).
+        self.environment = environment or {}
         self.services: list[RunningService] = []
         self.skipped: dict[str, str] = {}
 
@@ -229,6 +233,7 @@ class Stack:
             log_path=self.workdir / f"{spec.name}.log",
             ready_url=self._fill(spec.ready_url, values) if spec.ready_url else None,
             ready_port=next(iter(ports.values()), None),
+            env={**os.environ, **self.environment} if self.environment else None,
         )
         process.start()
         published = {name: f"{LOOPBACK}:{port}" for name, port in ports.items()}
