@@ -182,7 +182,9 @@ def check_files(config) -> None:
     a ValueError naming its keys, before any worker runs."""
     server = ServerFiles(config.tls_cert_file, config.tls_key_file, config.tls_client_ca_file)
     upstream = upstream_tls(config)
-    checks = [("tls_cert_file, tls_key_file, tls_client_ca_file", lambda: server_context(server))] if config.tls_cert_file else []
+    checks = []
+    if config.tls_cert_file:
+        checks.append(("tls_cert_file, tls_key_file, tls_client_ca_file", lambda: server_context(server)))
     if upstream is not None:
         checks.append(("upstream_ca_file, upstream_cert_file, upstream_key_file",
                        lambda: (upstream.context(), upstream.channel_credentials())))

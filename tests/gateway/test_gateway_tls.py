@@ -19,6 +19,9 @@ from tritonfleet.triton_server import LOOPBACK, start_fleet, stop_all
 
 pytestmark = pytest.mark.slow
 
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+EMPTY_SETTINGS = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+SETTINGS_FRAME = 0x04
 RELOAD_ENV = {"TRITONFLEET_GATEWAY_RELOAD_INTERVAL_S": "0.1"}
 
 
@@ -114,7 +117,7 @@ def test_plaintext_to_the_tls_port_fails_while_a_tls_client_keeps_working(tls_ga
         assert client.infer("add_one", add_one_inputs()).as_numpy("OUTPUT0").tolist() == [2.0, 3.0, 4.0]
         assert refused(tls_gateway.url)  # a plaintext gRPC client
         with socket.create_connection((LOOPBACK, tls_gateway.port), timeout=5) as raw:
-            raw.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")  # an HTTP/2 preface, not a ClientHello
+            raw.sendall(PREFACE)  # plaintext HTTP/2, not a ClientHello
             assert closed_by_peer(raw)
         assert client.infer("add_one", add_one_inputs()).as_numpy("OUTPUT0").tolist() == [2.0, 3.0, 4.0]
     finally:
@@ -124,12 +127,17 @@ def test_plaintext_to_the_tls_port_fails_while_a_tls_client_keeps_working(tls_ga
 def test_alpn_is_h2_and_a_client_without_h2_is_not_served(tls_gateway, pki):
     def connect(protocols):
         context = ssl.create_default_context(cafile=str(pki["ca"]))
-        context.set_alpn_protocols(protocols)
+        if protocols:
+            context.set_alpn_protocols(protocols)
         raw = socket.create_connection((LOOPBACK, tls_gateway.port), timeout=5)
         return context.wrap_socket(raw, server_hostname=LOOPBACK)
 
     with connect(["h2", "http/1.1"]) as tls:
         assert tls.selected_alpn_protocol() == "h2"
+    with connect([]) as tls:  # no ALPN at all: served, as HTTP/2
+        assert tls.selected_alpn_protocol() is None
+        tls.sendall(PREFACE + EMPTY_SETTINGS)
+        assert tls.recv(9)[3] == SETTINGS_FRAME  # the gateway's own SETTINGS come back
     with connect(["http/1.1"]) as tls:
         assert tls.selected_alpn_protocol() is None
         tls.sendall(b"GET / HTTP/1.1\r\nHost: gateway\r\n\r\n")
