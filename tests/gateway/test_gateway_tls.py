@@ -25,9 +25,8 @@ SETTINGS_FRAME = 0x04
 RELOAD_ENV = {"TRITONFLEET_GATEWAY_RELOAD_INTERVAL_S": "0.1"}
 
 
-def server_flags(files: IssuedFiles, client_ca: bool = False) -> list[str]:
-    flags = ["--tls-cert-file", str(files.cert_file), "--tls-key-file", str(files.key_file)]
-    return flags + (["--tls-client-ca-file", str(files.ca_file)] if client_ca else [])
+def server_flags(files: IssuedFiles) -> list[str]:
+    return ["--tls-cert-file", str(files.cert_file), "--tls-key-file", str(files.key_file)]
 
 
 def client_tls(ca_file, client: IssuedFiles | None = None) -> dict:
@@ -146,11 +145,18 @@ def test_alpn_is_h2_and_a_client_without_h2_is_not_served(tls_gateway, pki):
 
 def test_mutual_tls_serves_only_clients_with_a_certificate_of_its_ca(fleet3, pki, tmp_path):
     mine = client_tls(pki["ca"], pki["client"])
-    with GatewayProcess([s.grpc_url for s in fleet3], tmp_path / "gateway.log",
-                        *server_flags(pki["server"], client_ca=True), client_tls=mine) as gateway:
+    client_ca = tmp_path / "client-ca.pem"
+    client_ca.write_bytes(pki["ca"].read_bytes())
+    flags = [*server_flags(pki["server"]), "--tls-client-ca-file", str(client_ca)]
+    with GatewayProcess([s.grpc_url for s in fleet3], tmp_path / "gateway.log", *flags, env=RELOAD_ENV,
+                        client_tls=mine) as gateway:
         assert add_one(gateway.url, **mine) == [2.0, 3.0]
         assert refused(gateway.url, **client_tls(pki["ca"]))  # no client certificate
-        assert refused(gateway.url, **client_tls(pki["ca"], pki["stranger"]))  # signed by another CA
+        stranger = client_tls(pki["ca"], pki["stranger"])
+        assert refused(gateway.url, **stranger)  # signed by another CA
+        # The client CA file now trusts the other CA too: its clients are served from then on.
+        replace(client_ca, pki["ca"].read_bytes() + pki["stranger"].ca_file.read_bytes())
+        wait_until(lambda: not refused(gateway.url, **stranger), "the other CA's client to be served", 20)
         assert add_one(gateway.url, **mine) == [2.0, 3.0]
 
 
