@@ -41,6 +41,10 @@ def run(args: argparse.Namespace) -> int:
         "metrics_port", "workers", "allow_admin", "drain_grace_s", "log_level")}
     try:
         config = config_module.load(args.config, overrides)
+        if config.api_keys_file:  # a keys file that does not load stops the start, as a bad config does
+            from gateway.edge.access import load_keys
+
+            load_keys(config.api_keys_file)
     except (ValueError, OSError) as exc:
         print(f"tritonfleet gateway: {exc}", file=sys.stderr)
         return 2

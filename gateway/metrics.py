@@ -87,6 +87,14 @@ class GatewayMetrics:
         self.bytes = Counter(
             "tritonfleet_gateway_bytes", "Payload bytes through the gateway", ["direction"], registry=r
         )
+        self.access = Counter(
+            "tritonfleet_gateway_access", "Calls and stream messages checked against the API keys, by key and outcome",
+            ["key", "outcome"], registry=r,
+        )
+        self.api_keys_reloads = Counter(
+            "tritonfleet_gateway_api_keys_reloads", "Changes of the API-keys file, loaded or failed (old keys kept)",
+            ["outcome"], registry=r,
+        )
         self.bytes_in = self.bytes.labels("in")
         self.bytes_out = self.bytes.labels("out")
         self._children: dict[tuple, object] = {}

@@ -40,6 +40,11 @@ def test_config_is_frozen():
     ({"backends": ["a:1"], "client_keepalive_timeout_s": 0}, "client_keepalive_timeout_s must be positive"),
     ({"backends": ["a:1"], "max_connection_age_s": -5}, "max_connection_age_s must not be negative"),
     ({"backends": ["a:1"], "max_queued_requests": -1}, "max_queued_requests must not be negative"),
+    ({"backends": ["a:1"], "reload_interval_s": 0}, "reload_interval_s must be positive"),
+    ({"backends": ["a:1"], "triton_admin_header": "s3cret"}, "triton_admin_header must be key=value"),
+    ({"backends": ["a:1"], "triton_admin_header": "Admin=s3cret"}, "triton_admin_header must be key=value"),
+    ({"backends": ["a:1"], "triton_admin_header": "grpc-admin=s3cret"}, "triton_admin_header must be key=value"),
+    ({"backends": ["a:1"], "triton_admin_header": "admin="}, "triton_admin_header must be key=value"),
 ])
 def test_bad_values_name_the_key(values, message):
     with pytest.raises(ValueError, match=message):
@@ -62,3 +67,12 @@ def test_the_example_file_holds_every_key_and_loads():
     assert set(yaml.safe_load(example.read_text())) == set(config._FIELDS)  # noqa: SLF001
     loaded = config.load(example, environ={})
     assert (loaded.discovery, loaded.kubernetes_service, loaded.workers) == ("kubernetes", "triton", 2)
+
+
+def test_the_triton_admin_header_is_the_one_triton_asks_for_and_never_echoed():
+    loaded = config.from_mapping({"backends": ["a:1"], "triton_admin_header": "tritonfleet-admin=s3cret"})
+    assert loaded.triton_admin_metadata == (("triton-grpc-protocol-tritonfleet-admin", "s3cret"),)
+    assert config.from_mapping({"backends": ["a:1"]}).triton_admin_metadata == ()
+    with pytest.raises(ValueError) as refused:
+        config.from_mapping({"backends": ["a:1"], "triton_admin_header": "Tritonfleet-Admin=s3cret"})
+    assert "s3cret" not in str(refused.value)
