@@ -3,6 +3,9 @@
 Clients connect here (`ClientConnection`, one per client connection); each of their calls is given to
 the handler its :path names (`handler_for`): unary inference and per-model questions to
 `routing.unary`, streams to the stream router, everything else to the control relay (`edge.relay`).
+With API keys (`api_keys_file`), a call's key is checked first, at its headers (`edge.access`): a call
+refused there is answered trailers-only before any of its body is read; its model is checked by the
+handler that learns it.
 No gRPC library runs on the data path: calls go to the pods as HTTP/2 frames.
 
 A periodic sweep keeps the client connections honest (pings, idle timeout: `ClientConnection.keepalive`).
