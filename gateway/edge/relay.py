@@ -50,7 +50,8 @@ class ControlRelay:
         """Whether the key allows the model the request names; if not, the call is answered here."""
         stream = self.stream
         try:
-            data = (decompress(message, stream.header("grpc-encoding", "identity"), stream.client.door.max_message_bytes)
+            encoding = stream.header("grpc-encoding", "identity")
+            data = (decompress(message, encoding, stream.client.door.max_message_bytes)
                     if message.compressed else message.joined())
             refusal = stream.grant.admit(wire.parse_model_name(data), inference=False)
         except (wire.MalformedMessage, BadMessage, MessageTooLarge) as exc:

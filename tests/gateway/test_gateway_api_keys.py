@@ -21,7 +21,6 @@ import tritonclient.grpc as grpcclient
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.grpc import service_pb2
-from tritonclient.utils import InferenceServerException
 
 from tests.gateway.helpers import GatewayProcess
 from tests.gateway.polling import metric, wait_for
@@ -301,7 +300,8 @@ def test_two_keys_with_one_name_or_one_token_are_refused():
     from gateway.edge.access import KeysFileError, parse_keys
 
     with pytest.raises(KeysFileError, match=r"keys\[1\] \(a\): the name is used"):
-        parse_keys({"keys": [{"name": "a", "token": "t", "models": ["*"]}, {"name": "a", "token": "u", "models": ["*"]}]})
+        parse_keys({"keys": [{"name": "a", "token": "t", "models": ["*"]},
+                             {"name": "a", "token": "u", "models": ["*"]}]})
     with pytest.raises(KeysFileError, match=r"keys\[1\] \(b\): same token as key 'a'"):
         parse_keys({"keys": [{"name": "a", "token": "t", "models": ["*"]},
                              {"name": "b", "token_sha256": hashlib.sha256(b"t").hexdigest(), "models": ["*"]}]})
