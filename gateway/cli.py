@@ -62,6 +62,10 @@ def run(args: argparse.Namespace) -> int:
         from gateway.edge.tls import check_files
 
         check_files(config)
+        if config.api_keys_file:  # a keys file that does not load stops the start, as a bad config does
+            from gateway.edge.access import load_keys
+
+            load_keys(config.api_keys_file)
     except (ValueError, OSError) as exc:
         print(f"tritonfleet gateway: {exc}", file=sys.stderr)
         return 2

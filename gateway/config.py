@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -17,6 +18,9 @@ import yaml
 
 ENV_PREFIX = "TRITONFLEET_GATEWAY_"
 DISCOVERY_KINDS = ("static", "dns", "kubernetes")
+# Triton names the header of a restricted protocol's key this way (its --grpc-restricted-protocol).
+TRITON_RESTRICTED_HEADER_PREFIX = "triton-grpc-protocol-"
+_METADATA_KEY = re.compile(r"[a-z0-9_.-]+")
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,15 @@ class GatewayConfig:
     drain_grace_s: float = 10.0
     # Model load/unload, shared memory, trace and log settings are refused unless this is on.
     allow_admin: bool = False
+    # API keys (gateway/edge/access.py): set, every call but grpc.health.v1.Health needs
+    # `authorization: Bearer <token>` of a key in this YAML file, which limits its models, its rate and
+    # its admin right. The file is looked at every reload_interval_s; one that fails to load keeps the
+    # keys in force.
+    api_keys_file: str = ""
+    # "key=value" of Triton's --grpc-restricted-protocol=<protocols>:<key>=<value>: the gateway sends
+    # `triton-grpc-protocol-<key>: <value>` (the header Triton asks for) with the admin calls and
+    # repository index it sends to the pods. Empty: none.
+    triton_admin_header: str = ""
     # Limits at the edge. A message larger than max_message_bytes is refused (RESOURCE_EXHAUSTED) from
     # its prefix, before its bytes are held; a worker holds at most max_buffered_bytes of request bytes,
     # plus what clients had been granted already (one 16 MiB window per connection at most): beyond it,
@@ -79,7 +92,8 @@ class GatewayConfig:
     max_connection_age_s: float = 0.0
     max_connection_age_grace_s: float = 30.0
     # TLS toward clients: both files set turn it on (ALPN h2, TLS 1.2+); a client CA makes it mutual.
-    # The files are looked at every reload_interval_s and, when they changed, apply to new connections.
+    # These files and the API-keys file are looked at every reload_interval_s and, when they changed,
+    # apply to new connections (TLS) and calls (keys).
     tls_cert_file: str = ""
     tls_key_file: str = ""
     tls_client_ca_file: str = ""
@@ -95,6 +109,14 @@ class GatewayConfig:
 
     def __post_init__(self) -> None:
         _validate(self)
+
+    @property
+    def triton_admin_metadata(self) -> tuple[tuple[str, str], ...]:
+        """`triton_admin_header` as the gRPC metadata Triton checks: one (key, value) pair, or none."""
+        if not self.triton_admin_header:
+            return ()
+        key, _, value = self.triton_admin_header.partition("=")
+        return ((TRITON_RESTRICTED_HEADER_PREFIX + key.strip(), value.strip()),)
 
     @property
     def listen_host(self) -> str:
@@ -146,6 +168,15 @@ def _validate(config: GatewayConfig) -> None:
          f"must be at least max_message_bytes ({config.max_message_bytes}), or a largest message never fits")
     need(config.max_concurrent_streams < 1 << 31, "max_concurrent_streams", "must be below 2^31")
     _validate_tls(config, need)
+    if config.triton_admin_header:
+        # Never echoed: the value is a secret shared with the pods.
+        key, equals, value = config.triton_admin_header.partition("=")
+        key, value = key.strip(), value.strip()
+        if not (equals and _METADATA_KEY.fullmatch(key) and not key.startswith("grpc-") and value
+                and value.isascii() and value.isprintable()):
+            raise ValueError("gateway config: triton_admin_header must be key=value, the key a lowercase "
+                             "gRPC metadata name (letters, digits, - _ .; not grpc-*) and the value printable "
+                             "ASCII, as in Triton's --grpc-restricted-protocol=<protocols>:<key>=<value>")
     need(config.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"), "log_level", "is not a level")
 
 

@@ -91,6 +91,14 @@ class GatewayMetrics:
             "tritonfleet_gateway_tls_reloads", "Changes of the TLS certificate, key or client CA files, by outcome",
             ["outcome"], registry=r,
         )
+        self.access = Counter(
+            "tritonfleet_gateway_access", "Calls and stream messages checked against the API keys, by key and outcome",
+            ["key", "outcome"], registry=r,
+        )
+        self.api_keys_reloads = Counter(
+            "tritonfleet_gateway_api_keys_reloads", "Changes of the API-keys file, loaded or failed (old keys kept)",
+            ["outcome"], registry=r,
+        )
         self.bytes_in = self.bytes.labels("in")
         self.bytes_out = self.bytes.labels("out")
         self._children: dict[tuple, object] = {}

@@ -55,7 +55,8 @@ class Gateway:
                                 + (upstream_tls.channel_options() if upstream_tls else []),
                                 upstream_tls.channel_credentials() if upstream_tls else None)
         self.catalog = ModelCatalog()
-        self.health = HealthChecker(self.pool, self.catalog, config.health_interval_s, config.health_timeout_s)
+        self.health = HealthChecker(self.pool, self.catalog, config.health_interval_s, config.health_timeout_s,
+                                    config.triton_admin_metadata)
         pool = self.pool
         self.router = Router(pool, self.metrics, config.retry_attempts,
                              RetryBudget(config.retry_budget_ratio, config.retry_budget_reserve),
@@ -64,7 +65,8 @@ class Gateway:
                              catalog=self.catalog,
                              sequences=unary_sequences(lambda b: pool.backends.get(b.address) is b))
         self.service = InferenceService(self.pool, self.catalog, config.allow_admin,
-                                        on_model_change=self.health.check_all)
+                                        on_model_change=self.health.check_all,
+                                        admin_metadata=config.triton_admin_metadata)
         self.server: grpc.aio.Server | None = None
         self.frontdoor: FrontDoor | None = None
         self.port = 0

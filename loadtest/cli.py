@@ -119,6 +119,8 @@ def _common_args(parser: argparse.ArgumentParser, workload: str) -> None:
     parser.add_argument("-H", "--header", dest="metadata", action="append", type=_header, default=[],
                         metavar="KEY:VALUE", help="gRPC metadata sent with every call (repeat for several)")
     _tls_args(parser)
+    parser.add_argument("--api-key-file", type=Path, metavar="FILE",
+                        help="send the API key in FILE (e.g. a Secret mount) as `authorization: Bearer <key>`")
     parser.add_argument("--warmup", type=float, default=1.0, help="seconds of load left out of the figures")
     parser.add_argument("--timeout", type=float, default=30.0, help="per-request deadline, seconds")
     parser.add_argument("--window", type=int, default=1, help="stability window, seconds")
@@ -194,7 +196,24 @@ def _common(args) -> dict:
             "timeout_s": args.timeout, "window_s": args.window, "slo_ms": args.slo_ms,
             "metrics_urls": args.metrics_url, "metrics_port": args.metrics_port,
             "metrics_address": args.metrics_address, "quiet": args.quiet, "connections": args.connections,
-            "metadata": tuple(args.metadata), "tls": client_tls(args)}
+            "metadata": _metadata(args), "tls": client_tls(args)}
+
+
+
+def _metadata(args) -> tuple[tuple[str, str], ...]:
+    """-H pairs, and the bearer metadata of --api-key-file; the key itself is never printed."""
+    path = args.api_key_file
+    if path is None:
+        return tuple(args.metadata)
+    if any(key == "authorization" for key, _ in args.metadata):
+        raise ValueError("--api-key-file and -H authorization both set the key; give one")
+    try:
+        token = path.read_text().strip()
+    except OSError as exc:
+        raise ValueError(f"--api-key-file {path}: {exc.strerror}") from None
+    if not token or not token.isascii() or not token.isprintable() or " " in token:
+        raise ValueError(f"--api-key-file {path}: must hold one API key of visible ASCII characters")
+    return (*args.metadata, ("authorization", f"Bearer {token}"))
 
 
 def image_options(args) -> runs.ImageOptions:

@@ -102,14 +102,16 @@ def envoy_healthy_hosts(admin_url: str) -> int:
     return 0
 
 
-def wait_ready(url: str, timeout: float = 30.0, child: ChildProcess | None = None, **client_tls) -> None:
-    """Until the gRPC server at `url` says it is ready (ServerReady); `child` failing first raises.
-    `client_tls`: tritonclient's ssl keywords (ssl, root_certificates, ...) for a TLS server."""
+def wait_ready(url: str, timeout: float = 30.0, child: ChildProcess | None = None,
+               headers: dict[str, str] | None = None, **client_tls) -> None:
+    """Until the gRPC server at `url` says it is ready (ServerReady, sent with `headers`, e.g. an API
+    key); `child` failing first raises. `client_tls`: tritonclient's ssl keywords (ssl,
+    root_certificates, ...) for a TLS server."""
     client = grpcclient.InferenceServerClient(url, **client_tls)
 
     def ready() -> bool:
         with contextlib.suppress(Exception):
-            return client.is_server_ready()
+            return client.is_server_ready(headers=headers)
         return False
 
     try:
@@ -130,7 +132,8 @@ class GatewayProcess(ChildProcess):
     """`tritonfleet gateway` (through tritonfleet.cli) as a child process on a free loopback port."""
 
     def __init__(self, backends: list[str], log_path: Path, *extra: str, workers: int = 1,
-                 env: dict[str, str] | None = None, client_tls: dict | None = None):
+                 env: dict[str, str] | None = None, client_tls: dict | None = None,
+                 ready_headers: dict[str, str] | None = None):
         self.port = free_port()
         self.metrics_port = free_port()
         self.url = f"{LOOPBACK}:{self.port}"
@@ -142,7 +145,7 @@ class GatewayProcess(ChildProcess):
         env = {**os.environ, "TRITONFLEET_GATEWAY_HEALTH_INTERVAL_S": "0.2", **(env or {})}
         super().__init__("gateway", argv, log_path, env=env, cwd=REPO_ROOT)
         try:
-            wait_ready(self.url, child=self, **(client_tls or {}))
+            wait_ready(self.url, child=self, headers=ready_headers, **(client_tls or {}))
         except BaseException:
             self.stop()
             raise

@@ -29,7 +29,7 @@ log = logging.getLogger("tritonfleet.gateway")
 
 SERVICE_NAME = "inference.GRPCInferenceService"
 # ModelReady is answered on the data plane (gateway/routing/unary.py).
-_PER_MODEL = ("ModelMetadata", "ModelConfig", "ModelStatistics")
+PER_MODEL_METHODS = ("ModelMetadata", "ModelConfig", "ModelStatistics")
 _ROLLED_OUT = ("RepositoryModelLoad", "RepositoryModelUnload")
 # How long a pod has to answer a question the gateway asks every pod (index, statistics, metadata).
 ASK_TIMEOUT_S = 5.0
@@ -39,7 +39,7 @@ _ANSWERS = {
     "ModelMetadata": service_pb2.ModelMetadataResponse,
     "ModelConfig": service_pb2.ModelConfigResponse,
 }
-_ADMIN = (
+ADMIN_METHODS = (
     "RepositoryModelLoad", "RepositoryModelUnload",
     "SystemSharedMemoryStatus", "SystemSharedMemoryRegister", "SystemSharedMemoryUnregister",
     "CudaSharedMemoryStatus", "CudaSharedMemoryRegister", "CudaSharedMemoryUnregister",
@@ -51,8 +51,13 @@ _LIVE = service_pb2.ServerLiveResponse(live=True).SerializeToString()
 
 
 class InferenceService:
-    def __init__(self, pool: BackendPool, catalog, allow_admin: bool, on_model_change):
+    def __init__(self, pool: BackendPool, catalog, allow_admin: bool, on_model_change,
+                 admin_metadata: tuple[tuple[str, str], ...] = ()):
+        """`admin_metadata`: what the pods' restricted protocols ask of an admin call or repository
+        index (`triton_admin_header`); a client's own header of that name never reaches a pod."""
         self.pool = pool
+        self.admin_metadata = admin_metadata
+        self._admin_keys = frozenset(key for key, _ in admin_metadata)
         self.catalog = catalog
         self.allow_admin = allow_admin
         self.on_model_change = on_model_change
@@ -66,9 +71,9 @@ class InferenceService:
             "ServerMetadata": self._unary(self.server_metadata),
             "RepositoryIndex": self._unary(self.repository_index),
         }
-        for method in _PER_MODEL:
+        for method in PER_MODEL_METHODS:
             handlers[method] = self._unary(self._per_model(method))
-        for method in _ADMIN:
+        for method in ADMIN_METHODS:
             handlers[method] = self._unary(self._admin(method))
         return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
 
@@ -85,6 +90,10 @@ class InferenceService:
         self.readiness.draining = value
 
     # ---- answered here --------------------------------------------------------------------------
+
+    def _metadata(self, context, privileged: bool) -> tuple[tuple[str, str], ...]:
+        metadata = tuple((k, v) for k, v in upstream_metadata(context) if k not in self._admin_keys)
+        return metadata + self.admin_metadata if privileged else metadata
 
     async def server_live(self, request: bytes, context) -> bytes:
         return _LIVE
@@ -121,10 +130,11 @@ class InferenceService:
         at most ASK_TIMEOUT_S: a pod that hangs makes the call fail, not wait forever."""
         remaining = context.time_remaining()
         timeout = ASK_TIMEOUT_S if remaining is None else min(remaining, ASK_TIMEOUT_S)
+        metadata = self._metadata(context, privileged=method == "RepositoryIndex")
 
         async def ask(backend: Backend):
             try:
-                return await backend.unary(method)(request, metadata=upstream_metadata(context), timeout=timeout)
+                return await backend.unary(method)(request, metadata=metadata, timeout=timeout)
             except grpc.aio.AioRpcError as exc:
                 return exc
         return await asyncio.gather(*(ask(b) for b in backends))
@@ -210,8 +220,9 @@ class InferenceService:
             if method in _ROLLED_OUT:
                 return await self._roll_out(method, request, context, backends)
             # Shared memory, trace and log settings: applied to every pod at once.
+            metadata = self._metadata(context, privileged=True)
             replies = await asyncio.gather(
-                *(b.unary(method)(request, metadata=upstream_metadata(context), timeout=context.time_remaining())
+                *(b.unary(method)(request, metadata=metadata, timeout=context.time_remaining())
                   for b in backends),
                 return_exceptions=True,
             )
@@ -230,7 +241,7 @@ class InferenceService:
             model = wire.parse_model_name(request, field_number=2)  # 1 is the repository name
         except wire.MalformedMessage as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed {method}Request: {exc}")
-        metadata = upstream_metadata(context)
+        metadata = self._metadata(context, privileged=True)
 
         def send(backend: Backend):
             return backend.unary(method)(request, metadata=metadata, timeout=context.time_remaining())

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import grpc
 
+from gateway.edge.access import OPEN
 from gateway.edge.tls import speaks_h2
 from gateway.transport.connection import Connection
 from gateway.transport.h2 import MAX_STREAM_ID, NO_ERROR, REFUSED_STREAM
@@ -55,20 +56,27 @@ class ClientStream:
     """One client call: its request headers and how to answer it."""
 
     __slots__ = ("client", "stream_id", "headers", "path", "deadline_s", "handler", "reader", "answered",
-                 "finished", "client_done", "held", "window_held", "withheld")
+                 "finished", "client_done", "held", "window_held", "withheld", "authorization", "grant")
 
     def __init__(self, client: "ClientConnection", stream_id: int, headers: list[tuple[str, str]]):
         self.client = client
         self.stream_id = stream_id
-        self.headers = headers
         self.path = ""
         timeout = None
+        self.authorization: str | None = None
         for name, value in headers:
             if name == ":path":
                 self.path = value
             elif name == "grpc-timeout":
                 timeout = parse_timeout(value)
+            elif name == "authorization":
+                self.authorization = value
+        if self.authorization is not None and client.door.access is not None:
+            # With API keys the credential is the gateway's to check: no pod, log or relay sees it.
+            headers = [(name, value) for name, value in headers if name != "authorization"]
+        self.headers = headers
         self.deadline_s = timeout
+        self.grant = OPEN  # what the call's API key allows (edge.access); OPEN without keys
         self.handler: CallHandler | None = None
         self.reader = MessageReader(client.door.max_message_bytes)
         self.answered = False  # response headers went out

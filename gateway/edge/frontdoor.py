@@ -3,6 +3,9 @@
 Clients connect here (`ClientConnection`, one per client connection); each of their calls is given to
 the handler its :path names (`handler_for`): unary inference and per-model questions to
 `routing.unary`, streams to the stream router, everything else to the control relay (`edge.relay`).
+With API keys (`api_keys_file`), a call's key is checked first, at its headers (`edge.access`): a call
+refused there is answered trailers-only before any of its body is read; its model is checked by the
+handler that learns it.
 No gRPC library runs on the data path: calls go to the pods as HTTP/2 frames. With TLS on
 (`edge.tls.ServerTls`), the listening socket does the handshake first, with the context of the moment.
 
@@ -19,6 +22,8 @@ import asyncio
 import time
 
 from gateway.config import GatewayConfig
+from gateway.control.service import ADMIN_METHODS, PER_MODEL_METHODS, SERVICE_NAME
+from gateway.edge.access import AccessControl, Refusal, RefusedCall
 from gateway.edge.client import CallHandler, ClientConnection, ClientStream
 from gateway.edge.limits import BufferBudget
 from gateway.edge.relay import ControlRelay
@@ -31,12 +36,22 @@ from gateway.transport.h2 import H2Limits
 # The front door's sweep looks at each client this often (at most), and this often at least.
 _SWEEP_FLOOR_S = 0.05
 _SWEEP_CEILING_S = 1.0
+_CONTROL = f"/{SERVICE_NAME}/"
+_PER_MODEL_PATHS = frozenset(_CONTROL + method for method in PER_MODEL_METHODS)
 
 
 def h2_limits(config: GatewayConfig) -> H2Limits:
     """The HTTP/2 limits of a client connection, as the transport takes them."""
     return H2Limits(max_concurrent_streams=config.max_concurrent_streams,
                     max_header_list_size=config.max_header_list_bytes)
+
+
+def access_control(config: GatewayConfig, metrics) -> AccessControl | None:
+    """The API keys of `api_keys_file` (KeysFileError if it does not load); None without keys."""
+    if not config.api_keys_file:
+        return None
+    return AccessControl(config.api_keys_file, metrics, admin_paths=frozenset(_CONTROL + m for m in ADMIN_METHODS),
+                         model_paths=frozenset(unary.PATHS) | {streams.PATH} | _PER_MODEL_PATHS)
 
 
 class FrontDoor:
@@ -61,15 +76,24 @@ class FrontDoor:
         self.closing = False
         self.server: asyncio.AbstractServer | None = None
         self._sweep_task: asyncio.Task | None = None
+        self.access = access_control(config, router.metrics)
+        self.reload_interval_s = config.reload_interval_s
+        self._watch_task: asyncio.Task | None = None
         router.pool.removal_listeners.append(lambda backend: self.upstreams.retire(backend.address))
 
     def handler_for(self, stream: ClientStream) -> CallHandler:
+        if self.access is not None:
+            grant = self.access.authorize(stream.path, stream.authorization)
+            if isinstance(grant, Refusal):
+                return RefusedCall(stream, grant)
+            stream.grant = grant
         method = unary.PATHS.get(stream.path)
         if method is not None:
             return unary.UnaryCall(self.router, stream, method)
         if stream.path == streams.PATH:
             return streams.StreamCall(self.router, stream)
-        return ControlRelay(self.control_upstreams, self.control_address, stream)
+        return ControlRelay(self.control_upstreams, self.control_address, stream,
+                            model_checked=stream.path in _PER_MODEL_PATHS and stream.grant.access is not None)
 
     async def start(self, host: str, port: int) -> int:
         loop = asyncio.get_running_loop()
@@ -77,6 +101,8 @@ class FrontDoor:
         self.server = await loop.create_server(lambda: ClientConnection(self), host, port, reuse_port=True, **tls)
         self.upstreams.start()
         self.control_upstreams.start()
+        if self.access is not None:
+            self._watch_task = loop.create_task(self.access.watch(self.reload_interval_s))
         periods = [p for p in (self.client_keepalive_time_s, self.client_keepalive_timeout_s,
                                self.client_idle_timeout_s) if p]
         if periods:
@@ -97,8 +123,9 @@ class FrontDoor:
         self.closing = True
         if self.server is not None:
             self.server.close()
-        if self._sweep_task is not None:
-            self._sweep_task.cancel()
+        for task in (self._sweep_task, self._watch_task):
+            if task is not None:
+                task.cancel()
         for client in list(self.clients):
             for stream in list(client.streams.values()):
                 stream.handler.drain()

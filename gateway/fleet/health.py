@@ -42,8 +42,12 @@ class ModelCatalog:
 
 
 class HealthChecker:
-    def __init__(self, pool: BackendPool, catalog: ModelCatalog, interval_s: float, timeout_s: float):
+    def __init__(self, pool: BackendPool, catalog: ModelCatalog, interval_s: float, timeout_s: float,
+                 admin_metadata: tuple[tuple[str, str], ...] = ()):
+        """`admin_metadata` goes with RepositoryIndex, which Triton's restricted model-repository
+        protocol guards (`triton_admin_header`)."""
         self.pool = pool
+        self.admin_metadata = admin_metadata
         self.catalog = catalog
         self.interval_s = interval_s
         self.timeout_s = timeout_s
@@ -103,7 +107,8 @@ class HealthChecker:
             return False, False, frozenset(), frozenset()
         try:
             server = await stub.ServerReady(service_pb2.ServerReadyRequest(), timeout=timeout)
-            index = await stub.RepositoryIndex(service_pb2.RepositoryIndexRequest(), timeout=timeout)
+            index = await stub.RepositoryIndex(service_pb2.RepositoryIndexRequest(), timeout=timeout,
+                                               metadata=self.admin_metadata)
             known = frozenset(model.name for model in index.models)
             checks = await asyncio.gather(*(
                 stub.ModelReady(service_pb2.ModelReadyRequest(name=name), timeout=timeout) for name in known

@@ -134,6 +134,12 @@ class StreamCall:
             self.metrics.count("", "none", METHOD, "RESOURCE_EXHAUSTED")
             self.answer_error(f"RESOURCE_EXHAUSTED: {exc}")
             return
+        refusal = self.stream.grant.admit(route.model)
+        if refusal is not None:
+            self.stream.release(message.size + PREFIX_SIZE)
+            self.metrics.count(route.model, "none", METHOD, refusal.code.name)
+            self.answer_error(describe(route, refusal.code, refusal.message))
+            return
         if route.in_sequence or self.catalog.get(route.model).decoupled:
             self._to_pod_stream(route, message)
         else:

@@ -100,6 +100,8 @@ class UnaryCall:
         size = message.size + PREFIX_SIZE
         if self.method == "ModelReady":
             model = wire.parse_model_name(message.joined() if not message.compressed else data)
+            if self._refused(model, inference=False):
+                return
             if not self.router.pool.candidates(model):
                 self.stream.send_message(_MODEL_NOT_READY)
                 self.stream.end(grpc.StatusCode.OK)
@@ -112,6 +114,8 @@ class UnaryCall:
             route = wire.parse_infer_request(data, 0, None if message.compressed else message.size)
         except wire.MessageIncomplete:
             route = wire.parse_infer_request(message.joined())
+        if self._refused(route.model, inference=True):
+            return
         if not route.in_sequence:
             self.lifecycle = Lifecycle(self.router, route.model, "ModelInfer", deadline, request_bytes=size)
             self._attempt()
@@ -127,6 +131,13 @@ class UnaryCall:
             return
         sequences.bind(route, backend)
         self._send(backend)
+
+    def _refused(self, model: str, inference: bool) -> bool:
+        """Whether the call's API key refuses `model` (or its rate): then the call is answered here."""
+        refusal = self.stream.grant.admit(model, inference)
+        if refusal is not None:
+            self._refuse(refusal.code, refusal.message)
+        return refusal is not None
 
     def _attempt(self) -> None:
         backend = self.lifecycle.try_pick()

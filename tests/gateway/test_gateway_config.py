@@ -47,6 +47,10 @@ def test_config_is_frozen():
     ({"backends": ["a:1"], "upstream_ca_file": "ca.pem"}, "upstream_ca_file needs upstream_tls"),
     ({"backends": ["a:1"], "upstream_tls": True, "upstream_cert_file": "c.pem"},
      "upstream_key_file must be set when upstream_cert_file is"),
+    ({"backends": ["a:1"], "triton_admin_header": "s3cret"}, "triton_admin_header must be key=value"),
+    ({"backends": ["a:1"], "triton_admin_header": "Admin=s3cret"}, "triton_admin_header must be key=value"),
+    ({"backends": ["a:1"], "triton_admin_header": "grpc-admin=s3cret"}, "triton_admin_header must be key=value"),
+    ({"backends": ["a:1"], "triton_admin_header": "admin="}, "triton_admin_header must be key=value"),
 ])
 def test_bad_values_name_the_key(values, message):
     with pytest.raises(ValueError, match=message):
@@ -79,3 +83,12 @@ def test_tls_files_that_do_not_load_stop_the_start_naming_the_keys(tmp_path):
                                   "tls_key_file": str(tmp_path / "missing.pem")})
     with pytest.raises(ValueError, match="tls_cert_file, tls_key_file, tls_client_ca_file: the files did not load"):
         check_files(loaded)
+
+
+def test_the_triton_admin_header_is_the_one_triton_asks_for_and_never_echoed():
+    loaded = config.from_mapping({"backends": ["a:1"], "triton_admin_header": "tritonfleet-admin=s3cret"})
+    assert loaded.triton_admin_metadata == (("triton-grpc-protocol-tritonfleet-admin", "s3cret"),)
+    assert config.from_mapping({"backends": ["a:1"]}).triton_admin_metadata == ()
+    with pytest.raises(ValueError) as refused:
+        config.from_mapping({"backends": ["a:1"], "triton_admin_header": "Tritonfleet-Admin=s3cret"})
+    assert "s3cret" not in str(refused.value)
