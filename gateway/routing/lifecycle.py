@@ -55,6 +55,14 @@ def says_model_missing(code: grpc.StatusCode, details: str) -> bool:
     )
 
 
+def says_version_missing(details: str) -> bool:
+    """Whether the pod lacks only the version the request named ("Request for unknown model: 'm'
+    version 7 is not found"): the request's fault, answered as the pod said it, and the pod keeps the
+    model for every other request (were it dropped, one such request would take the model off every pod
+    until their next health checks)."""
+    return "' version " in details
+
+
 class DeadlineExceeded(NoBackendError):
     def __init__(self, message: str = "deadline exceeded before a retry"):
         super().__init__(grpc.StatusCode.DEADLINE_EXCEEDED, message)
