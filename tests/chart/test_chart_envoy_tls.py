@@ -6,6 +6,8 @@ program run against it: an inference over mutual TLS through Envoy to Triton."""
 
 from __future__ import annotations
 
+import socket
+import ssl
 import subprocess
 import sys
 import urllib.error
@@ -27,17 +29,26 @@ from tritonfleet.triton_server import LOOPBACK, free_port, start_fleet, stop_all
 GATEWAY_HOST = "fleet-tritonfleet-gateway.inference.svc.cluster.local"
 TRITON_HOST = "fleet-tritonfleet-triton.inference.svc.cluster.local"
 ADMIN_HEADER_VALUE = "s3cret-header-value"
+# Signs the gateway's certificate and the clients' (the CA a cert-manager CA issuer would write as ca.crt).
+CLIENT_CA = trustme.CA()
 # The Triton flags the access layer adds; the rest (ports, repository) are the local server's own.
 ACCESS_FLAGS = ("--grpc-use-ssl", "--grpc-server-cert", "--grpc-server-key", "--grpc-root-cert",
                 "--grpc-restricted-protocol", "--http-restricted-api")
 
 
-def write_pair(cert: trustme.LeafCert, ca: trustme.CA, folder: Path) -> None:
-    """A kubernetes.io/tls Secret as the kubelet mounts it: tls.crt, tls.key, ca.crt."""
-    folder.mkdir(parents=True)
-    cert.cert_chain_pems[0].write_to_path(str(folder / "tls.crt"))
-    cert.private_key_pem.write_to_path(str(folder / "tls.key"))
-    ca.cert_pem.write_to_path(str(folder / "ca.crt"))
+def write_pair(cert: trustme.LeafCert, ca: trustme.CA, folder: Path, version: int = 1) -> None:
+    """A kubernetes.io/tls Secret as the kubelet mounts it: the files in a versioned folder, a `..data`
+    link to it swapped by a rename when the Secret changes, and tls.crt, tls.key, ca.crt through it."""
+    data = folder / f"..v{version}"
+    data.mkdir(parents=True)
+    cert.cert_chain_pems[0].write_to_path(str(data / "tls.crt"))
+    cert.private_key_pem.write_to_path(str(data / "tls.key"))
+    ca.cert_pem.write_to_path(str(data / "ca.crt"))
+    (folder / "..data_tmp").symlink_to(data.name)
+    (folder / "..data_tmp").rename(folder / "..data")
+    for name in ("tls.crt", "tls.key", "ca.crt"):
+        if not (folder / name).is_symlink():
+            (folder / name).symlink_to(f"..data/{name}")
 
 
 def rooted(text: str, root: Path) -> str:
@@ -75,8 +86,8 @@ def chart():
 def mounted(chart, tmp_path_factory):
     """The Secrets' files and the ConfigMap's, where the pods would have them (below a temp root)."""
     root = tmp_path_factory.mktemp("mounts")
-    client_ca, upstream_ca = trustme.CA(), trustme.CA()
-    write_pair(client_ca.issue_cert(GATEWAY_HOST, LOOPBACK), client_ca, root / "etc/tritonfleet/tls")
+    upstream_ca = trustme.CA()
+    write_pair(CLIENT_CA.issue_cert(GATEWAY_HOST, LOOPBACK), CLIENT_CA, root / "etc/tritonfleet/tls")
     write_pair(upstream_ca.issue_cert(TRITON_HOST), upstream_ca, root / "etc/tritonfleet/upstream-tls")
     envoy_dir = root / "etc/envoy"
     envoy_dir.mkdir(parents=True)
@@ -183,3 +194,26 @@ def client_files(root: Path) -> dict[str, str]:
     tls = root / "etc/tritonfleet/tls"
     return {"root_certificates": str(tls / "ca.crt"), "private_key": str(tls / "tls.key"),
             "certificate_chain": str(tls / "tls.crt")}
+
+
+def served_certificate(url: str, root: Path) -> bytes:
+    """The certificate Envoy presents on a new connection (DER), seen by a client with a certificate."""
+    tls = root / "etc/tritonfleet/tls"
+    context = ssl.create_default_context(cafile=str(tls / "ca.crt"))
+    context.load_cert_chain(str(tls / "tls.crt"), str(tls / "tls.key"))
+    context.set_alpn_protocols(["h2"])
+    host, _, port = url.rpartition(":")
+    with socket.create_connection((host, int(port)), timeout=10) as raw:
+        with context.wrap_socket(raw, server_hostname=host) as conn:
+            return conn.getpeercert(binary_form=True)
+
+
+def test_envoy_serves_a_renewed_certificate_without_a_restart(mounted, envoy):
+    """A renewal (cert-manager writes the Secret, the kubelet swaps `..data`) reaches new connections."""
+    before = served_certificate(envoy.url, mounted)
+    renewed = CLIENT_CA.issue_cert(GATEWAY_HOST, LOOPBACK)
+    write_pair(renewed, CLIENT_CA, mounted / "etc/tritonfleet/tls", version=2)
+    expected = ssl.PEM_cert_to_DER_cert(renewed.cert_chain_pems[0].bytes().decode())
+    assert expected != before
+    wait_until(lambda: served_certificate(envoy.url, mounted) == expected, "Envoy serving the renewed certificate")
+    assert envoy.is_running()
