@@ -135,7 +135,7 @@ Every Secret is mounted read-only under /etc/tritonfleet/, at the paths the gate
 {{/*
 The chart's own clients (helm test, load-test Job) against a gateway with TLS or keys: the CA (and,
 under mutual TLS, the gateway's own certificate, which the CA signed) from the TLS Secret, and the
-bearer token. Pass the root context; renders volume mounts or volumes by "part".
+bearer token, as volume mounts, volumes and load-generator flags.
 */}}
 {{- define "tritonfleet.client.volumeMounts" -}}
 {{- $g := .Values.gateway }}
