@@ -44,8 +44,10 @@ if TYPE_CHECKING:
 # DEADLINE_EXCEEDED when the client gives up).
 DEADLINE_MARGIN_S = 0.010
 
-# Triton's words when a pod does not have the model (as opposed to a failure inside the model).
-_MODEL_MISSING = ("Request for unknown model", "is not found", "is not ready", "unavailable model")
+# Triton's words when a pod does not have the model (as opposed to a failure inside the model); a pod
+# that got SIGTERM refuses new requests with "Server is stopping" before it unloads its models.
+_MODEL_MISSING = ("Request for unknown model", "is not found", "is not ready", "unavailable model",
+                  "Server is stopping")
 
 
 def says_model_missing(code: grpc.StatusCode, details: str) -> bool:
