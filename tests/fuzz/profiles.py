@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, settings
 # trip; the scale of each test's own max_examples is set per test with `examples()`.
 settings.register_profile("ci", max_examples=100, deadline=None, derandomize=True, print_blob=True,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-settings.register_profile("long", max_examples=20_000, deadline=None, print_blob=True,
+settings.register_profile("long", max_examples=2_000, deadline=None, print_blob=True,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 PROFILE = os.environ.get("TRITONFLEET_FUZZ", "ci")
 settings.load_profile(PROFILE)

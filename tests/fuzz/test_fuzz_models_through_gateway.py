@@ -128,7 +128,7 @@ WARM_UP = {malformed_bytes: (b"\xff\xff\xff",), unknown_model: ("no_such_model",
 
 # ---- the properties -------------------------------------------------------------------------------
 
-@settings(max_examples=examples(15, 1_000))
+@settings(max_examples=examples(15, 300))
 @given(st.one_of(st.binary(max_size=200), st.binary(max_size=60).map(lambda tail: b"\x0a\x07add_one" + tail)))
 def test_bytes_that_are_no_request_get_invalid_argument(clients, warmed_rss, data):
     try:
@@ -140,7 +140,7 @@ def test_bytes_that_are_no_request_get_invalid_argument(clients, warmed_rss, dat
     assume(False)  # bytes that happen to route: the cases below send those
 
 
-@settings(max_examples=examples(8, 400))
+@settings(max_examples=examples(8, 150))
 @given(st.binary(min_size=1, max_size=40))
 def test_a_request_the_gateway_routes_but_the_pod_cannot_parse_gets_internal(clients, warmed_rss, tail):
     """A valid start (the model's name) and broken bytes after it: the gateway forwards what it does not
@@ -177,14 +177,14 @@ def test_an_oversize_message_gets_resource_exhausted(clients, warmed_rss, excess
     clients.bystander_is_served()
 
 
-@settings(max_examples=examples(10, 500))
+@settings(max_examples=examples(10, 200))
 @given(st.text(min_size=1, max_size=40).filter(lambda name: name not in SERVED))
 def test_an_unknown_model_gets_not_found(clients, warmed_rss, name):
     unknown_model(clients, name)
     clients.bystander_is_served()
 
 
-@settings(max_examples=examples(6, 300))
+@settings(max_examples=examples(6, 100))
 @given(st.integers(2, 1 << 40).map(str))
 def test_an_unknown_version_gets_the_pods_not_found_and_the_model_stays_served(clients, warmed_rss, version):
     """A version no pod has is the request's fault: the pods keep the model for everyone else."""
@@ -194,14 +194,14 @@ def test_an_unknown_version_gets_the_pods_not_found_and_the_model_stays_served(c
     clients.bystander_is_served()
 
 
-@settings(max_examples=examples(8, 500))
+@settings(max_examples=examples(8, 100))
 @given(st.sampled_from(DTYPES))
 def test_a_wrong_dtype_gets_invalid_argument(clients, warmed_rss, dtype):
     wrong_dtype(clients, dtype)
     clients.bystander_is_served()
 
 
-@settings(max_examples=examples(8, 500))
+@settings(max_examples=examples(8, 100))
 @given(st.lists(st.integers(0, 4), min_size=0, max_size=4).filter(lambda shape: len(shape) != 1))
 def test_a_wrong_shape_gets_invalid_argument(clients, warmed_rss, shape):
     inputs = [tensor("INPUT0", np.ones(shape, dtype=np.float32))]
@@ -209,7 +209,7 @@ def test_a_wrong_shape_gets_invalid_argument(clients, warmed_rss, shape):
     clients.bystander_is_served()
 
 
-@settings(max_examples=examples(6, 300))
+@settings(max_examples=examples(6, 100))
 @given(st.integers(1, 1 << 62), st.booleans())
 def test_a_sequence_that_was_never_started_gets_failed_precondition(clients, warmed_rss, sequence_id, end):
     inputs = [tensor("INPUT0", np.ones((1, 1), dtype=np.float32))]
@@ -219,7 +219,7 @@ def test_a_sequence_that_was_never_started_gets_failed_precondition(clients, war
     clients.bystander_is_served()
 
 
-@settings(max_examples=examples(4, 200))
+@settings(max_examples=examples(4, 40))
 @given(st.booleans(), st.booleans())
 def test_sequence_id_0_on_a_stateful_model_gets_invalid_argument(clients, warmed_rss, start, end):
     inputs = [tensor("INPUT0", np.ones((1, 1), dtype=np.float32))]
@@ -235,7 +235,7 @@ corrupt_jpegs = st.one_of(
 )
 
 
-@settings(max_examples=examples(10, 500))
+@settings(max_examples=examples(10, 200))
 @given(corrupt_jpegs)
 def test_a_corrupt_jpeg_gets_invalid_argument(clients, warmed_rss, data):
     corrupt_jpeg(clients, data)
@@ -248,7 +248,7 @@ corrupt_units = st.one_of(
 )
 
 
-@settings(max_examples=examples(6, 300))
+@settings(max_examples=examples(6, 100))
 @given(corrupt_units, st.integers(1, 1 << 30))
 def test_a_corrupt_access_unit_gets_invalid_argument_and_the_camera_resumes_at_its_keyframe(
         clients, warmed_rss, unit, camera):

@@ -127,13 +127,13 @@ def hand_built_parameters(draw) -> bytes:
     return field(4, b"".join(draw(st.permutations(parts))))
 
 
-@settings(max_examples=examples(300, 50_000))
+@settings(max_examples=examples(300, 5_000))
 @given(infer_requests(), st.lists(hand_built_parameters(), max_size=3))
 def test_hand_built_parameter_entries_route_as_protobuf_reads_them(message, entries):
     check_against_protobuf(message.SerializeToString() + b"".join(entries))
 
 
-@settings(max_examples=examples(300, 50_000))
+@settings(max_examples=examples(300, 5_000))
 @given(infer_requests())
 def test_valid_requests_route_as_protobuf_reads_them(message):
     data = message.SerializeToString()
@@ -143,7 +143,7 @@ def test_valid_requests_route_as_protobuf_reads_them(message):
         assert wire.parse_infer_request(b"\x00" + len(data).to_bytes(4, "big") + data, 5) == route
 
 
-@settings(max_examples=examples(50, 5_000))
+@settings(max_examples=examples(50, 1_000))
 @given(infer_requests())
 def test_a_sequence_id_of_true_is_refused(message):
     message.parameters["sequence_id"].bool_param = True
@@ -151,19 +151,19 @@ def test_a_sequence_id_of_true_is_refused(message):
         wire.parse_infer_request(message.SerializeToString())
 
 
-@settings(max_examples=examples(400, 100_000))
+@settings(max_examples=examples(400, 8_000))
 @given(mutated())
 def test_mutated_requests_route_as_protobuf_reads_them_or_are_refused(data):
     check_against_protobuf(data)
 
 
-@settings(max_examples=examples(300, 100_000))
+@settings(max_examples=examples(300, 8_000))
 @given(st.binary(max_size=256))
 def test_arbitrary_bytes_route_as_protobuf_reads_them_or_are_refused(data):
     check_against_protobuf(data)
 
 
-@settings(max_examples=examples(200, 20_000))
+@settings(max_examples=examples(200, 3_000))
 @given(mutated(), st.data())
 def test_any_prefix_gives_the_whole_messages_answer_or_asks_for_more(data, draw):
     """The front door routes a large request from its first piece: a prefix gives the whole message's
@@ -183,7 +183,7 @@ def test_any_prefix_gives_the_whole_messages_answer_or_asks_for_more(data, draw)
     assert route == whole
 
 
-@settings(max_examples=examples(200, 20_000))
+@settings(max_examples=examples(200, 3_000))
 @given(st.binary(max_size=128))
 def test_small_requests_and_stream_answers_are_read_or_refused(data):
     for parse in (wire.parse_model_name, wire.stream_response_model):
