@@ -99,25 +99,32 @@ def _text(data: bytes, span: tuple[int, int]) -> str:
         raise MalformedMessage("string field is not UTF-8") from None
 
 
-def _parameter_value(data: bytes, span: tuple[int, int]) -> int | str | bool | None:
-    for field, wire_type, value in iter_fields(data, *span):
-        if field in (1, 2, 5) and wire_type == _VARINT:
-            return value if field != 1 else bool(value)
-        if field == 3 and wire_type == _LENGTH:
-            return _text(data, value)
-    return None
+def _parameter_value(data: bytes, spans: list[tuple[int, int]]) -> int | str | bool | None:
+    """The InferParameter that `spans` (its pieces, in order) make: as protobuf merges them, the member
+    set last wins; a double is no sequence id or flag."""
+    value = None
+    for span in spans:
+        for field, wire_type, item in iter_fields(data, *span):
+            if field in (1, 2, 5) and wire_type == _VARINT:
+                value = item if field != 1 else bool(item)
+            elif field == 3 and wire_type == _LENGTH:
+                value = _text(data, item)
+            elif field == 4 and wire_type == _FIXED64:
+                value = None
+    return value
 
 
 def _parameter(data: bytes, span: tuple[int, int]) -> tuple[bytes, int | str | bool | None]:
-    key, value = b"", None
+    # Protobuf accepts a map entry's value before its key, and either of them twice.
+    key, values = b"", []
     for field, wire_type, item in iter_fields(data, *span):
         if wire_type != _LENGTH:
             raise MalformedMessage("map entry field is not length-delimited")
         if field == 1:
             key = bytes(data[item[0] : item[1]])
-        elif field == 2 and key in _SEQUENCE_KEYS:
-            value = _parameter_value(data, item)
-    return key, value
+        elif field == 2:
+            values.append(item)
+    return key, _parameter_value(data, values) if key in _SEQUENCE_KEYS else None
 
 
 def parse_infer_request(data: bytes, start: int = 0, end: int | None = None) -> RequestRoute:

@@ -44,8 +44,10 @@ if TYPE_CHECKING:
 # DEADLINE_EXCEEDED when the client gives up).
 DEADLINE_MARGIN_S = 0.010
 
-# Triton's words when a pod does not have the model (as opposed to a failure inside the model).
-_MODEL_MISSING = ("Request for unknown model", "is not found", "is not ready", "unavailable model")
+# Triton's words when a pod does not have the model (as opposed to a failure inside the model); a pod
+# that got SIGTERM refuses new requests with "Server is stopping" before it unloads its models.
+_MODEL_MISSING = ("Request for unknown model", "is not found", "is not ready", "unavailable model",
+                  "Server is stopping")
 
 
 def says_model_missing(code: grpc.StatusCode, details: str) -> bool:
@@ -53,6 +55,14 @@ def says_model_missing(code: grpc.StatusCode, details: str) -> bool:
     return code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.NOT_FOUND) and any(
         words in details for words in _MODEL_MISSING
     )
+
+
+def says_version_missing(details: str) -> bool:
+    """Whether the pod lacks only the version the request named ("Request for unknown model: 'm'
+    version 7 is not found"): the request's fault, answered as the pod said it, and the pod keeps the
+    model for every other request (were it dropped, one such request would take the model off every pod
+    until their next health checks)."""
+    return "' version " in details
 
 
 class DeadlineExceeded(NoBackendError):

@@ -20,7 +20,7 @@ import grpc
 from gateway import wire
 from gateway.fleet.backends import Backend, NoBackendError
 from gateway.fleet.upstreams import UpstreamStream
-from gateway.routing.lifecycle import Lifecycle, says_model_missing
+from gateway.routing.lifecycle import Lifecycle, says_model_missing, says_version_missing
 from gateway.transport.messages import (PREFIX_SIZE, BadMessage, Message, MessageReader, MessageTooLarge,
                                         decompress, format_timeout, header, message_of, status_of)
 
@@ -104,7 +104,7 @@ class StatelessMessage:
         code = status_of(headers)
         if code is not grpc.StatusCode.OK:
             details = message_of(headers)
-            missing = says_model_missing(code, details)
+            missing = says_model_missing(code, details) and not says_version_missing(details)
             self._retry_or_end(code, details, retryable=missing, model_missing=missing, unreachable=False)
             return
         if len(self.replies) != 1:

@@ -21,7 +21,7 @@ from tritonclient.grpc import service_pb2
 
 from gateway import wire
 from gateway.fleet.backends import Backend, NoBackendError
-from gateway.routing.lifecycle import Lifecycle, Router, says_model_missing
+from gateway.routing.lifecycle import Lifecycle, Router, says_model_missing, says_version_missing
 from gateway.routing.sequences import SequenceError
 from gateway.transport.messages import (PREFIX_SIZE, BadMessage, Message, MessageTooLarge, decompress,
                                         message_of, status_of)
@@ -181,7 +181,9 @@ class UnaryCall:
         if end_stream and not self.stream.answered and self.lifecycle.model:
             code = status_of(headers)
             if code is not grpc.StatusCode.OK and says_model_missing(code, message_of(headers)):
-                if self.lifecycle.failed(message_of(headers), retryable=True, model_missing=True):
+                details = message_of(headers)
+                if not says_version_missing(details) and self.lifecycle.failed(details, retryable=True,
+                                                                               model_missing=True):
                     self._attempt()
                     return
         self.stream.send_headers(headers, end_stream)

@@ -128,7 +128,7 @@ def test_network_policy_admits_only_the_gateway_and_prometheus():
     gateway_labels = one(objects, "Deployment", "gateway")["spec"]["template"]["metadata"]["labels"]
     first, second = policy["spec"]["ingress"]
     assert first["from"][0]["podSelector"]["matchLabels"].items() <= gateway_labels.items()
-    assert {p["port"] for p in first["ports"]} == {"grpc", "http"}
+    assert {p["port"] for p in first["ports"]} == {"grpc"}  # HTTP is the kubelet's, for probes
     assert {p["port"] for p in second["ports"]} == {"metrics"}
     assert "namespaceSelector" in second["from"][0]
 

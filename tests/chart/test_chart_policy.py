@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from gateway.config import from_mapping
 from tests.chart.chart_render import CI_VALUES, NAMESPACE, OPERATOR_APIS, by_kind, one, pod_specs, render
+from tests.chart.gateway_config import parse_rendered
 
 CASES = [pytest.param((str(p), ()), id=p.stem) for p in CI_VALUES] + [
     pytest.param((str(p), OPERATOR_APIS), id=f"{p.stem}+crds") for p in CI_VALUES]
@@ -110,7 +110,7 @@ def test_gateway_backend_is_the_rendered_headless_service(objects):
     config_map = one(objects, "ConfigMap", "gateway")
     if "gateway.yaml" in config_map["data"]:
         # The gateway's own parser accepts the rendered file.
-        config = from_mapping(yaml.safe_load(config_map["data"]["gateway.yaml"]))
+        config = parse_rendered(config_map["data"]["gateway.yaml"])
         if config.discovery == "kubernetes":
             assert config.kubernetes_service == triton_service["metadata"]["name"]
             assert config.kubernetes_namespace == NAMESPACE

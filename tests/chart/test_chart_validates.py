@@ -15,7 +15,7 @@ from tests.chart.chart_render import CHART, CI_VALUES, OPERATOR_APIS, helm, rend
 KUBERNETES_VERSION = "1.35.0"
 CRD_SCHEMAS = {path.stem: json.loads(path.read_text())
                for path in (Path(__file__).parent / "crd_schemas").glob("*.json")}
-CRD_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule", "ScaledObject"}
+CRD_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule", "ScaledObject", "Certificate"}
 CASES = [pytest.param(str(path), (), id=path.stem) for path in CI_VALUES] + [
     pytest.param(str(CHART / "ci/operator-values.yaml"), OPERATOR_APIS, id="operator-values+crds-detected"),
     pytest.param(None, OPERATOR_APIS, id="defaults+crds-detected"),

@@ -31,6 +31,10 @@ from tests.polling import poll
 
 pytestmark = pytest.mark.slow
 
+# The launcher's own behaviour (processes started and stopped) needs a server, not the project's
+# models: the gateway tests' small numpy-only repository starts in a fraction of the time.
+SMALL_REPOSITORY = REPO_ROOT / "tests/gateway/model_repository"
+
 
 def infer_preprocess(url: str, frames: np.ndarray) -> np.ndarray:
     client = grpcclient.InferenceServerClient(url)
@@ -159,7 +163,8 @@ def processes_mentioning(text: str) -> list[str]:
 
 def start_servers_cli(workdir, count: int = 1) -> subprocess.Popen:
     process = subprocess.Popen(
-        [sys.executable, "-m", "tritonfleet.cli", "servers", "-n", str(count), "--workdir", str(workdir)],
+        [sys.executable, "-m", "tritonfleet.cli", "servers", "-n", str(count), "--workdir", str(workdir),
+         "--model-repository", str(SMALL_REPOSITORY)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -190,11 +195,12 @@ def test_a_failing_test_leaves_no_server_behind(tmp_path):
         textwrap.dedent(
             f"""
             import sys
+            from pathlib import Path
             sys.path.insert(0, {str(REPO_ROOT / "tests")!r})
             from conftest import triton_fleet  # noqa: F401  (the fixture under test)
 
             def test_fails(triton_fleet):
-                servers = triton_fleet(1)
+                servers = triton_fleet(1, repo=Path({str(SMALL_REPOSITORY)!r}))
                 assert servers[0].is_ready()
                 raise AssertionError("this test fails on purpose")
             """

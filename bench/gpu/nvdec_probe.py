@@ -1,0 +1,246 @@
+"""PyNvVideoCodec on its own: what a session's start costs, and where one process's decode rate goes.
+
+    PYTHONPATH=/tmp/gpu/site:. python3 -m bench.gpu.nvdec_probe --out FILE [--seconds 2]
+
+On the load generator's synthetic 1080p30 H.264 clip (GOP 30, no B-frames), NVDEC sessions made
+with `CreateDecoder` as the camera model makes them (low latency, device memory, a CUDA stream of
+their own), measured without the model around them:
+
+* `start`: ms to create a session, and for its first keyframe: on a fresh session (NVDEC makes
+  the decoder when the first sequence header arrives), on a fresh one created with
+  maxwidth/maxheight, and on a *warm* one (a session that already decoded a keyframe of that size
+  and is handed a new camera's keyframe); alone, and 16 at once in threads;
+* `rate`: frames/s for T threads of one session each, with (a) `Decode` alone, (b) `Decode` plus
+  the model's copy out and stream synchronization (`NvDecDecoder.decode`), (c) k access units in
+  one `Decode` call; and P processes of 16 threads doing (a);
+* `gil`: how many Python loop iterations the main thread gets while 16 threads decode, against
+  idle: near 1.0 means `Decode` lets go of the GIL while NVDEC works.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from loadtest.video_source import load_clip
+from models.video_decode import NvDecDecoder, _current_cuda_context
+
+
+def clip_units() -> list[bytes]:
+    return load_clip("h264", "synthetic", "1080p", 60, 30.0).units
+
+
+def session(nvc, stream: torch.cuda.Stream, max_size: tuple[int, int] | None = None):
+    extra = {"maxwidth": max_size[1], "maxheight": max_size[0]} if max_size else {}
+    return nvc.CreateDecoder(gpuid=0, codec=nvc.cudaVideoCodec.H264, cudacontext=_current_cuda_context(),
+                             cudastream=stream.cuda_stream, usedevicememory=True,
+                             latency=nvc.DisplayDecodeLatencyType.LOW, **extra)
+
+
+def packet(nvc, data: bytes, keep: list):
+    source = np.frombuffer(data, np.uint8)
+    keep.append(source)
+    p = nvc.PacketData()
+    p.bsl, p.bsl_data = int(source.size), int(source.ctypes.data)
+    p.decode_flag = int(nvc.VideoPacketFlag.ENDOFPICTURE)
+    return p
+
+
+def decode_raw(nvc, decoder, data: bytes) -> int:
+    keep: list = []
+    return len(decoder.Decode(packet(nvc, data, keep)))
+
+
+def start_costs(nvc, units: list[bytes], repeats: int) -> dict:
+    """ms per session: create, first keyframe fresh, fresh with max size, warm (reused)."""
+    torch.cuda.init()
+    out: dict[str, list[float]] = {"create_ms": [], "first_keyframe_ms": [], "first_keyframe_max_size_ms": [],
+                                   "warm_keyframe_ms": [], "second_unit_ms": []}
+    for _ in range(repeats):
+        stream = torch.cuda.Stream()
+        began = time.perf_counter()
+        fresh = session(nvc, stream)
+        out["create_ms"].append((time.perf_counter() - began) * 1e3)
+        began = time.perf_counter()
+        decode_raw(nvc, fresh, units[0])
+        out["first_keyframe_ms"].append((time.perf_counter() - began) * 1e3)
+        began = time.perf_counter()
+        decode_raw(nvc, fresh, units[1])
+        out["second_unit_ms"].append((time.perf_counter() - began) * 1e3)
+        for unit in units[2:10]:
+            decode_raw(nvc, fresh, unit)
+        # The same session taking a new camera: its next unit is that camera's keyframe.
+        began = time.perf_counter()
+        decode_raw(nvc, fresh, units[0])
+        out["warm_keyframe_ms"].append((time.perf_counter() - began) * 1e3)
+        sized = session(nvc, torch.cuda.Stream(), (1080, 1920))
+        began = time.perf_counter()
+        decode_raw(nvc, sized, units[0])
+        out["first_keyframe_max_size_ms"].append((time.perf_counter() - began) * 1e3)
+        del fresh, sized
+    return {k: round(float(np.median(v)), 2) for k, v in out.items()}
+
+
+def concurrent_starts(nvc, units: list[bytes], threads: int) -> dict:
+    """`threads` sessions created and given their first keyframe at once: wall ms for all."""
+    barrier = threading.Barrier(threads + 1)
+    spent: list[float] = []
+    decoders: list = []
+
+    def one():
+        stream = torch.cuda.Stream()
+        barrier.wait()
+        began = time.perf_counter()
+        decoder = session(nvc, stream)
+        decode_raw(nvc, decoder, units[0])
+        spent.append((time.perf_counter() - began) * 1e3)
+        decoders.append(decoder)
+
+    workers = [threading.Thread(target=one) for _ in range(threads)]
+    for w in workers:
+        w.start()
+    barrier.wait()
+    began = time.perf_counter()
+    for w in workers:
+        w.join()
+    wall = (time.perf_counter() - began) * 1e3
+    # The same count of warm sessions, each handed a new keyframe at once.
+    began = time.perf_counter()
+    pool = [threading.Thread(target=decode_raw, args=(nvc, d, units[0])) for d in decoders]
+    for w in pool:
+        w.start()
+    for w in pool:
+        w.join()
+    warm_wall = (time.perf_counter() - began) * 1e3
+    return {"threads": threads, "fresh_wall_ms": round(wall), "fresh_each_ms_median": round(float(np.median(spent))),
+            "warm_wall_ms": round(warm_wall)}
+
+
+def rate(nvc, units: list[bytes], threads: int, mode: str, seconds: float, per_call: int = 1) -> dict:
+    """frames/s of `threads` threads, one session each, decoding the looping clip."""
+    device = torch.device("cuda", 0)
+    stop = threading.Event()
+    counts = [0] * threads
+    ready = threading.Barrier(threads + 1)
+    # The clip's units grouped `per_call` to a Decode call, each group starting where the last ended.
+    groups = [b"".join(units[i:i + per_call]) for i in range(0, len(units), per_call)]
+
+    def worker(index: int):
+        if mode == "model":
+            decoder = NvDecDecoder("h264", device, low_latency=True)
+            decoder.decode(units[0])
+        else:
+            decoder = session(nvc, torch.cuda.Stream())
+            decode_raw(nvc, decoder, units[0])
+        ready.wait()
+        n = 1
+        while not stop.is_set():
+            if mode == "model":
+                counts[index] += len(decoder.decode(units[n % len(units)]))
+                n += 1
+            else:
+                keep: list = []
+                p = packet(nvc, groups[n % len(groups)], keep)
+                if per_call > 1:
+                    p.decode_flag = 0
+                counts[index] += len(decoder.Decode(p))
+                n += 1
+
+    workers = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
+    for w in workers:
+        w.start()
+    ready.wait()
+    before = sum(counts)
+    began = time.perf_counter()
+    time.sleep(seconds)
+    frames = sum(counts) - before
+    elapsed = time.perf_counter() - began
+    stop.set()
+    for w in workers:
+        w.join()
+    return {"threads": threads, "mode": mode, "per_call": per_call, "frames_per_s": round(frames / elapsed)}
+
+
+def gil_share(nvc, units: list[bytes], threads: int, seconds: float) -> dict:
+    """Main-thread loop iterations per s with `threads` decoding, over the same with none."""
+    def spin(duration: float) -> float:
+        n, began = 0, time.perf_counter()
+        while time.perf_counter() - began < duration:
+            n += 1
+        return n / duration
+
+    idle = spin(seconds / 2)
+    result: dict = {}
+    thread = threading.Thread(target=lambda: result.update(rate(nvc, units, threads, "raw", seconds)))
+    thread.start()
+    time.sleep(1.0)  # the sessions' start
+    busy = spin(seconds / 2)
+    thread.join()
+    return {"threads": threads, "main_thread_share": round(busy / idle, 3), "decode_frames_per_s": result.get("frames_per_s")}
+
+
+def process_rate(units, threads, seconds, ready, results):
+    import PyNvVideoCodec as nvc
+
+    torch.cuda.init()
+    ready.wait()
+    results.put(rate(nvc, units, threads, "raw", seconds))
+
+
+def in_processes(units: list[bytes], processes: int, threads: int, seconds: float) -> dict:
+    context = multiprocessing.get_context("spawn")
+    ready, results = context.Barrier(processes), context.Queue()
+    workers = [context.Process(target=process_rate, args=(units, threads, seconds, ready, results)) for _ in range(processes)]
+    for w in workers:
+        w.start()
+    parts = [results.get(timeout=120) for _ in workers]
+    for w in workers:
+        w.join()
+    return {"processes": processes, "threads": threads, "frames_per_s": sum(p["frames_per_s"] for p in parts),
+            "per_process": [p["frames_per_s"] for p in parts]}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--seconds", type=float, default=2.0)
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 16, 32])
+    parser.add_argument("--per-call", type=int, nargs="+", default=[4, 8])
+    parser.add_argument("--processes", type=int, nargs="+", default=[2, 4])
+    args = parser.parse_args(argv)
+    import PyNvVideoCodec as nvc
+
+    units = clip_units()
+    torch.cuda.init()
+    torch.zeros(1, device="cuda")
+    out: dict = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "clip_units": len(units)}
+
+    def save(key, value):
+        out.setdefault(key, []).append(value)
+        print(key, json.dumps(value), flush=True)
+        args.out.write_text(json.dumps(out, indent=1))
+
+    save("start", start_costs(nvc, units, 5))
+    for threads in (16, 40):
+        save("concurrent_start", concurrent_starts(nvc, units, threads))
+    for threads in args.threads:
+        for mode in ("raw", "model"):
+            save("rate", rate(nvc, units, threads, mode, args.seconds))
+    for per_call in args.per_call:
+        for threads in (1, 16):
+            save("rate", rate(nvc, units, threads, "raw", args.seconds, per_call))
+    save("gil", gil_share(nvc, units, 16, args.seconds))
+    for processes in args.processes:
+        save("processes", in_processes(units, processes, 16, args.seconds))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
