@@ -158,7 +158,7 @@ def test_restricted_protocols_share_one_secret_between_triton_and_the_gateway():
         assert env(c)["TRITON_ADMIN_HEADER_VALUE"]["valueFrom"]["secretKeyRef"] == {
             "name": "fleet-tritonfleet-triton-admin", "key": "header-value"}
     assert env(gateway)["TRITONFLEET_GATEWAY_TRITON_ADMIN_HEADER"]["value"] == (
-        "triton-grpc-protocol-tritonfleet-admin=$(TRITON_ADMIN_HEADER_VALUE)")
+        "tritonfleet-admin=$(TRITON_ADMIN_HEADER_VALUE)")
     # `$(VAR)` in an env value expands only from variables declared before it.
     names = [e["name"] for e in gateway["env"]]
     assert names.index("TRITON_ADMIN_HEADER_VALUE") < names.index("TRITONFLEET_GATEWAY_TRITON_ADMIN_HEADER")

@@ -20,6 +20,7 @@ import tritonclient.grpc as grpcclient
 import yaml
 from tritonclient.utils import InferenceServerException
 
+from gateway import config as gateway_config
 from tests.chart.chart_render import CHART, one, render
 from tests.polling import wait_until
 from tritonfleet.paths import MODEL_REPOSITORY
@@ -150,10 +151,13 @@ def test_a_client_without_a_certificate_is_refused(mounted, envoy):
 
 
 def gateway_admin_header() -> tuple[str, str]:
-    """The metadata the chart tells the gateway to add to admin RPCs, expanded as the kubelet would."""
+    """The metadata the gateway sends with admin RPCs, from the chart's env expanded as the kubelet
+    would and read by the gateway's own config parser."""
     gateway = one(render(None), "Deployment", "gateway")["spec"]["template"]["spec"]["containers"][0]
     value = next(e["value"] for e in gateway["env"] if e["name"] == "TRITONFLEET_GATEWAY_TRITON_ADMIN_HEADER")
-    key, _, value = kubelet_expand(value, {"TRITON_ADMIN_HEADER_VALUE": ADMIN_HEADER_VALUE}).partition("=")
+    parsed = gateway_config.from_mapping({"backends": ["a:1"], "triton_admin_header": kubelet_expand(
+        value, {"TRITON_ADMIN_HEADER_VALUE": ADMIN_HEADER_VALUE})})
+    (key, value), = parsed.triton_admin_metadata
     return key, value
 
 
