@@ -184,6 +184,8 @@ def _video_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clip-frames", type=int, default=30, help="frames in the clip that each stream loops")
     parser.add_argument("--miss-tolerance", type=float, default=0.01,
                         help="a stream is sustained when at most this share of its frames is late or dropped")
+    parser.add_argument("--ramp-s", type=float, default=0.0,
+                        help="start the streams spread over this many seconds (at most --warmup)")
     parser.set_defaults(func=_video, workload="video")
 
 
@@ -238,7 +240,8 @@ def video_options(args) -> runs.VideoOptions:
     video_file = args.video_file or ("" if args.source == "synthetic" else args.source)
     return runs.VideoOptions(**_common(args), streams=args.streams, fps=args.fps, duration_s=args.duration,
                              mode=args.mode, video_file=video_file, resolution=args.resolution,
-                             clip_frames=args.clip_frames, miss_tolerance=args.miss_tolerance, codec=args.codec)
+                             clip_frames=args.clip_frames, miss_tolerance=args.miss_tolerance, codec=args.codec,
+                             ramp_s=args.ramp_s)
 
 
 def _thresholds(args) -> Thresholds:

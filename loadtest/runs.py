@@ -64,6 +64,7 @@ class VideoOptions(CommonOptions):
     clip_frames: int = 30
     codec: str = ""  # "h264" | "hevc": encoded access units (for camera_stream) instead of raw frames
     miss_tolerance: float = 0.01  # a stream is sustained when at most this share of its frames missed
+    ramp_s: float = 0.0  # cameras start spread over this long, all inside the warm-up
 
 
 def image_bodies(options: ImageOptions) -> list[bytes]:
@@ -113,11 +114,14 @@ def run_video(options: VideoOptions, bodies: list[bytes] | None = None) -> RunRe
         raise ValueError(f"video mode must be 'stream' or 'unary', got {options.mode!r}")
     if options.streams < 1 or options.fps <= 0:
         raise ValueError("video needs at least one stream and a positive FPS")
+    if not 0 <= options.ramp_s <= options.warmup_s:
+        # Measuring while cameras still join would mix their starts into the steady state.
+        raise ValueError(f"--ramp-s must be between 0 and --warmup ({options.warmup_s}), got {options.ramp_s}")
     shape = Shape.constant(options.streams, options.warmup_s + options.duration_s)
     spec = WorkerSpec("video", options.url, bodies or video_bodies(options), shape, warmup_s=options.warmup_s,
                       timeout_s=options.timeout_s, streams=options.streams, fps=options.fps,
                       video_mode=options.mode, catch_up=_catch_up(options), connections=options.connections, metadata=options.metadata,
-                      tls=options.tls)
+                      tls=options.tls, ramp_s=options.ramp_s)
     config = VideoConfig(**_common_config(options), streams=options.streams, fps=options.fps, mode=options.mode,
                          duration_s=options.duration_s, miss_tolerance=options.miss_tolerance,
                          source=" ".join(filter(None, (options.codec, options.video_file or f"synthetic {options.resolution}"))))

@@ -43,6 +43,7 @@ class WorkerSpec:
     fps: float = 0.0
     video_mode: str = "stream"
     catch_up: object | None = None  # encoded video: loadtest.video_source.UnitRequests
+    ramp_s: float = 0.0  # video: cameras start spread over this long (0: over one frame period)
     connections: int = 1  # gRPC channels (each its own TCP connection) this worker spreads calls over
     metadata: tuple[tuple[str, str], ...] = ()  # sent with every call
     tls: ClientTls | None = None  # TLS toward the target; None: plaintext
@@ -111,9 +112,11 @@ async def _video(spec: WorkerSpec, channels, t0_ns: int, emit, live: LiveDelta) 
     frames = int(spec.shape.duration_s * spec.fps)
 
     async def camera(stream: int) -> None:
-        # Streams start spread over one frame period, as independent cameras would.
+        # Streams start spread over one frame period, as independent cameras would, or over the
+        # ramp, as a fleet of cameras reconnecting after a restart does.
+        spread_ns = int(spec.ramp_s * 1e9) or period_ns
         plan = CameraPlan(stream, spec.correlation_base + stream, spec.fps, frames,
-                          t0_ns + period_ns * stream // max(spec.streams, 1), spec.bodies, spec.catch_up)
+                          t0_ns + spread_ns * stream // max(spec.streams, 1), spec.bodies, spec.catch_up)
         live.streams_active += 1
         try:
             await Camera(channels, plan, spec.video_mode, emit, spec.shape.duration_s + spec.timeout_s).run()

@@ -104,6 +104,23 @@ class CameraStreams:
         self.idle_timeout_s = idle_timeout_s
         self.clock = clock
         self.streams: dict[int, CameraStream] = {}
+        self.warm: dict[str, list[Decoder]] = {}
+
+    def prepare(self, codec: str, count: int, keyframe: bytes) -> None:
+        """`count` sessions that have each decoded `keyframe`, for the cameras to come. NVDEC makes
+        a session's decoder when the first sequence header arrives (70 ms on an H200, 240 ms while
+        other instances make theirs), not when the session is created; a session that has decoded
+        a keyframe of a camera's size only checks the new camera's sequence header against it.
+        Used up as cameras start, not refilled. The keyframe's picture must come out at once: one
+        the session held back would reach the first camera given it."""
+        pool = self.warm.setdefault(codec, [])
+        while len(pool) < min(count, self.max_decoders):
+            decoder = self.make_decoder(codec)
+            if len(decoder.decode(keyframe)) != 1:
+                decoder.close()
+                raise ValueError("WARM_DECODERS needs decoders that hand out each picture with its access unit "
+                                 "(NVDEC_LATENCY low): this one held the warm-up keyframe back")
+            pool.append(decoder)
 
     def open(self, stream: int, codec: str) -> CameraStream:
         """A fresh session for a sequence's START; a restarted id gives its old session back first."""
@@ -115,7 +132,9 @@ class CameraStreams:
                 f"(MAX_DECODERS); stream {stream} was not admitted, retry later "
                 "or on another instance"
             )
-        session = self.streams[stream] = CameraStream(codec, self.make_decoder(codec), last_seen=self.clock())
+        pool = self.warm.get(codec)
+        decoder = pool.pop() if pool else self.make_decoder(codec)
+        session = self.streams[stream] = CameraStream(codec, decoder, last_seen=self.clock())
         return session
 
     def get(self, stream: int) -> CameraStream:
@@ -372,6 +391,9 @@ class CameraService:
     def close(self) -> None:
         for stream in list(self.streams.streams):
             self.streams.close(stream)
+        for pool in self.streams.warm.values():
+            while pool:
+                pool.pop().close()
         self.analyzer.streams.clear()
         if self._pool:
             self._pool.shutdown(wait=True)

@@ -15,7 +15,7 @@ from models.camera import (
 )
 from models.pipeline import build_from_parameters
 from models.video import settings_from_parameters
-from models.video_decode import codec_name, decoder_factory
+from models.video_decode import blank_keyframe, codec_name, decoder_factory
 
 INPUTS = [
     {"name": "ACCESS_UNITS", "data_type": "TYPE_STRING", "dims": [-1]},
@@ -47,8 +47,11 @@ def build_service(args: dict) -> tuple[CameraService, list[str], torch.device]:
     device = triton_io.instance_device(args)
     pipeline, labels = build_from_parameters(params, lambda p: triton_io.model_file(args, p), device)
     settings = settings_from_parameters(params)
+    sizes = warm_up_sizes(params.get("WARMUP", ""))
+    # NVDEC sessions sized for the largest warm-up size: a camera up to it reconfigures a session.
+    largest = max(sizes, key=lambda s: s[0] * s[1]) if sizes else None
     streams = CameraStreams(
-        decoder_factory(params.get("DECODER", "auto"), device, low_latency=_nvdec_low_latency(params)),
+        decoder_factory(params.get("DECODER", "auto"), device, low_latency=_nvdec_low_latency(params), max_size=largest),
         max_decoders=int(params.get("MAX_DECODERS", "16")),
         idle_timeout_s=settings.idle_timeout_s,
     )
@@ -56,7 +59,12 @@ def build_service(args: dict) -> tuple[CameraService, list[str], torch.device]:
         streams, CameraAnalyzer(pipeline, settings), codec_name(params.get("CODEC", "h264")),
         decode_threads=int(params.get("DECODE_THREADS", "1")),
     )
-    for height, width in warm_up_sizes(params.get("WARMUP", "")):
+    warm = int(params.get("WARM_DECODERS", "0"))
+    if warm and not sizes:
+        raise ValueError("WARM_DECODERS needs WARMUP: the picture size the sessions are made ready for")
+    if warm:
+        streams.prepare(service.default_codec, warm, blank_keyframe(service.default_codec, *sizes[0]))
+    for height, width in sizes:
         service.warm_up(height, width, device)
     return service, labels, device
 

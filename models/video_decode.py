@@ -14,6 +14,7 @@ are a `CorruptAccessUnit` whichever backend decodes.
 from __future__ import annotations
 
 import ctypes
+import fractions
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
@@ -183,10 +184,13 @@ class NvDecDecoder:
     session was made, so their memory is not handed out again while work queued there reads it.
     NVDEC's native display latency holds two pictures back (measured on an H200); `low_latency`
     hands each picture out with its own access unit, which is right for the I/P-only streams of
-    cameras and wrong for streams with B-frames, whose pictures must be reordered.
+    cameras and wrong for streams with B-frames, whose pictures must be reordered. `max_size`
+    (height, width) sizes the session at creation, so a stream of any size up to it makes NVDEC
+    reconfigure the session's decoder instead of destroying and creating one.
     """
 
-    def __init__(self, codec: str, device: torch.device, low_latency: bool = False, own_stream: bool = True):
+    def __init__(self, codec: str, device: torch.device, low_latency: bool = False, own_stream: bool = True,
+                 max_size: tuple[int, int] | None = None):
         import PyNvVideoCodec as nvc
 
         self._nvc = nvc
@@ -203,6 +207,7 @@ class NvDecDecoder:
             cudastream=self._stream.cuda_stream,
             usedevicememory=True,
             latency=nvc.DisplayDecodeLatencyType.LOW if low_latency else nvc.DisplayDecodeLatencyType.NATIVE,
+            **({"maxheight": max_size[0], "maxwidth": max_size[1]} if max_size else {}),
         )
 
     def decode(self, access_unit: bytes) -> list[Picture]:
@@ -262,11 +267,31 @@ def nvdec_available() -> bool:
     return True
 
 
-def decoder_factory(choice: str, device: torch.device, low_latency: bool = False) -> Callable[[str], Decoder]:
+def blank_keyframe(codec: str, height: int, width: int) -> bytes:
+    """One grey keyframe of this size (Annex B, parameter sets in front), encoded with PyAV, which
+    the CPU decoder needs anyway: what a decoder session decodes to be warm for cameras of that size."""
+    import av
+
+    context = av.CodecContext.create({"h264": "libx264", "hevc": "libx265"}[codec], "w")
+    context.width, context.height, context.pix_fmt = width, height, "yuv420p"
+    context.time_base = fractions.Fraction(1, 30)
+    context.options = {"tune": "zerolatency", "preset": "ultrafast"}
+    if codec == "hevc":
+        context.options = {**context.options, "x265-params": "log-level=error:repeat-headers=1"}
+    frame = av.VideoFrame.from_ndarray(np.full((height * 3 // 2, width), 128, np.uint8), format="yuv420p")
+    unit = b"".join(bytes(p) for p in [*context.encode(frame), *context.encode(None)])
+    if not unit:
+        raise RuntimeError(f"{codec} encoder gave no keyframe for {width}x{height}")
+    return unit
+
+
+def decoder_factory(choice: str, device: torch.device, low_latency: bool = False,
+                    max_size: tuple[int, int] | None = None) -> Callable[[str], Decoder]:
     """`choice` "auto" | "pyav" | "nvdec" -> a function codec -> new decoder session.
 
     "auto" takes NVDEC on a GPU instance when PyNvVideoCodec is installed, PyAV otherwise;
-    `low_latency` is NVDEC's (see NvDecDecoder). PyAV's decoders hand out I/P pictures at once.
+    `low_latency` and `max_size` are NVDEC's (see NvDecDecoder). PyAV's decoders hand out I/P
+    pictures at once and need no sizing.
     """
     if choice not in ("auto", "pyav", "nvdec"):
         raise ValueError(f"DECODER must be auto, pyav or nvdec, got {choice!r}")
@@ -274,5 +299,5 @@ def decoder_factory(choice: str, device: torch.device, low_latency: bool = False
     if use_nvdec:
         if device.type != "cuda":
             raise ValueError("DECODER nvdec needs a KIND_GPU instance")
-        return lambda codec: NvDecDecoder(codec, device, low_latency)
+        return lambda codec: NvDecDecoder(codec, device, low_latency, max_size=max_size)
     return PyAVDecoder

@@ -9,7 +9,8 @@ access unit each round, in batches of `--batch` requests, as fast as the service
 variant (each NVDEC session on a CUDA stream of its own or on the current one) and stream count:
 frames/s, and the ms per frame spent decoding, queueing the analysis, and waiting for the device
 and the copy to the host (CameraService's counters). The first step (every stream's START with its
-keyframe, when NVDEC makes a session's surfaces) is timed apart, as open_ms_per_stream.
+keyframe, when NVDEC makes a session's surfaces) is timed apart, as open_ms_per_stream; variant
+`warm` gives every session a keyframe before that (the model's WARM_DECODERS).
 `--processes P` runs P such services at once in processes of their own, the streams shared out,
 as P model instances would: whether the rate grows with P tells a limit inside one process (its
 GIL) from one of the device.
@@ -31,13 +32,15 @@ from models.camera import CameraAnalyzer, CameraRequest, CameraService, CameraSt
 from models.classifier import Classifier, ClassifierSettings
 from models.pipeline import ImagePipeline
 from models.video import VideoSettings
-from models.video_decode import NvDecDecoder, PyAVDecoder
+from models.video_decode import NvDecDecoder, PyAVDecoder, blank_keyframe
 
 # Variant -> (device, codec -> decoder); "pyav" is the CPU path, for a smoke run anywhere.
 VARIANTS = {
     "own-stream": lambda device: lambda codec: NvDecDecoder(codec, device, low_latency=True, own_stream=True),
     "current-stream": lambda device: lambda codec: NvDecDecoder(codec, device, low_latency=True, own_stream=False),
     "pyav": lambda device: PyAVDecoder,
+    # Sessions sized for 1080p at creation and each given a grey keyframe ahead (WARM_DECODERS).
+    "warm": lambda device: lambda codec: NvDecDecoder(codec, device, low_latency=True, max_size=(1080, 1920)),
 }
 
 
@@ -45,6 +48,8 @@ def build(variant: str, streams: int, threads: int, size: tuple[int, int]) -> tu
     device = torch.device("cpu") if variant == "pyav" else torch.device("cuda", 0)
     pipeline = ImagePipeline(Classifier(ClassifierSettings(weights=None, seed=0, device=device)))
     sessions = CameraStreams(VARIANTS[variant](device), max_decoders=streams, idle_timeout_s=600)
+    if variant == "warm":
+        sessions.prepare("h264", streams, blank_keyframe("h264", *size))
     service = CameraService(sessions, CameraAnalyzer(pipeline, VideoSettings()), "h264", decode_threads=threads)
     service.warm_up(*size, device)
     if device.type == "cuda":

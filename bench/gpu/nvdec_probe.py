@@ -212,8 +212,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 16, 32])
-    parser.add_argument("--per-call", type=int, nargs="+", default=[4, 8])
-    parser.add_argument("--processes", type=int, nargs="+", default=[2, 4])
+    parser.add_argument("--per-call", type=int, nargs="*", default=[4, 8])
+    parser.add_argument("--processes", type=int, nargs="*", default=[2, 4])
     args = parser.parse_args(argv)
     import PyNvVideoCodec as nvc
 

@@ -208,19 +208,21 @@ def image_runs(record, workdir, direct, gateway, levels, duration, workers, batc
                      [*common, "--concurrency", str(level)], duration + 120)
 
 
-def camera_runs(record, workdir, direct, gateway, levels, duration, workers, codec, source, gateway_first=False):
+def camera_runs(record, workdir, direct, gateway, levels, duration, workers, codec, source, gateway_first=False,
+                ramp_s=0.0, warmup_s=2.0):
     common = ["video", "--model", "camera_stream", "--codec", codec, "--source", source, "--resolution", "1080p",
-              "--fps", "30", "--duration", str(duration), "--warmup", "2", "--workers", str(workers), "--slo-ms", "100"]
+              "--fps", "30", "--duration", str(duration), "--warmup", str(warmup_s), "--ramp-s", str(ramp_s),
+              "--workers", str(workers), "--slo-ms", "100"]
     routes = (("direct", direct), ("gateway", gateway))
     for level in levels:
         for route, url in reversed(routes) if gateway_first else routes:
             if url is None:
                 continue
-            if record.left() < duration + 60:
+            if record.left() < duration + warmup_s + 60:
                 record.note(f"camera: skipped {level} streams {route} (time budget)")
                 continue
             loadtest(record, workdir, f"camera-{codec}-s{level}-{route}", url, direct, ("camera_stream",),
-                     [*common, "--streams", str(level)], duration + 180)
+                     [*common, "--streams", str(level)], duration + warmup_s + 180)
 
 
 def main(argv=None) -> int:
@@ -237,6 +239,9 @@ def main(argv=None) -> int:
     parser.add_argument("--camera-streams", type=int, nargs="*", default=[], help="camera runs (needs camera_stream)")
     parser.add_argument("--camera-codec", default="h264")
     parser.add_argument("--camera-source", default="synthetic")
+    parser.add_argument("--camera-ramp", type=float, default=0.0, help="cameras start spread over this many seconds")
+    parser.add_argument("--camera-warmup", type=float, default=2.0,
+                        help="seconds before the camera figures count (at least the ramp: every camera is in)")
     parser.add_argument("--gateway-first", action="store_true",
                         help="camera runs through the gateway before the direct ones (the target route gets the fresh server)")
     parser.add_argument("--models", nargs="*", default=[], help="load only these (and what their ensembles need)")
@@ -268,7 +273,7 @@ def main(argv=None) -> int:
             record.note(f"gateway ready at {through} with {args.gateway_workers} workers")
         if args.camera_streams:
             camera_runs(record, args.workdir, direct, through, args.camera_streams, args.duration, args.load_workers,
-                        args.camera_codec, args.camera_source, args.gateway_first)
+                        args.camera_codec, args.camera_source, args.gateway_first, args.camera_ramp, args.camera_warmup)
         for spec in args.image_runs:
             batch, _, levels = spec.partition(":")
             image_runs(record, args.workdir, direct, through, [int(c) for c in levels.split(",")], args.duration,

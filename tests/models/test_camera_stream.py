@@ -18,9 +18,10 @@ import torch
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from models.camera import CameraStreams, DecoderLimit, gather_figures, warm_up_sizes
+from models.camera import CameraStreams, DecoderLimit, decode, gather_figures, warm_up_sizes
 from models.profiles import PROFILES_FILE, ProfileError, render_configs
 from models.video import FrameResult, StreamError
+from models.video_decode import PyAVDecoder, blank_keyframe
 from tests.models.camera_clips import codec_input, encode_clip, offline_analysis, offline_motion, units_input
 from tritonfleet.paths import MODEL_REPOSITORY
 from tritonfleet.proxies import GatewayProcess
@@ -41,6 +42,10 @@ def camera_server(tmp_path_factory):
         # The instance runs a warm-up picture through the analysis before it turns ready: every
         # test below then also checks that the warm-up left no stream state behind.
         'key: "WARMUP" value { string_value: "" }', 'key: "WARMUP" value { string_value: "320x240" }'
+    ).replace(
+        # Every camera below starts on a session that already decoded a grey keyframe: the clips'
+        # analyses then also check that nothing of that keyframe reaches a camera.
+        'key: "WARM_DECODERS" value { string_value: "0" }', 'key: "WARM_DECODERS" value { string_value: "2" }'
     ))
     servers = start_fleet(1, repo, tmp_path_factory.mktemp("camera-triton"))
     yield servers[0]
@@ -223,6 +228,39 @@ def test_silent_streams_give_their_decoder_back():
         streams.get(1)
 
 
+def test_cameras_start_on_warm_sessions_and_decode_only_their_own_pictures(clips):
+    made = []
+
+    def make(codec):
+        made.append(PyAVDecoder(codec))
+        return made[-1]
+
+    streams = CameraStreams(make, max_decoders=2, idle_timeout_s=60)
+    streams.prepare("h264", 5, blank_keyframe("h264", 240, 320))
+    assert len(streams.warm["h264"]) == 2 and len(made) == 2  # never more than the instance admits
+    first = streams.open(1, "h264")
+    assert first.decoder in made and len(made) == 2  # the camera took a warm session, made none
+    pictures = decode(first, clips["h264"], end=True).pictures
+    fresh = CameraStreams(PyAVDecoder, max_decoders=1, idle_timeout_s=60).open(1, "h264")
+    expected = decode(fresh, clips["h264"], end=True).pictures
+    assert len(pictures) == len(expected) == len(clips["h264"])
+    for got, want in zip(pictures, expected):
+        assert torch.equal(got.luma, want.luma)
+
+
+def frame_threaded(codec):
+    """FFmpeg with frame threads holds pictures back, as NVDEC's native latency does."""
+    decoder = PyAVDecoder(codec)
+    decoder._context.thread_type, decoder._context.thread_count = "FRAME", 4
+    return decoder
+
+
+def test_warm_sessions_refuse_a_decoder_that_holds_the_keyframe_back():
+    streams = CameraStreams(frame_threaded, max_decoders=2, idle_timeout_s=60)
+    with pytest.raises(ValueError, match="WARM_DECODERS needs decoders that hand out each picture"):
+        streams.prepare("h264", 2, blank_keyframe("h264", 240, 320))
+
+
 def test_the_gpu_profile_gives_the_camera_model_its_decoder_budget(tmp_path):
     gpu = render_configs("gpu")["camera_stream"]
     per_instance = int(gpu.parameters["MAX_DECODERS"].string_value)
@@ -231,6 +269,7 @@ def test_the_gpu_profile_gives_the_camera_model_its_decoder_budget(tmp_path):
     # while another instance has room.
     assert gpu.sequence_batching.oldest.max_candidate_sequences == per_instance
     assert gpu.parameters["WARMUP"].string_value == "1920x1080"
+    assert gpu.parameters["WARM_DECODERS"].string_value == gpu.parameters["MAX_DECODERS"].string_value
     assert render_configs("cpu")["camera_stream"].parameters["MAX_DECODERS"].string_value == "16"
     profiles = tmp_path / "profiles.yaml"
     profiles.write_text(PROFILES_FILE.read_text().replace("MAX_DECODERS:", "MAX_DECODER:"))
