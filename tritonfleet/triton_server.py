@@ -148,11 +148,22 @@ class TritonServer:
         return env
 
     def restart(self, timeout: float = 120.0) -> None:
-        """Start again on the same ports (after a crash), and wait until ready."""
-        self.stop()
-        self.process = None
-        self.start()
-        self.wait_ready(timeout)
+        """Start again on the same ports (after a crash), and wait until ready. A server that aborts
+        while it loads again (Triton 2.51's Python backend now and then throws
+        boost::interprocess::lock_exception on a restart) is started once more, as the kubelet
+        restarts a crashed container; a model that fails to load, or a second abort, raises."""
+        for attempt in range(2):
+            self.stop()
+            self.process = None
+            self.start()
+            try:
+                self.wait_ready(timeout)
+                return
+            except TritonServerError as failure:
+                aborted = type(failure) is TritonServerError and self.process.returncode is not None \
+                    and self.process.returncode < 0
+                if attempt or not aborted:
+                    raise
 
     def is_running(self) -> bool:
         return self.process is not None and self.process.poll() is None

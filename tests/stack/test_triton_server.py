@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -26,6 +28,8 @@ from tritonfleet.triton_server import (
     ServerPorts,
     TritonServer,
     parse_model_load_failure,
+    start_fleet,
+    stop_all,
 )
 from tests.polling import poll
 
@@ -134,6 +138,27 @@ def test_parse_model_load_failure_reads_a_config_that_does_not_parse():
     model, reason = parse_model_load_failure(log)
     assert model == "m"
     assert reason.startswith("failed to read text proto from /r/m/config.pbtxt: 5:48: Unknown enumeration")
+
+
+def test_a_server_that_aborts_while_it_restarts_is_started_once_more(tmp_path):
+    """The first start of the restart is aborted (SIGABRT, as Triton's own abort ends it); the second
+    comes up ready on the same ports."""
+    [server] = start_fleet(1, SMALL_REPOSITORY, tmp_path)
+    started = []
+    real_start = server.start
+
+    def start_then_abort_the_first():
+        real_start()
+        started.append(server.process.pid)
+        if len(started) == 1:
+            os.kill(server.process.pid, signal.SIGABRT)
+
+    server.start = start_then_abort_the_first
+    try:
+        server.restart()
+        assert len(started) == 2 and server.is_ready()
+    finally:
+        stop_all([server])
 
 
 def test_a_port_in_use_gives_a_clear_error(tmp_path):
