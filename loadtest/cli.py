@@ -12,6 +12,7 @@ from loadtest import report, runs
 from loadtest.channels import ClientTls, parse_header
 from loadtest.engine import LoadRunError
 from loadtest.payloads import TensorSpec
+from loadtest.peers import start_together
 from loadtest.results import RunResult, merge_results
 from loadtest.shape import Shape
 from loadtest.sweep import SweepOptions, sweep_image, sweep_video
@@ -135,6 +136,11 @@ def _common_args(parser: argparse.ArgumentParser, workload: str) -> None:
                         help="also print the result as one JSON line, last, so it outlives a pod in its log")
     parser.add_argument("--html", type=Path, help="also write the HTML report here")
     parser.add_argument("--quiet", action="store_true", help="no progress display")
+    parser.add_argument("--wait-for-peers", default="", metavar="HOST,...",
+                        help="start only once every host resolves (the other pods of an Indexed Job), "
+                             "on the next multiple of --start-align-s seconds of wall-clock time")
+    parser.add_argument("--peers-timeout", type=float, default=600.0, help="seconds to wait for the peers")
+    parser.add_argument("--start-align-s", type=float, default=10.0, help="the peers' shared start beat, seconds")
     _threshold_args(parser, workload)
 
 
@@ -289,15 +295,27 @@ def _workload_thresholds(args) -> Thresholds:
     return thresholds
 
 
+def _start_with_peers(args) -> None:
+    peers = [name for name in args.wait_for_peers.replace(",", " ").split() if name]
+    if not peers:
+        return
+    if args.start_align_s <= 0 or args.peers_timeout < 0:
+        raise ValueError("--start-align-s must be positive and --peers-timeout not negative")
+    beat = start_together(peers, args.peers_timeout, args.start_align_s)
+    print(f"{len(peers)} peers up; load starts at {beat:.0f} (Unix time)", file=sys.stderr)
+
+
 @_guarded
 def _image(args) -> int:
     thresholds = _workload_thresholds(args)
+    _start_with_peers(args)
     return _finish(runs.run_image(image_options(args)), args, thresholds)
 
 
 @_guarded
 def _video(args) -> int:
     thresholds = _workload_thresholds(args)
+    _start_with_peers(args)
     return _finish(runs.run_video(video_options(args)), args, thresholds)
 
 
@@ -307,6 +325,7 @@ def _sweep(args) -> int:
     if not args.slo_ms:
         raise ValueError("a sweep needs --slo-ms, the p99 latency to stay under")
     thresholds = _workload_thresholds(args)
+    _start_with_peers(args)
     if args.workload == "image":
         options = image_options(args)
         start = args.start or 50.0

@@ -47,6 +47,30 @@ def test_ci_values_start_four_pods_that_write_to_the_claim_per_revision():
     assert (args.workload, args.min_fps, args.max_error_rate, args.print_result) == ("video", 14.0, 0.0, True)
 
 
+def test_several_pods_wait_for_each_other_by_their_names_under_a_headless_service():
+    objects = render(LOADTEST_CI)
+    job, pod = job_of(objects)
+    service = one(objects, "Service", "loadtest")
+    assert service["spec"]["clusterIP"] == "None" and service["spec"]["publishNotReadyAddresses"] is True
+    assert service["spec"]["selector"] == job["spec"]["template"]["metadata"]["labels"]
+    assert pod["subdomain"] == service["metadata"]["name"]
+    # The Job's hook creates the Service first, so the names exist as the pods do.
+    assert int(service["metadata"]["annotations"]["helm.sh/hook-weight"]) < int(
+        job["metadata"]["annotations"].get("helm.sh/hook-weight", "0"))
+    args = build_parser().parse_args(pod["containers"][0]["command"][1:] + pod["containers"][0]["args"])
+    name, namespace = job["metadata"]["name"], job["metadata"].get("namespace", "inference")
+    assert args.wait_for_peers.split(",") == [f"{name}-{i}.{name}.{namespace}.svc.cluster.local" for i in range(4)]
+    assert (args.peers_timeout, args.start_align_s) == (600.0, 10.0)
+
+
+def test_one_pod_waits_for_no_peer():
+    objects = render(None, sets=("loadtest.enabled=true",))
+    _, pod = job_of(objects)
+    assert "subdomain" not in pod
+    assert not [o for o in objects if o["kind"] == "Service" and o["metadata"]["name"].endswith("-loadtest")]
+    assert not any(a.startswith("--wait-for-peers") for a in pod["containers"][0]["args"])
+
+
 def test_a_missed_threshold_fails_the_job_without_a_retry():
     job, pod = job_of(render(LOADTEST_CI, sets=("loadtest.backoffLimit=3",)))
     assert job["spec"]["backoffLimit"] == 3
