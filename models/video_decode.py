@@ -139,6 +139,14 @@ class PyAVDecoder:
         return self._pictures(None)
 
     def close(self) -> None:
+        # Drained first: FFmpeg's frame threads, when a context has them, wait for input that never
+        # comes, and freeing the context under them hangs its owner.
+        if self._context is None:
+            return
+        try:
+            self._context.decode(None)
+        except self._av.error.FFmpegError:
+            pass
         self._context = None
 
     def _pictures(self, packet) -> list[Picture]:
