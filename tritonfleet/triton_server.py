@@ -148,22 +148,28 @@ class TritonServer:
         return env
 
     def restart(self, timeout: float = 120.0) -> None:
-        """Start again on the same ports (after a crash), and wait until ready. A server that aborts
-        while it loads again (Triton 2.51's Python backend now and then throws
-        boost::interprocess::lock_exception on a restart) is started once more, as the kubelet
-        restarts a crashed container; a model that fails to load, or a second abort, raises."""
-        for attempt in range(2):
+        """Start again on the same ports (after a crash), and wait until ready."""
+        self.stop()
+        self.process = None
+        self.start()
+        self.wait_ready_or_start_again(timeout)
+
+    def wait_ready_or_start_again(self, timeout: float = 120.0) -> None:
+        """Wait until ready; a server that aborted while it loaded is started once more, as the kubelet
+        restarts a crashed container. Triton 2.51's Python backend now and then throws
+        boost::interprocess::lock_exception while model instances start (more often when several
+        servers start at once); a model that fails to load, or a second abort, raises."""
+        try:
+            self.wait_ready(timeout)
+        except TritonServerError as failure:
+            aborted = type(failure) is TritonServerError and self.process.returncode is not None \
+                and self.process.returncode < 0
+            if not aborted:
+                raise
             self.stop()
             self.process = None
             self.start()
-            try:
-                self.wait_ready(timeout)
-                return
-            except TritonServerError as failure:
-                aborted = type(failure) is TritonServerError and self.process.returncode is not None \
-                    and self.process.returncode < 0
-                if attempt or not aborted:
-                    raise
+            self.wait_ready(timeout)
 
     def is_running(self) -> bool:
         return self.process is not None and self.process.poll() is None
@@ -205,7 +211,7 @@ class TritonServer:
     def __enter__(self) -> "TritonServer":
         self.start()
         try:
-            self.wait_ready()
+            self.wait_ready_or_start_again()
         except BaseException:
             self.stop()
             raise
@@ -267,7 +273,7 @@ def start_fleet(
         for server in servers:
             server.start()
         for server in servers:
-            server.wait_ready(timeout)
+            server.wait_ready_or_start_again(timeout)
     except BaseException:
         stop_all(servers)
         raise

@@ -161,6 +161,24 @@ def test_a_server_that_aborts_while_it_restarts_is_started_once_more(tmp_path):
         stop_all([server])
 
 
+def test_a_server_that_aborts_on_its_first_start_is_started_once_more(tmp_path, monkeypatch):
+    started = []
+    real_start = TritonServer.start
+
+    def start_then_abort_the_first(server):
+        real_start(server)
+        started.append(server.process.pid)
+        if len(started) == 1:
+            os.kill(server.process.pid, signal.SIGABRT)
+
+    monkeypatch.setattr(TritonServer, "start", start_then_abort_the_first)
+    servers = start_fleet(1, SMALL_REPOSITORY, tmp_path)
+    try:
+        assert len(started) == 2 and servers[0].is_ready()
+    finally:
+        stop_all(servers)
+
+
 def test_a_port_in_use_gives_a_clear_error(tmp_path):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
