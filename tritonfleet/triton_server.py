@@ -155,16 +155,13 @@ class TritonServer:
         self.wait_ready_or_start_again(timeout)
 
     def wait_ready_or_start_again(self, timeout: float = 120.0) -> None:
-        """Wait until ready; a server that aborted while it loaded is started once more, as the kubelet
-        restarts a crashed container. Triton 2.51's Python backend now and then throws
-        boost::interprocess::lock_exception while model instances start (more often when several
-        servers start at once); a model that fails to load, or a second abort, raises."""
+        """Wait until ready; a server that crashed while it loaded (`_crashed_starting`) is started once
+        more, as the kubelet restarts a crashed container. A model that fails to load, a port in use,
+        or a second crash, raises."""
         try:
             self.wait_ready(timeout)
         except TritonServerError as failure:
-            aborted = type(failure) is TritonServerError and self.process.returncode is not None \
-                and self.process.returncode < 0
-            if not aborted:
+            if not self._crashed_starting():
                 raise
             self.stop()
             self.process = None
@@ -204,6 +201,14 @@ class TritonServer:
         tail = "\n".join(text.strip().splitlines()[-15:])
         return TritonServerError(f"{self.name} exited with code {code} before it was ready:\n{tail}")
 
+    def _crashed_starting(self) -> bool:
+        """Whether the server, or a backend stub while its model loaded, crashed (a signal, or the C
+        runtime's own words in the log), as opposed to refusing a model or a port."""
+        if self.process is not None and self.process.returncode is not None and self.process.returncode < 0:
+            return True
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return any(words in text for words in _CRASH_WORDS)
+
     def stop(self, grace: float = 15.0) -> None:
         """Stop the server and its backend stubs (the whole process group)."""
         terminate(self.process, grace)
@@ -241,6 +246,13 @@ def parse_model_load_failure(log_text: str) -> tuple[str, str] | None:
             reason = f"{reason}: {detail.group(1).strip()}"
         return match.group(1), reason
     return None
+
+
+# What the log of a server says when it or a backend stub crashed while models loaded: seen with
+# Triton 2.51's Python backend when servers start side by side (a stub's heap corrupted while it
+# imported torch; a lock of its shared memory thrown away).
+_CRASH_WORDS = ("double free or corruption", "boost::interprocess::lock_exception", "Segmentation fault",
+                "free(): invalid", "malloc(): ")
 
 
 def start_fleet(
