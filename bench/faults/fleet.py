@@ -5,11 +5,8 @@ front of them with its deployed settings."""
 from __future__ import annotations
 
 import contextlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
-
-import tritonclient.grpc as grpcclient
 
 from tritonfleet.paths import REPO_ROOT
 from tritonfleet.proxies import GatewayProcess
@@ -55,12 +52,3 @@ def running_fleet(workdir: Path, gateway_args: tuple[str, ...] = (), gateway_env
         stop_all(servers)
 
 
-def set_slow_delay(server: TritonServer, delay_ms: int) -> None:
-    """Reload `slow` on one server with `delay_ms` added to every request (0: the repository's own)."""
-    client = grpcclient.InferenceServerClient(server.grpc_url)
-    try:
-        config = client.get_model_config("slow", as_json=True)["config"]
-        config["parameters"]["delay_ms"]["string_value"] = str(delay_ms)
-        client.load_model("slow", config=json.dumps(config))
-    finally:
-        client.close()

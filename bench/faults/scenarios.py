@@ -9,10 +9,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.faults.fleet import GATEWAY_ENV, Fleet, running_fleet, set_slow_delay
+from bench.faults.fleet import GATEWAY_ENV, Fleet, running_fleet
+from tritonfleet.slow_model import set_slow_delay
 from bench.faults.load import CameraStreams, UnaryLoad, now_ns, slow_request
 from bench.faults.observe import GatewayWatch
-from bench.faults.prometheus import PrometheusProcess
+from observability.prometheus_process import PrometheusProcess
 from bench.faults.report import between, failures, p99_ms, seconds
 from loadtest.records import OK
 from tritonfleet.proxies import GatewayProcess

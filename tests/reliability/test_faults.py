@@ -10,29 +10,25 @@ kill -9 and SIGSTOP of a server under load are tests/gateway/test_gateway_resili
 
 from __future__ import annotations
 
-import json
 import os
 import queue
 import signal
 import threading
 import time
-import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
-import yaml
 from tritonclient.utils import InferenceServerException
 
-from observability.prometheus_api import PrometheusAPI, PrometheusError
+from observability.prometheus_process import PrometheusProcess
 from tests.gateway.fake_kubernetes import FakeKubernetesApiServer, endpoint_slice
 from tests.gateway.helpers import GatewayProcess, StreamClient, add_one_inputs
 from tests.gateway.polling import metric
 from tests.polling import wait_until
 from tests.reliability.load import ChildLoad, failures
-from tritonfleet.processes import ChildProcess, terminate
-from tritonfleet.triton_server import LOOPBACK, free_port
+from tritonfleet.slow_model import set_slow_delay
 
 pytestmark = pytest.mark.slow
 
@@ -51,14 +47,6 @@ def answered_more(load: ChildLoad, count: int, what: str) -> None:
     wait_until(lambda: load.answered() >= start + count, f"{count} more answers {what}", timeout=60)
 
 
-def reload_slow(server, delay_ms: int) -> None:
-    client = grpcclient.InferenceServerClient(server.grpc_url)
-    try:
-        config = client.get_model_config("slow", as_json=True)["config"]
-        config["parameters"]["delay_ms"]["string_value"] = str(delay_ms)
-        client.load_model("slow", config=json.dumps(config))
-    finally:
-        client.close()
 
 
 def test_a_server_turned_3x_slower_under_load_fails_no_request(fault_fleet, tmp_path):
@@ -69,9 +57,9 @@ def test_a_server_turned_3x_slower_under_load_fails_no_request(fault_fleet, tmp_
         load = ChildLoad(gateway.url, delay_ms=20)
         try:
             answered_more(load, 30, "before the fault")
-            reload_slow(fault_fleet[2], 40)
+            set_slow_delay(fault_fleet[2], 40)
             answered_more(load, 100, "with one server 3x slower")
-            reload_slow(fault_fleet[2], 0)
+            set_slow_delay(fault_fleet[2], 0)
             answered_more(load, 30, "after the server was made fast again")
         finally:
             outcomes = load.stop()
@@ -115,47 +103,19 @@ def test_discovery_listing_no_pod_fails_requests_at_once_with_unavailable_then_t
                 client.close()
 
 
-class Prometheus:
-    """A real Prometheus scraping one target every second, to kill and start again on its data."""
-
-    def __init__(self, workdir, metrics_url: str):
-        target = urllib.parse.urlparse(metrics_url)
-        self.workdir, self.port = workdir, free_port()
-        self.config = workdir / "prometheus.yml"
-        self.config.write_text(yaml.safe_dump({"global": {"scrape_interval": "1s"}, "scrape_configs": [
-            {"job_name": "gateway", "metrics_path": target.path, "static_configs": [{"targets": [target.netloc]}]}]}))
-        self.api = PrometheusAPI(f"http://{LOOPBACK}:{self.port}", timeout=2)
-        self.child = None
-        self.start()
-
-    def start(self) -> None:
-        self.child = ChildProcess("prometheus", [
-            "prometheus", f"--config.file={self.config}", f"--storage.tsdb.path={self.workdir / 'data'}",
-            f"--web.listen-address={LOOPBACK}:{self.port}"], self.workdir / "prometheus.log")
-        self.child.wait_listening(f"{LOOPBACK}:{self.port}", timeout=30)
-
-    def newest_scrape(self) -> float:
-        """Wall time of its newest successful scrape of the gateway (0: none, or it cannot answer)."""
-        try:
-            found = self.api.query('timestamp(up{job="gateway"} == 1)')
-        except PrometheusError:
-            return 0.0
-        return max((float(item["value"][1]) for item in found), default=0.0)
-
-
 def test_prometheus_down_leaves_serving_untouched_and_scraping_resumes_after_its_restart(fault_fleet, tmp_path):
     """Nothing on the serving path reads Prometheus (the gateway routes on its own health checks and
     measurements): killed, it costs no request; started again on its data, it scrapes again."""
     with GatewayProcess([s.grpc_url for s in fault_fleet], tmp_path / "gateway.log") as gateway:
-        prometheus = Prometheus(tmp_path, gateway.metrics_url)
+        prometheus = PrometheusProcess(tmp_path, {"gateway": [gateway.metrics_url]})
         load = ChildLoad(gateway.url)
         try:
-            wait_until(lambda: prometheus.newest_scrape() > 0, "Prometheus scraping the gateway")
-            terminate(prometheus.child.process, grace=0)  # SIGKILL: as a lost node
+            wait_until(lambda: prometheus.last_scrape("gateway") > 0, "Prometheus scraping the gateway")
+            prometheus.kill()  # SIGKILL: as a lost node
             answered_more(load, 100, "while Prometheus is down")
             restarted = time.time()
             prometheus.start()
-            wait_until(lambda: prometheus.newest_scrape() > restarted, "a scrape after Prometheus restarted")
+            wait_until(lambda: prometheus.last_scrape("gateway") > restarted, "a scrape after Prometheus restarted")
             answered_more(load, 20, "after Prometheus restarted")
         finally:
             outcomes = load.stop()

@@ -1,5 +1,5 @@
 """A real Prometheus scraping the gateway and the servers every second, that can be killed and started
-again on the same port and data (what a restarted Prometheus pod does)."""
+again on the same port and data (what a restarted Prometheus pod does): the fault bench and its tests."""
 
 from __future__ import annotations
 
