@@ -23,7 +23,8 @@ VALUES = {"loadtest": {"enabled": True, "workload": "image", "pods": PODS, "args
 
 def pod_command(url: str, index: int, results_dir) -> list[str]:
     """The rendered container's command line, with what the cluster would supply filled in: the
-    index the Job controller sets, a reachable address, a local folder and a free metrics port."""
+    index the Job controller sets, a reachable address, a local folder, a free metrics port, and
+    peers' names that resolve (a one-second start beat, so the test does not wait ten)."""
     values = results_dir / "values.yaml"
     values.write_text(yaml.safe_dump(VALUES))
     job = one(render(str(values)), "Job", "loadtest")
@@ -36,6 +37,12 @@ def pod_command(url: str, index: int, results_dir) -> list[str]:
             arg = f"--url={url}"
         elif arg.startswith("--metrics-port="):
             arg = f"--metrics-port={free_port()}"
+        elif arg.startswith("--wait-for-peers="):
+            # The cluster's DNS names of the other pods, each existing: here, names that resolve.
+            assert len(arg.split("=", 1)[1].split(",")) == PODS
+            arg = "--wait-for-peers=" + ",".join(["localhost"] * PODS)
+        elif arg.startswith("--start-align-s="):
+            arg = "--start-align-s=1"
         args.append(arg)
     return [sys.executable, "-m", "tritonfleet.cli", *container["command"][1:], *args]
 
