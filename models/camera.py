@@ -25,7 +25,7 @@ import torch
 
 from kernels.yuv import i420_to_tensor, nv12_to_tensor
 from models.classifier import INPUT_SIZE
-from models.video import FrameIn, FrameResult, StreamError, VideoAnalyzer
+from models.video import FrameIn, FrameResult, StreamError, VideoAnalyzer, keep_on_host
 from models.video_decode import CorruptAccessUnit, Decoder, Picture, has_picture_data, is_keyframe, nal_types
 
 DECODING = "decoding"
@@ -85,9 +85,15 @@ class CameraCounters:
     rejected: int = 0
     corrupt: int = 0
     frames: int = 0
+    steps: int = 0  # executions (batches of requests)
+    requests: int = 0
     decode_s: float = 0.0  # opening sessions and decoding, all streams of a batch together
-    analyze_s: float = 0.0  # queueing the analysis and classification
-    host_s: float = 0.0  # waiting for the device and copying the per-frame figures to the host
+    analyze_s: float = 0.0  # the analysis and classification, until their figures are on the host
+    other_s: float = 0.0  # the rest of a step: idle streams, frames and results put together
+    parse_s: float = 0.0  # reading the requests (counted by the serving model, not by the step)
+    respond_s: float = 0.0  # building the responses (likewise)
+
+    PHASES = ("parse", "decode", "analyze", "other", "respond")
 
 
 class CameraStreams:
@@ -189,9 +195,7 @@ class CameraAnalyzer(VideoAnalyzer):
     def _classify(self, chosen) -> None:
         if not chosen:
             return
-        top = self.pipeline.classify_pixels(pictures_to_pixels([m.item.picture for m in chosen]))
-        for row, m in enumerate(chosen):
-            m.state.indices, m.state.scores = top.indices[row], top.scores[row]
+        keep_on_host(chosen, self.pipeline.classify_pixels(pictures_to_pixels([m.item.picture for m in chosen])))
 
 
 def pictures_to_pixels(pictures: list[Picture]) -> torch.Tensor:
@@ -212,28 +216,6 @@ def pictures_to_pixels(pictures: list[Picture]) -> torch.Tensor:
         for row, i in enumerate(members):
             rows[i] = pixels[row]
     return torch.stack(rows)
-
-
-def figures_to_host(frames: list[FrameResult]) -> None:
-    """Every frame's tiles and top-k on the host, in one copy for the whole batch: a response per
-    request would otherwise wait on the device once per tensor (and each wait on a GPU shared by
-    several instances' processes can last a time slice)."""
-    if frames and frames[0].tiles.device.type != "cpu":
-        gather_figures(frames)
-
-
-def gather_figures(frames: list[FrameResult]) -> None:
-    """The frames' tiles, scores and indices replaced by rows of one host tensor made in one copy."""
-    tiles = torch.stack([f.tiles for f in frames]).float().flatten(1)
-    scores = torch.stack([f.scores for f in frames]).float()
-    # Class indices (< 1000) are exact in float32: one tensor, one copy, one wait.
-    indices = torch.stack([f.indices for f in frames]).float()
-    host = torch.cat([tiles, scores, indices], dim=1).cpu()
-    k = scores.shape[1]
-    for frame, row in zip(frames, host):
-        frame.tiles = row[: tiles.shape[1]].view(frame.tiles.shape)
-        frame.scores = row[tiles.shape[1] : tiles.shape[1] + k]
-        frame.indices = row[tiles.shape[1] + k :].long()
 
 
 def luma_frame(picture: Picture) -> torch.Tensor:
@@ -288,12 +270,9 @@ class CameraService:
         decoded = self._decode_all(requests, results)
         decoded_at = time.perf_counter()
         frames, owners = self._frames(requests, decoded)
+        framed_at = time.perf_counter()
         analyzed = self.analyzer.step(frames) if frames else []
         analyzed_at = time.perf_counter()
-        figures_to_host([r for r in analyzed if isinstance(r, FrameResult)])
-        self.counters.decode_s += decoded_at - began
-        self.counters.analyze_s += analyzed_at - decoded_at
-        self.counters.host_s += time.perf_counter() - analyzed_at
         per_request: dict[int, list] = {}
         for (position, index), result in zip(owners, analyzed):
             per_request.setdefault(position, []).append((index, result))
@@ -311,6 +290,12 @@ class CameraService:
             if request.end:
                 self.streams.close(request.stream)
                 self.analyzer.streams.pop(request.stream, None)
+        counters = self.counters
+        counters.steps += 1
+        counters.requests += len(requests)
+        counters.decode_s += decoded_at - began
+        counters.analyze_s += analyzed_at - framed_at
+        counters.other_s += (framed_at - decoded_at) + (time.perf_counter() - analyzed_at)
         return results
 
     def _decode_all(self, requests, results) -> dict[int, tuple[CameraStream, Decoded]]:
@@ -385,7 +370,7 @@ class CameraService:
         for n in range(2):
             frame = CameraFrameIn(stream=_WARM_UP_STREAM, frame=luma_frame(picture), start=n == 0, end=n == 1,
                                   picture=picture)
-            figures_to_host([r for r in self.analyzer.step([frame]) if isinstance(r, FrameResult)])
+            self.analyzer.step([frame])
         self.analyzer.streams.pop(_WARM_UP_STREAM, None)
 
     def close(self) -> None:

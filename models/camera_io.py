@@ -5,6 +5,8 @@ Imported only inside the Python-backend stub.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import torch
 import triton_python_backend_utils as pb_utils
@@ -17,7 +19,11 @@ from models.pipeline import build_from_parameters
 from models.video import settings_from_parameters
 from models.video_decode import blank_keyframe, codec_name, decoder_factory
 
+# The frame and step counters reach the metrics endpoint at most this often (seconds).
+PUBLISH_INTERVAL_S = 1.0
+
 INPUTS = [
+    # config.pbtxt also sets allow_ragged_batch on it (auto-complete takes no other properties).
     {"name": "ACCESS_UNITS", "data_type": "TYPE_STRING", "dims": [-1]},
     {"name": "CODEC", "data_type": "TYPE_STRING", "dims": [1], "optional": True},
 ]
@@ -96,7 +102,7 @@ def _flag(request, name: str) -> bool:
 def result_tensors(result: CameraResult, labels: list[str], k: int, grid: tuple[int, int]) -> list:
     """One request's outputs, batch dimension 1; the per-frame ones have one row per picture.
 
-    Built from host values (`CameraService.step` copies the figures off the device per batch), as
+    Built from host values (the analysis copies the figures off the device once per kernel round), as
     numpy arrays: nothing here waits on the GPU or hands device memory to Triton.
     """
     frames = result.frames
@@ -145,11 +151,33 @@ class CameraMetrics:
             pb_utils.MetricFamily("tritonfleet_camera_corrupt_access_units_total", "Access units refused as corrupt", counter),
         ]
         self.decoders, self.rejected, self.frames, self.corrupt = (f.Metric(labels=labels) for f in self._families)
+        steps = pb_utils.MetricFamily("tritonfleet_camera_steps_total", "Executions of the camera model", counter)
+        requests = pb_utils.MetricFamily("tritonfleet_camera_step_requests_total", "Requests in those executions", counter)
+        seconds = pb_utils.MetricFamily(
+            "tritonfleet_camera_step_seconds_total",
+            "Seconds of the executions in each phase: parse (reading the requests), decode, analyze (until the "
+            "figures are on the host), other, respond (building the responses)", counter)
+        self._families += [steps, requests, seconds]
+        self._counted = [(self.rejected, "rejected"), (self.frames, "frames"), (self.corrupt, "corrupt"),
+                         (steps.Metric(labels=labels), "steps"), (requests.Metric(labels=labels), "requests"),
+                         *((seconds.Metric(labels={**labels, "phase": phase}), f"{phase}_s") for phase in CameraCounters.PHASES)]
         self._published = CameraCounters()
+        self._decoders_published: int | None = None
+        self._throttled_at = 0.0
 
     def publish(self, open_decoders: int, counters: CameraCounters) -> None:
-        self.decoders.set(open_decoders)
-        for metric, name in ((self.rejected, "rejected"), (self.frames, "frames"), (self.corrupt, "corrupt")):
+        """Each metric call is a round trip to the server: sessions and refusals go out when they
+        change, the frame and step counters at most once per PUBLISH_INTERVAL_S."""
+        if open_decoders != self._decoders_published:
+            self.decoders.set(open_decoders)
+            self._decoders_published = open_decoders
+        now = time.monotonic()
+        throttled_due = now - self._throttled_at >= PUBLISH_INTERVAL_S
+        if throttled_due:
+            self._throttled_at = now
+        for metric, name in self._counted:
+            if name not in ("rejected", "corrupt") and not throttled_due:
+                continue
             delta = getattr(counters, name) - getattr(self._published, name)
             if delta:
                 metric.increment(delta)

@@ -77,6 +77,16 @@ class Measured:
     scene_change: bool
 
 
+@dataclass
+class AnalyzerTimes:
+    """Where the analyzer's time went since it was made (host clock, seconds)."""
+
+    rounds: int = 0  # kernel rounds: one per frame of the stream with the most frames in a step
+    classified: int = 0  # frames sent through the classifier
+    measure_s: float = 0.0  # temporal kernels queued, then their motion figures read on the host
+    classify_s: float = 0.0  # classification queued (its results are read with the batch's figures)
+
+
 class StreamError(ValueError):
     """A frame that cannot be taken for its stream: that request alone fails."""
 
@@ -86,6 +96,7 @@ class VideoAnalyzer:
         self.pipeline = pipeline
         self.settings = settings
         self.streams: dict[int, StreamState] = {}
+        self.times = AnalyzerTimes()
 
     def step(self, frames: list[FrameIn]) -> list[FrameResult | Exception]:
         """Analyze one frame of each request; a bad frame gets its exception, the rest go on."""
@@ -110,9 +121,15 @@ class VideoAnalyzer:
                 accepted.append((position, item, self._state_for(item)))
             except StreamError as exc:
                 results[position] = exc
+        began = time.perf_counter()
         measured = self._measure(accepted)
+        measured_at = time.perf_counter()
         chosen = [m for m in measured if self._wants_classification(m)]
         self._classify(chosen)
+        self.times.rounds += 1
+        self.times.classified += len(chosen)
+        self.times.measure_s += measured_at - began
+        self.times.classify_s += time.perf_counter() - measured_at
         for m in measured:
             results[m.position] = self._result(m, classified=any(m is c for c in chosen))
             if m.item.end:
@@ -152,14 +169,17 @@ class VideoAnalyzer:
             energy, tiles, new_background = temporal_update(
                 prev, cur, background, alpha=self.settings.background_alpha, grid=self.settings.grid
             )
-            # One device-to-host copy per group, not one per frame.
-            energies, deltas = energy.tolist(), scene_delta.tolist()
+            # Motion, distance and tiles of the whole group reach the host in one copy, so the
+            # results hold host tensors and nothing after this waits on the device for them.
+            figures = torch.cat([energy[:, None], scene_delta[:, None], tiles.flatten(1)], dim=1).to(torch.float32).cpu()
+            energies, deltas = figures[:, 0].tolist(), figures[:, 1].tolist()
+            host_tiles = figures[:, 2:].view(-1, *tiles.shape[1:])
             for row, (position, item, state) in enumerate(group):
                 scene_change = (not item.start) and deltas[row] > self.settings.scene_threshold
                 state.prev = item.frame
                 state.background = item.frame.float() if scene_change else new_background[row]
                 state.last_seen = time.monotonic()
-                pending.append(Measured(position, item, state, energies[row], tiles[row], scene_change))
+                pending.append(Measured(position, item, state, energies[row], host_tiles[row], scene_change))
         return pending
 
     def _wants_classification(self, m: Measured) -> bool:
@@ -175,9 +195,7 @@ class VideoAnalyzer:
         """One pipeline call for every frame that needs it, whatever its stream."""
         if not chosen:
             return
-        top: TopK = self.pipeline.classify_frames([m.item.frame for m in chosen])
-        for row, m in enumerate(chosen):
-            m.state.indices, m.state.scores = top.indices[row], top.scores[row]
+        keep_on_host(chosen, self.pipeline.classify_frames([m.item.frame for m in chosen]))
 
     def _result(self, m: Measured, classified: bool) -> FrameResult:
         state = m.state
@@ -198,6 +216,16 @@ class VideoAnalyzer:
         cutoff = time.monotonic() - self.settings.idle_timeout_s
         for stream in [s for s, state in self.streams.items() if state.last_seen < cutoff]:
             del self.streams[stream]
+
+
+def keep_on_host(chosen: list[Measured], top: TopK) -> None:
+    """The classified frames' streams take their new top-k, copied to the host in one copy: each
+    stream's later results reuse it until its next classification."""
+    k = top.scores.shape[1]
+    host = torch.cat([top.scores.to(torch.float32), top.indices.to(torch.float32)], dim=1).cpu()
+    for row, m in enumerate(chosen):
+        # Class indices (< 1000) are exact in float32.
+        m.state.scores, m.state.indices = host[row, :k], host[row, k:].long()
 
 
 def settings_from_parameters(params: dict[str, str]) -> VideoSettings:

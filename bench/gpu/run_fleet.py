@@ -22,6 +22,7 @@ import platform
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import shutil
@@ -58,7 +59,7 @@ class Record:
         if self.label:
             run["label"] = f"{self.label}/{run['label']}"
         self.data["runs"].append(run)
-        print(json.dumps({k: v for k, v in run.items() if k != "triton"}), flush=True)
+        print(json.dumps({k: v for k, v in run.items() if k not in ("triton", "command")}), flush=True)
         self.save()
 
     def note(self, text: str) -> None:
@@ -140,10 +141,44 @@ def per_execution(before: dict, after: dict) -> dict:
     return out
 
 
+def camera_phases(metrics_url: str) -> dict[str, float]:
+    """The camera model's step counters from Triton's metrics endpoint, summed over its instances."""
+    totals: dict[str, float] = {}
+    try:
+        with urllib.request.urlopen(metrics_url, timeout=5) as reply:
+            text = reply.read().decode()
+    except OSError:
+        return totals
+    for line in text.splitlines():
+        name, _, rest = line.partition("{")
+        if name not in ("tritonfleet_camera_steps_total", "tritonfleet_camera_step_requests_total",
+                        "tritonfleet_camera_step_seconds_total", "tritonfleet_camera_frames_decoded_total"):
+            continue
+        labels, _, value = rest.rpartition("}")
+        phase = next((part.split("=", 1)[1].strip('"') for part in labels.split(",") if part.startswith("phase=")), None)
+        key = phase or name.removeprefix("tritonfleet_camera_").removesuffix("_total")
+        totals[key] = totals.get(key, 0.0) + float(value)
+    return totals
+
+
+def phases_per_step(before: dict[str, float], after: dict[str, float]) -> dict:
+    """What one run added: executions, requests per execution, and ms per execution in each phase."""
+    steps = after.get("steps", 0) - before.get("steps", 0)
+    if steps <= 0:
+        return {}
+    out = {"steps": int(steps), "requests_per_step": round((after.get("step_requests", 0) - before.get("step_requests", 0)) / steps, 2)}
+    frames = after.get("frames_decoded", 0) - before.get("frames_decoded", 0)
+    out["frames_per_step"] = round(frames / steps, 2)
+    for phase in ("parse", "decode", "analyze", "other", "respond"):
+        out[f"{phase}_ms"] = round((after.get(phase, 0) - before.get(phase, 0)) / steps * 1e3, 2)
+    return out
+
+
 def loadtest(record: Record, workdir: Path, label: str, url: str, triton_url: str, models: tuple[str, ...],
-             args: list[str], timeout: float) -> None:
+             args: list[str], timeout: float, metrics_url: str | None = None) -> None:
     output = workdir / f"{label}.json"
     before = triton_statistics(triton_url, models)
+    phases_before = camera_phases(metrics_url) if metrics_url else {}
     command = tritonfleet("loadtest", *args, "--url", url, "--output", str(output), "--quiet")
     began = time.monotonic()
     done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
@@ -158,6 +193,8 @@ def loadtest(record: Record, workdir: Path, label: str, url: str, triton_url: st
             summary["video"].pop("per_stream", None)
         run["summary"] = summary
     run["triton"] = per_execution(before, triton_statistics(triton_url, models))
+    if metrics_url:
+        run["camera_steps"] = phases_per_step(phases_before, camera_phases(metrics_url))
     record.add(run)
 
 
@@ -209,7 +246,7 @@ def image_runs(record, workdir, direct, gateway, levels, duration, workers, batc
 
 
 def camera_runs(record, workdir, direct, gateway, levels, duration, workers, codec, source, gateway_first=False,
-                ramp_s=0.0, warmup_s=2.0):
+                ramp_s=0.0, warmup_s=2.0, metrics_url=None):
     common = ["video", "--model", "camera_stream", "--codec", codec, "--source", source, "--resolution", "1080p",
               "--fps", "30", "--duration", str(duration), "--warmup", str(warmup_s), "--ramp-s", str(ramp_s),
               "--workers", str(workers), "--slo-ms", "100"]
@@ -222,7 +259,7 @@ def camera_runs(record, workdir, direct, gateway, levels, duration, workers, cod
                 record.note(f"camera: skipped {level} streams {route} (time budget)")
                 continue
             loadtest(record, workdir, f"camera-{codec}-s{level}-{route}", url, direct, ("camera_stream",),
-                     [*common, "--streams", str(level)], duration + warmup_s + 180)
+                     [*common, "--streams", str(level)], duration + warmup_s + 180, metrics_url)
 
 
 def main(argv=None) -> int:
@@ -273,7 +310,8 @@ def main(argv=None) -> int:
             record.note(f"gateway ready at {through} with {args.gateway_workers} workers")
         if args.camera_streams:
             camera_runs(record, args.workdir, direct, through, args.camera_streams, args.duration, args.load_workers,
-                        args.camera_codec, args.camera_source, args.gateway_first, args.camera_ramp, args.camera_warmup)
+                        args.camera_codec, args.camera_source, args.gateway_first, args.camera_ramp, args.camera_warmup,
+                        servers[0].metrics_url)
         for spec in args.image_runs:
             batch, _, levels = spec.partition(":")
             image_runs(record, args.workdir, direct, through, [int(c) for c in levels.split(",")], args.duration,

@@ -11,6 +11,7 @@ import re
 import shutil
 import time
 import urllib.request
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -18,9 +19,11 @@ import torch
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from models.camera import CameraStreams, DecoderLimit, decode, gather_figures, warm_up_sizes
+from models.camera import CameraAnalyzer, CameraRequest, CameraService, CameraStreams, DecoderLimit, decode, warm_up_sizes
+from models.classifier import Classifier, ClassifierSettings
+from models.pipeline import ImagePipeline, TopK
 from models.profiles import PROFILES_FILE, ProfileError, render_configs
-from models.video import FrameResult, StreamError
+from models.video import StreamError, VideoSettings, keep_on_host
 from models.video_decode import PyAVDecoder, blank_keyframe
 from tests.models.camera_clips import codec_input, encode_clip, offline_analysis, offline_motion, units_input
 from tritonfleet.paths import MODEL_REPOSITORY
@@ -269,6 +272,8 @@ def test_the_gpu_profile_gives_the_camera_model_its_decoder_budget(tmp_path):
     # while another instance has room.
     assert gpu.sequence_batching.oldest.max_candidate_sequences == per_instance
     assert gpu.parameters["WARMUP"].string_value == "1920x1080"
+    # A camera that fell behind sends several access units at once: its request still batches.
+    assert [i.allow_ragged_batch for i in gpu.input if i.name == "ACCESS_UNITS"] == [True]
     assert gpu.parameters["WARM_DECODERS"].string_value == gpu.parameters["MAX_DECODERS"].string_value
     assert render_configs("cpu")["camera_stream"].parameters["MAX_DECODERS"].string_value == "16"
     profiles = tmp_path / "profiles.yaml"
@@ -284,14 +289,28 @@ def test_warm_up_sizes_are_width_by_height():
         warm_up_sizes("1080p")
 
 
-def test_a_batch_of_figures_reaches_the_host_in_one_tensor_unchanged():
+def test_a_classification_reaches_the_host_in_one_tensor_unchanged():
     torch.manual_seed(0)
-    frames = [FrameResult(n, 1.0, torch.rand(4, 4), False, True, torch.randperm(1000)[:5], torch.rand(5)) for n in range(3)]
-    expected = [(f.tiles.clone(), f.indices.clone(), f.scores.clone()) for f in frames]
-    gather_figures(frames)
-    for frame, (tiles, indices, scores) in zip(frames, expected):
-        assert torch.equal(frame.tiles, tiles) and torch.equal(frame.scores, scores)
-        assert torch.equal(frame.indices, indices) and frame.indices.dtype == torch.int64
+    top = TopK(indices=torch.stack([torch.randperm(1000)[:5] for _ in range(3)]), scores=torch.rand(3, 5))
+    chosen = [SimpleNamespace(state=SimpleNamespace(indices=None, scores=None)) for _ in range(3)]
+    keep_on_host(chosen, top)
+    for row, m in enumerate(chosen):
+        assert torch.equal(m.state.scores, top.scores[row]) and torch.equal(m.state.indices, top.indices[row])
+        assert m.state.indices.dtype == torch.int64
+
+
+def test_a_step_counts_its_requests_rounds_and_phases(clips):
+    analyzer = CameraAnalyzer(ImagePipeline(Classifier(ClassifierSettings(seed=0)), k=5), VideoSettings())
+    service = CameraService(CameraStreams(PyAVDecoder, max_decoders=2, idle_timeout_s=60), analyzer, "h264")
+    units = clips["h264"]
+    service.step([CameraRequest(1, units[:1], None, True, False), CameraRequest(2, units[:3], None, True, False)])
+    results = service.step([CameraRequest(1, units[1:3], None, False, False)])
+    assert service.counters.steps == 2 and service.counters.requests == 3 and service.counters.frames == 6
+    # Stream 2's three pictures were analysed one after another; stream 1's two of the second step too.
+    assert analyzer.times.rounds == 5 and analyzer.times.classified >= 2  # every START is classified
+    assert all(getattr(service.counters, f"{phase}_s") >= 0 for phase in ("decode", "analyze", "other"))
+    assert [f.frame_index for f in results[0].frames] == [1, 2]
+    assert all(f.tiles.device.type == "cpu" and f.indices.device.type == "cpu" for f in results[0].frames)
 
 
 def test_a_camera_streams_h264_through_the_gateway(camera_server, clips, tmp_path):

@@ -6,6 +6,8 @@ of the whole batch. A bad access unit, a stream waiting for its keyframe or a ca
 decoder limit only ever affect their own request.
 """
 
+import time
+
 import triton_python_backend_utils as pb_utils
 
 from models import camera_io, triton_io
@@ -30,6 +32,7 @@ class TritonPythonModel:
         self.metrics = camera_io.CameraMetrics(args)
 
     def execute(self, requests):
+        began = time.perf_counter()
         results, accepted, positions = [None] * len(requests), [], []
         for position, request in enumerate(requests):
             try:
@@ -37,14 +40,18 @@ class TritonPythonModel:
                 positions.append(position)
             except ValueError as exc:
                 results[position] = exc
+        self.service.counters.parse_s += time.perf_counter() - began
         try:
             served = self.service.step(accepted)
         except Exception as exc:  # a failure of the batch itself: every request still gets an answer
             served = [exc] * len(accepted)
         for position, result in zip(positions, served):
             results[position] = result
+        began = time.perf_counter()
+        responses = [self._response(result) for result in results]
+        self.service.counters.respond_s += time.perf_counter() - began
         self.metrics.publish(len(self.service.streams.streams), self.service.counters)
-        return [self._response(result) for result in results]
+        return responses
 
     def _response(self, result):
         if isinstance(result, Exception):
