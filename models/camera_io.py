@@ -158,9 +158,11 @@ class CameraMetrics:
             "Seconds of the executions in each phase: parse (reading the requests), decode, analyze (until the "
             "figures are on the host), other, respond (building the responses)", counter)
         self._families += [steps, requests, seconds]
-        self._counted = [(self.rejected, "rejected"), (self.frames, "frames"), (self.corrupt, "corrupt"),
-                         (steps.Metric(labels=labels), "steps"), (requests.Metric(labels=labels), "requests"),
-                         *((seconds.Metric(labels={**labels, "phase": phase}), f"{phase}_s") for phase in CameraCounters.PHASES)]
+        # (metric, CameraCounters field): refusals go out as they happen, the rest throttled.
+        self._refusals = [(self.rejected, "rejected"), (self.corrupt, "corrupt")]
+        self._throttled = [(self.frames, "frames"), (steps.Metric(labels=labels), "steps"),
+                           (requests.Metric(labels=labels), "requests"),
+                           *((seconds.Metric(labels={**labels, "phase": phase}), f"{phase}_s") for phase in CameraCounters.PHASES)]
         self._published = CameraCounters()
         self._decoders_published: int | None = None
         self._throttled_at = 0.0
@@ -171,13 +173,12 @@ class CameraMetrics:
         if open_decoders != self._decoders_published:
             self.decoders.set(open_decoders)
             self._decoders_published = open_decoders
+        counted = self._refusals
         now = time.monotonic()
-        throttled_due = now - self._throttled_at >= PUBLISH_INTERVAL_S
-        if throttled_due:
+        if now - self._throttled_at >= PUBLISH_INTERVAL_S:
             self._throttled_at = now
-        for metric, name in self._counted:
-            if name not in ("rejected", "corrupt") and not throttled_due:
-                continue
+            counted = counted + self._throttled
+        for metric, name in counted:
             delta = getattr(counters, name) - getattr(self._published, name)
             if delta:
                 metric.increment(delta)

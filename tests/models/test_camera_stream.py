@@ -308,7 +308,8 @@ def test_a_step_counts_its_requests_rounds_and_phases(clips):
     assert service.counters.steps == 2 and service.counters.requests == 3 and service.counters.frames == 6
     # Stream 2's three pictures were analysed one after another; stream 1's two of the second step too.
     assert analyzer.times.rounds == 5 and analyzer.times.classified >= 2  # every START is classified
-    assert all(getattr(service.counters, f"{phase}_s") >= 0 for phase in ("decode", "analyze", "other"))
+    # Both steps decoded and analysed pictures, so both phases were counted (they stay 0.0 unless added up).
+    assert service.counters.decode_s > 0 and service.counters.analyze_s > 0
     assert [f.frame_index for f in results[0].frames] == [1, 2]
     assert all(f.tiles.device.type == "cpu" and f.indices.device.type == "cpu" for f in results[0].frames)
 
