@@ -55,10 +55,13 @@ class HealthChecker:
 
     async def run(self) -> None:
         while True:
-            await self.check_all()
-            self.checked.set()
-            for listener in self.pool.health_listeners:
-                await listener()
+            try:
+                await self.check_all()
+                self.checked.set()
+                for listener in self.pool.health_listeners:
+                    await listener()
+            except Exception:  # noqa: BLE001 - one bad round must not end every later check
+                log.exception("health check round failed")
             await asyncio.sleep(self.interval_s)
 
     async def check_all(self) -> None:
@@ -78,6 +81,8 @@ class HealthChecker:
         stub = self._stub(backend)
         try:
             live, server_ready, ready, known = await self._probe(stub)
+        except grpc.aio.UsageError:
+            return  # its channel closed under the check: discovery removed the pod meanwhile
         except grpc.aio.AioRpcError as exc:
             live, server_ready, ready, known = False, False, frozenset(), backend.known_models
             if backend.live:
@@ -86,6 +91,8 @@ class HealthChecker:
         if ready is None:
             ready, known = backend.ready_models, backend.known_models
         await self._learn_traits(stub, ready - self.catalog.traits.keys())
+        if self.pool.backends.get(backend.address) is not backend:
+            return  # removed while the check ran: its state and series went with it
         changed = (live, server_ready, ready) != (backend.live, backend.server_ready, backend.ready_models)
         backend.live, backend.server_ready = live, server_ready
         backend.ready_models, backend.known_models = ready, known
@@ -126,7 +133,7 @@ class HealthChecker:
         for model in models:
             try:
                 reply = await stub.ModelConfig(service_pb2.ModelConfigRequest(name=model), timeout=self.timeout_s)
-            except grpc.aio.AioRpcError:
+            except (grpc.aio.AioRpcError, grpc.aio.UsageError):
                 continue
             config = reply.config
             self.catalog.traits[model] = ModelTraits(
