@@ -56,6 +56,11 @@ class GatewayMetrics:
             "tritonfleet_gateway_active_streams", "Open ModelStreamInfer streams",
             registry=r, multiprocess_mode="livesum",
         )
+        self.upstream_streams = Gauge(
+            "tritonfleet_gateway_upstream_streams",
+            "Open upstream ModelStreamInfer streams at each backend (one per client stream that sent it messages)",
+            ["backend"], registry=r, multiprocess_mode="livesum",
+        )
         self.queued = Gauge(
             "tritonfleet_gateway_queued_requests", "Requests waiting for a backend with room (every one at its in-flight limit)",
             registry=r, multiprocess_mode="livesum",
@@ -138,7 +143,7 @@ class GatewayMetrics:
 
     def forget_backend(self, backend: str) -> None:
         """A backend that discovery dropped: its series go away instead of freezing at the last value."""
-        for family in (self.inflight, self.backend_up):
+        for family in (self.inflight, self.backend_up, self.upstream_streams):
             try:
                 family.remove(backend)
             except KeyError:

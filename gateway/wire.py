@@ -183,14 +183,53 @@ def parse_model_name(data: bytes, field_number: int = 1) -> str:
     return name
 
 
-def stream_response_model(data: bytes) -> str:
-    """The model name inside a serialized `ModelStreamInferResponse` ("" for an error message)."""
+def stream_response_model(data: bytes, end: int | None = None) -> str:
+    """The model name inside a serialized `ModelStreamInferResponse` ("" for an error message).
+
+    `data` may be the answer's beginning only (the answer ends at `end`): MessageIncomplete when the
+    name lies beyond it. Fields are serialized in number order, so the first tells the kind: 1
+    (`error_message`) or 2 (`infer_response`, whose first field is normally `model_name`).
+    """
+    end = len(data) if end is None else end
+    if not end:
+        return ""
+    if len(data) < min(end, 32):
+        raise MessageIncomplete
+    key = data[0]
+    if key == 0x0A:  # error_message
+        return ""
+    if key != 0x12:
+        raise MalformedMessage(f"a ModelStreamInferResponse does not begin with key {key}")
+    position = 1
+    length, position = _varint(data, position, min(len(data), end))
+    inner_end = position + length
+    if inner_end > end:
+        raise MalformedMessage("length-delimited field runs past the end of the message")
+    if position >= inner_end or data[position] != 0x0A:
+        return _model_anywhere(data, position, inner_end)
+    name_length, name_start = _varint(data, position + 1, min(len(data), inner_end))
+    if name_start + name_length > inner_end:
+        raise MalformedMessage("length-delimited field runs past the end of the message")
+    if name_start + name_length > len(data):
+        raise MessageIncomplete
+    return _text(data, (name_start, name_start + name_length))
+
+
+def _model_anywhere(data: bytes, start: int, end: int) -> str:
+    """`model_name` of a ModelInferResponse whose fields are not in number order (the whole bytes)."""
+    if end > len(data):
+        raise MessageIncomplete
+    for field, wire_type, value in iter_fields(data, start, end):
+        if field == 1 and wire_type == _LENGTH:
+            return _text(data, value)
+    return ""
+
+
+def stream_error_text(data: bytes) -> str:
+    """The `error_message` of a serialized `ModelStreamInferResponse` ("" when it has none)."""
     for field, wire_type, value in iter_fields(data):
-        if field == 2 and wire_type == _LENGTH:
-            for inner, inner_type, inner_value in iter_fields(data, *value):
-                if inner == 1 and inner_type == _LENGTH:
-                    return _text(data, inner_value)
-                break
+        if field == 1 and wire_type == _LENGTH:
+            return _text(data, value)
     return ""
 
 

@@ -77,7 +77,16 @@ class Backend:
     ejected_until: float = 0.0
     consecutive_failures: int = 0
     terminating: bool = False
+    # The client streams' upstream streams to this pod (`routing.stream_upstreams.PodStream`), told
+    # to let go when the pod leaves: Triton does not exit on SIGTERM while a stream to it is open.
+    pod_streams: set = field(default_factory=set, repr=False)
     _calls: dict = field(default_factory=dict, repr=False)
+
+    def leaving(self) -> None:
+        """The pod takes no new requests (terminating, gone from discovery, or no longer live): the
+        upstream streams on it close once their messages are answered."""
+        for pod_stream in list(self.pod_streams):
+            pod_stream.let_go()
 
     @property
     def admitted(self) -> bool:
@@ -139,10 +148,13 @@ class BackendPool:
             self.metrics.forget_backend(address)
             # Requests already on the way finish on the old channel; it closes after a grace period.
             asyncio.get_running_loop().create_task(backend.channel.close(grace=30))
+            backend.leaving()
             for listener in self.removal_listeners:
                 listener(backend)
         for address, backend in self.backends.items():
-            backend.terminating = address in terminating
+            was_terminating, backend.terminating = backend.terminating, address in terminating
+            if backend.terminating and not was_terminating:
+                backend.leaving()
         self.invalidate()
 
     def invalidate(self) -> None:

@@ -94,9 +94,11 @@ class HealthChecker:
         if self.pool.backends.get(backend.address) is not backend:
             return  # removed while the check ran: its state and series went with it
         changed = (live, server_ready, ready) != (backend.live, backend.server_ready, backend.ready_models)
-        backend.live, backend.server_ready = live, server_ready
+        was_live, backend.live, backend.server_ready = backend.live, live, server_ready
         backend.ready_models, backend.known_models = ready, known
         self.pool.seen_models.update(known)
+        if was_live and not live:
+            backend.leaving()  # e.g. a Triton told to stop: "Server exiting"
         if changed:
             log.info("backend health changed", extra={
                 "backend": backend.address, "live": live, "server_ready": server_ready,

@@ -57,6 +57,11 @@ def says_model_missing(code: grpc.StatusCode, details: str) -> bool:
     )
 
 
+def error_says_model_missing(details: str) -> bool:
+    """The same for an `error_message` on a stream, which carries no status code."""
+    return any(words in details for words in _MODEL_MISSING) and not says_version_missing(details)
+
+
 def says_version_missing(details: str) -> bool:
     """Whether the pod lacks only the version the request named ("Request for unknown model: 'm'
     version 7 is not found"): the request's fault, answered as the pod said it, and the pod keeps the

@@ -1,17 +1,17 @@
 """`ModelStreamInfer` at the frame level: one client stream, its messages routed one by one.
 
-The edge hands each complete request message of a client stream to its `StreamCall`, which routes it:
-- a stateless model's request is balanced like a unary call: it goes to the least busy pod as its own
-  `ModelInfer` (retried like one), and its answer comes back on the client's stream, wrapped as a
-  `ModelStreamInferResponse`, when it is ready (completion order) — so a long-lived camera stream
-  spreads over the fleet instead of pinning one pod;
+The edge hands each complete request message of a client stream to its `StreamCall`, which routes it
+over one upstream `ModelStreamInfer` stream per pod it uses (`stream_upstreams.PodStream`):
+- a stateless model's request is balanced like a unary call: it goes to the least busy pod (retried
+  on another, like a unary call, while its answer has not reached the client), and its answer comes
+  back on the client's stream when it is ready (completion order across pods) — so a long-lived
+  camera stream spreads over the fleet instead of pinning one pod;
 - a request in a sequence (non-zero `sequence_id`) goes to the pod its `sequence_start` went to
-  (`routing.sequences`), over one upstream `ModelStreamInfer` stream per pod per client stream, which
-  keeps the sequence's order; a pod lost mid-stream ends its sequences with a clear UNAVAILABLE error
-  message, and later messages of those sequences get FAILED_PRECONDITION until the client starts them
-  again;
-- a decoupled model's request (0..n responses) is balanced per message too, over those upstream
-  streams, since only a stream can carry several responses; its answers are relayed as they come.
+  (`routing.sequences`), which keeps the sequence's order; a pod lost mid-stream ends its sequences
+  with a clear UNAVAILABLE error message, and later messages of those sequences get
+  FAILED_PRECONDITION until the client starts them again;
+- a decoupled model's request (0..n responses) is balanced per message too; its answers are relayed
+  as they come.
 Per-message errors are sent as `error_message` on the stream, as Triton does, and the stream goes on.
 
 At most MAX_OUTSTANDING messages of one stream are in flight; beyond that the stream's received bytes
@@ -33,7 +33,7 @@ from gateway import wire
 from gateway.fleet.backends import Backend, NoBackendError
 from gateway.routing.lifecycle import Lifecycle, Router
 from gateway.routing.sequences import SequenceError, stream_sequences
-from gateway.routing.stream_upstreams import METHOD, PodStream, StatelessMessage, describe
+from gateway.routing.stream_upstreams import METHOD, PinnedMessage, PodStream, StatelessMessage, describe
 from gateway.transport.messages import (PREFIX_SIZE, BadMessage, Message, MessageTooLarge, decompress, ok_headers,
                                         prefix)
 
@@ -190,10 +190,21 @@ class StreamCall:
     def _send_on_pod_stream(self, route, message: Message, lifecycle: Lifecycle, backend: Backend) -> None:
         if route.in_sequence:
             self.sequences.bind(route, backend)
+        lifecycle.sent(backend)
+        pod = self.pod_stream(backend)
+        if self.catalog.get(route.model).decoupled:
+            pod.carry(None, message)
+            lifecycle.succeeded()
+        else:
+            pod.carry(PinnedMessage(self, lifecycle), message)
+        self.stream.release(message.size + PREFIX_SIZE)
+
+    def pod_stream(self, backend: Backend) -> PodStream:
+        """This stream's upstream stream to `backend`, opened at its first message."""
         pod = self.pods.get(backend)
         if pod is None:
             pod = self.pods[backend] = PodStream(self, backend)
-        pod.send(route, message, lifecycle)
+        return pod
 
     # ---- answering --------------------------------------------------------------------------------
 
@@ -252,9 +263,13 @@ class StreamCall:
         else:
             self.stream.end(grpc.StatusCode.OK)
 
-    def pod_ended(self, pod: "PodStream") -> None:
+    def forget_pod(self, pod: PodStream) -> None:
+        """`pod` takes no more messages: a later one for its backend opens a new stream."""
         if self.pods.get(pod.backend) is pod:
             del self.pods[pod.backend]
+
+    def pod_ended(self, pod: PodStream) -> None:
+        self.forget_pod(pod)
         self._finish_if_done()
 
     def _close(self) -> None:

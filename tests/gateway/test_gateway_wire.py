@@ -89,6 +89,20 @@ def test_stream_response_wrapping_round_trips():
     assert error.error_message == "boom ✓" and not error.HasField("infer_response")
 
 
+def test_a_stream_answers_model_is_read_from_its_first_bytes():
+    """A large answer arrives in pieces: its model name is read from the first, not from a join."""
+    inner = service_pb2.ModelInferResponse(model_name="add_one", id="r", raw_output_contents=[b"x" * 100_000])
+    answer = wire.stream_response(inner.SerializeToString())
+    assert wire.stream_response_model(answer[:300], len(answer)) == "add_one"
+    with pytest.raises(wire.MessageIncomplete):
+        wire.stream_response_model(answer[:4] + b"\0" * 28, len(answer))  # the name lies beyond
+    assert wire.stream_response_model(wire.stream_error("Request for unknown model")) == ""
+    assert wire.stream_error_text(wire.stream_error("Request for unknown model")) == "Request for unknown model"
+    # The name field runs past the answer's own end: refused, not read from what follows.
+    with pytest.raises(wire.MalformedMessage):
+        wire.stream_response_model(b"\x12\x03\x0a\x09add_one" + b"\0" * 40)
+
+
 def test_model_name_of_small_requests():
     data = service_pb2.ModelReadyRequest(name="running_sum", version="2").SerializeToString()
     assert wire.parse_model_name(data) == "running_sum"
