@@ -183,46 +183,10 @@ def parse_model_name(data: bytes, field_number: int = 1) -> str:
     return name
 
 
-def stream_response_model(data: bytes, end: int | None = None) -> str:
-    """The model name inside a serialized `ModelStreamInferResponse` ("" for an error message).
-
-    `data` may be the answer's beginning only (the answer ends at `end`): MessageIncomplete when the
-    name lies beyond it. Fields are serialized in number order, so the first tells the kind: 1
-    (`error_message`) or 2 (`infer_response`, whose first field is normally `model_name`).
-    """
-    end = len(data) if end is None else end
-    if not end:
-        return ""
-    if len(data) < min(end, 32):
-        raise MessageIncomplete
-    key = data[0]
-    if key == 0x0A:  # error_message
-        return ""
-    if key != 0x12:
-        raise MalformedMessage(f"a ModelStreamInferResponse does not begin with key {key}")
-    position = 1
-    length, position = _varint(data, position, min(len(data), end))
-    inner_end = position + length
-    if inner_end > end:
-        raise MalformedMessage("length-delimited field runs past the end of the message")
-    if position >= inner_end or data[position] != 0x0A:
-        return _model_anywhere(data, position, inner_end)
-    name_length, name_start = _varint(data, position + 1, min(len(data), inner_end))
-    if name_start + name_length > inner_end:
-        raise MalformedMessage("length-delimited field runs past the end of the message")
-    if name_start + name_length > len(data):
-        raise MessageIncomplete
-    return _text(data, (name_start, name_start + name_length))
-
-
-def _model_anywhere(data: bytes, start: int, end: int) -> str:
-    """`model_name` of a ModelInferResponse whose fields are not in number order (the whole bytes)."""
-    if end > len(data):
-        raise MessageIncomplete
-    for field, wire_type, value in iter_fields(data, start, end):
-        if field == 1 and wire_type == _LENGTH:
-            return _text(data, value)
-    return ""
+def stream_answer_is_error(answer_head) -> bool:
+    """Whether a serialized `ModelStreamInferResponse`, from its first bytes, carries `error_message`
+    (field 1, serialized first: a successful answer begins with field 2, `infer_response`)."""
+    return len(answer_head) > 0 and answer_head[0] == 0x0A
 
 
 def stream_error_text(data: bytes) -> str:

@@ -129,11 +129,15 @@ def wait_ready(url: str, timeout: float = 30.0, child: ChildProcess | None = Non
 
 
 class GatewayProcess(ChildProcess):
-    """`tritonfleet gateway` (through tritonfleet.cli) as a child process on a free loopback port."""
+    """`tritonfleet gateway` (through tritonfleet.cli) as a child process on a free loopback port.
+
+    `tree`: the checkout whose gateway runs (another commit's, for a benchmark's baseline). It is the
+    child's working directory, which `python -m` puts first on sys.path: a PYTHONPATH alone would
+    come after it, and the child would run this checkout's code under the other's name."""
 
     def __init__(self, backends: list[str], log_path: Path, *extra: str, workers: int = 1,
                  env: dict[str, str] | None = None, client_tls: dict | None = None,
-                 ready_headers: dict[str, str] | None = None):
+                 ready_headers: dict[str, str] | None = None, tree: Path = REPO_ROOT):
         self.port = free_port()
         self.metrics_port = free_port()
         self.url = f"{LOOPBACK}:{self.port}"
@@ -143,7 +147,7 @@ class GatewayProcess(ChildProcess):
             argv += ["--backend", backend]
         # Health checks five times a second, so tests see a pod leave or come back quickly.
         env = {**os.environ, "TRITONFLEET_GATEWAY_HEALTH_INTERVAL_S": "0.2", **(env or {})}
-        super().__init__("gateway", argv, log_path, env=env, cwd=REPO_ROOT)
+        super().__init__("gateway", argv, log_path, env=env, cwd=tree)
         try:
             wait_ready(self.url, child=self, headers=ready_headers, **(client_tls or {}))
         except BaseException:

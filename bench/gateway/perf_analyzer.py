@@ -7,7 +7,7 @@ longer carry it). It needs libb64 and the CUDA 12 runtime library even when no C
 `fetch` takes all three from pinned packages (PyPI and Debian) into build/perf_analyzer/.
 
 Run from the repository root:
-    .venv/bin/python bench/gateway/perf_analyzer.py [--rounds 2] [--json FILE]
+    .venv/bin/python bench/gateway/perf_analyzer.py [--rounds 2] [--baseline TREE] [--json FILE]
 
 Cases: `add_one` (stateless) over one stream at concurrency 1 and 4; `running_sum` (stateful: the
 gateway pins each sequence to a pod) as perf_analyzer's sequences, over streams and over unary calls.
@@ -129,6 +129,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=3.0, help="perf_analyzer's measurement window")
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    parser.add_argument("--baseline", type=Path, help="a checkout of an earlier tree whose gateway (in front "
+                        "of the one server) runs beside today's")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     binary = fetch()
@@ -147,9 +149,14 @@ def main() -> None:
         started.append(gateway)
         # name -> (url, proxy pid, the servers behind it)
         paths = {"direct": (urls[0], None, urls[:1]),
-                 "gateway, 1 server": (gateway_one.url, gateway_one.process.pid, urls[:1]),
-                 "Envoy 1.40, 1 server": (envoy_one.url, envoy_one.process.pid, urls[:1]),
-                 "gateway, 2 servers": (gateway.url, gateway.process.pid, urls)}
+                 "gateway, 1 server": (gateway_one.url, gateway_one.process.pid, urls[:1])}
+        if args.baseline:
+            before = GatewayProcess(urls[:1], work / "gateway-before.log", env=GATEWAY_ENV,
+                                    tree=args.baseline.resolve())
+            started.append(before)
+            paths["gateway before, 1 server"] = (before.url, before.process.pid, urls[:1])
+        paths["Envoy 1.40, 1 server"] = (envoy_one.url, envoy_one.process.pid, urls[:1])
+        paths["gateway, 2 servers"] = (gateway.url, gateway.process.pid, urls)
         results = {}
         for case in args.cases:
             model, arguments = CASES[case]

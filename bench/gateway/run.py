@@ -99,7 +99,7 @@ def baseline_gateway(urls: list[str], log: Path, baseline: Path | None) -> Gatew
     """The gateway of an earlier tree: its packages first on the child's path."""
     if baseline is None:
         return None
-    return GatewayProcess(urls, log, env={**GATEWAY_ENV, "PYTHONPATH": str(baseline.resolve())})
+    return GatewayProcess(urls, log, env=GATEWAY_ENV, tree=baseline.resolve())
 
 
 def part_one(workdir: Path, rounds: int, tiny_count: int, big_count: int, loaded_count: int,

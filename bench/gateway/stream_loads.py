@@ -134,7 +134,7 @@ def main() -> None:
         started.append(gateway)
         proxies = {"gateway": (gateway.url, gateway.process.pid)}
         if args.baseline:
-            before = GatewayProcess(urls, work / "gateway-before.log", env={**env, "PYTHONPATH": str(args.baseline.resolve())})
+            before = GatewayProcess(urls, work / "gateway-before.log", env=env, tree=args.baseline.resolve())
             started.append(before)
             proxies["gateway before"] = (before.url, before.process.pid)
         (work / "envoy").mkdir()

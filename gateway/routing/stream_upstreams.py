@@ -1,11 +1,12 @@
 """How the messages of a client `ModelStreamInfer` stream reach their pods and their answers come back.
 
 Every message goes on a `PodStream`: one upstream `ModelStreamInfer` stream from the client stream to
-one pod, opened at the first message for that pod and kept while the client stream lasts, so that a
-message costs one DATA frame each way, as on the client's stream (a `ModelInfer` of its own per message
-cost HEADERS out, HEADERS, DATA and trailers back, and a third of the gateway's time per message).
-The pod answers a non-decoupled model's requests in the order it got them (Triton keeps that order on
-a stream), so each answer is matched to the oldest message waiting on that pod stream.
+one pod, opened at the first message for that pod and kept while the client stream lasts, and one per model
+on it, so that a message costs one DATA frame each way, as on the client's stream (a `ModelInfer` of its
+own per message cost HEADERS out, HEADERS, DATA and trailers back). The pod answers a non-decoupled
+model's requests in the order it got them (Triton keeps that order on a stream), so each answer is
+matched to the oldest message waiting on its pod stream; one stream per model keeps a slow model's
+answers from holding back a fast one's.
 
 - `StatelessMessage`: a stateless model's request, balanced on its own (its lifecycle picks the pod)
   and held until its answer reaches the client, so that it can be retried on another pod when its pod
@@ -39,8 +40,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("tritonfleet.gateway")
 
 METHOD = "ModelStreamInfer"
-# An answer's model name is read from its first bytes; an answer cut shorter than this is joined first.
-_ANSWER_HEAD_BYTES = 256
 
 
 def describe(route: wire.RequestRoute, code: grpc.StatusCode, details: str) -> str:
@@ -94,7 +93,7 @@ class StatelessMessage:
                 self._end(exc.code, str(exc))
                 return
         self.lifecycle.sent(backend)
-        self.pod = self.call.pod_stream(backend)
+        self.pod = self.call.pod_stream(backend, self.route.model)
         self.pod.carry(self, self.message)
 
     def _retry_or_end(self, code: grpc.StatusCode, details: str, *, retryable: bool, model_missing: bool = False,
@@ -107,11 +106,11 @@ class StatelessMessage:
 
     # ---- what its pod stream tells it -----------------------------------------------------------------
 
-    def answered(self, answer: Message, model: str) -> None:
-        """The pod's answer to this message (`model` "": an error message)."""
+    def answered(self, answer: Message, error: bool) -> None:
+        """The pod's answer to this message (`error`: an error message)."""
         if self.done:
             return
-        if not model:
+        if error:
             text = wire.stream_error_text(answer.joined())
             if error_says_model_missing(text):
                 self._retry_or_end(grpc.StatusCode.UNAVAILABLE, text, retryable=True, model_missing=True,
@@ -164,8 +163,8 @@ class PinnedMessage:
         self.lifecycle = lifecycle
         call.outstanding += 1
 
-    def answered(self, answer: Message, model: str) -> None:
-        self.lifecycle.ended(grpc.StatusCode.OK if model else grpc.StatusCode.UNKNOWN, answer.size)
+    def answered(self, answer: Message, error: bool) -> None:
+        self.lifecycle.ended(grpc.StatusCode.UNKNOWN if error else grpc.StatusCode.OK, answer.size)
         self.call.outstanding -= 1
         self.call.answer_pieces(b"", answer.pieces, answer.size)
 
@@ -180,13 +179,15 @@ class PinnedMessage:
 
 
 class PodStream:
-    """One upstream `ModelStreamInfer` stream from a client stream to one pod (an `UpstreamListener`):
-    the messages waiting for their answers in the order they went, and the pod's answers relayed to the
-    client as they come."""
+    """One upstream `ModelStreamInfer` stream from a client stream to one pod for one model (an
+    `UpstreamListener`): the messages waiting for their answers in the order they went, and the pod's
+    answers relayed to the client as they come."""
 
-    def __init__(self, call: StreamCall, backend: Backend):
+    def __init__(self, call: StreamCall, backend: Backend, model: str):
         self.call = call
         self.backend = backend
+        self.model = model
+        self.decoupled = call.catalog.get(model).decoupled
         self.reader = MessageReader(call.max_message_bytes)
         # Messages sent and not answered yet, oldest first (a decoupled model's are not here: 0..n
         # answers show no end, so such a message counts as done once it is on its way).
@@ -276,13 +277,11 @@ class PodStream:
         call = self.call
         if answer.compressed:  # not asked for (no grpc-accept-encoding went to the pod)
             call.answer_error(f"INTERNAL: pod {self.backend.address} sent a compressed answer")
-        else:
-            model = _answer_model(answer)
-            if self.waiting and not call.catalog.get(model).decoupled:
-                self.waiting.popleft().answered(answer, model)
-            else:  # a decoupled model's answer: its message was counted when it went to the pod
-                call.metrics.bytes_out.inc(answer.size)
-                call.answer_pieces(b"", answer.pieces, answer.size)
+        elif self.waiting and not self.decoupled:
+            self.waiting.popleft().answered(answer, wire.stream_answer_is_error(answer.first(1)))
+        else:  # a decoupled model's answer: its message was counted when it went to the pod
+            call.metrics.bytes_out.inc(answer.size)
+            call.answer_pieces(b"", answer.pieces, answer.size)
         self._close_if_let_go()
         call.freed()
 
@@ -309,14 +308,3 @@ class PodStream:
         call.pod_ended(self)
         call.freed()
 
-
-def _answer_model(answer: Message) -> str:
-    """The model a pod's `ModelStreamInferResponse` names ("" for an error message), from its first
-    bytes where they hold the name (a large answer is not joined for it)."""
-    try:
-        try:
-            return wire.stream_response_model(answer.first(_ANSWER_HEAD_BYTES), answer.size)
-        except wire.MessageIncomplete:
-            return wire.stream_response_model(answer.joined())
-    except wire.MalformedMessage:
-        return ""

@@ -66,7 +66,7 @@ class StreamCall:
         self.waiting: deque[Message] = deque()  # received, not dispatched yet (no room, or a pick waits)
         self.outstanding = 0  # messages sent on and not answered yet
         self.stateless: set[StatelessMessage] = set()
-        self.pods: dict[Backend, PodStream] = {}
+        self.pods: dict[tuple[Backend, str], PodStream] = {}  # by pod and model
         self.sequences = stream_sequences()
         self.picking: asyncio.Task | None = None  # a sequence's or decoupled message's wait for a pod
         self.pumping = False
@@ -191,19 +191,20 @@ class StreamCall:
         if route.in_sequence:
             self.sequences.bind(route, backend)
         lifecycle.sent(backend)
-        pod = self.pod_stream(backend)
-        if self.catalog.get(route.model).decoupled:
+        pod = self.pod_stream(backend, route.model)
+        if pod.decoupled:
             pod.carry(None, message)
             lifecycle.succeeded()
         else:
             pod.carry(PinnedMessage(self, lifecycle), message)
         self.stream.release(message.size + PREFIX_SIZE)
 
-    def pod_stream(self, backend: Backend) -> PodStream:
-        """This stream's upstream stream to `backend`, opened at its first message."""
-        pod = self.pods.get(backend)
+    def pod_stream(self, backend: Backend, model: str) -> PodStream:
+        """This stream's upstream stream to `backend` for `model`, opened at its first message."""
+        key = (backend, model)
+        pod = self.pods.get(key)
         if pod is None:
-            pod = self.pods[backend] = PodStream(self, backend)
+            pod = self.pods[key] = PodStream(self, backend, model)
         return pod
 
     # ---- answering --------------------------------------------------------------------------------
@@ -265,8 +266,9 @@ class StreamCall:
 
     def forget_pod(self, pod: PodStream) -> None:
         """`pod` takes no more messages: a later one for its backend opens a new stream."""
-        if self.pods.get(pod.backend) is pod:
-            del self.pods[pod.backend]
+        key = (pod.backend, pod.model)
+        if self.pods.get(key) is pod:
+            del self.pods[key]
 
     def pod_ended(self, pod: PodStream) -> None:
         self.forget_pod(pod)

@@ -186,7 +186,7 @@ def test_any_prefix_gives_the_whole_messages_answer_or_asks_for_more(data, draw)
 @settings(max_examples=examples(200, 3_000))
 @given(st.binary(max_size=128))
 def test_small_requests_and_stream_answers_are_read_or_refused(data):
-    for parse in (wire.parse_model_name, wire.stream_response_model):
+    for parse in (wire.parse_model_name, wire.stream_error_text):
         try:
             assert isinstance(parse(data), str)
         except wire.MalformedMessage:

@@ -88,3 +88,19 @@ def test_a_pod_told_to_stop_is_let_go_by_open_client_streams_and_exits(triton_fl
         after = answers_of(stream, 20)
         assert [str(e) for _, e in after if e is not None] == []
         assert stream.close() == []
+
+
+def test_a_slow_models_messages_hold_back_no_other_models_answers(fleet3, gateway3):
+    """Triton answers one stream's requests in order: one upstream stream per pod and model keeps a
+    slow model's messages from holding back another model's answers on the same pod."""
+    stream = StreamClient(gateway3.url)
+    for index in range(3):
+        stream.send("slow", slow_inputs(8000), request_id=f"slow-{index}")
+    assert wait_for(lambda: metric(gateway3.metrics_url, "tritonfleet_gateway_inflight") >= 3), "slow calls not out"
+    for index in range(30):
+        stream.send("add_one", add_one_inputs([index]), request_id=str(index))
+    first = [result.get_response().id for result, error in answers_of(stream, 30)]
+    assert sorted(first) == sorted(str(index) for index in range(30)), first
+    late = answers_of(stream, 3)
+    assert sorted(result.get_response().id for result, _ in late) == ["slow-0", "slow-1", "slow-2"]
+    assert stream.close() == []

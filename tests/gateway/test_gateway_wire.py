@@ -84,23 +84,18 @@ def test_stream_response_wrapping_round_trips():
     wrapped = service_pb2.ModelStreamInferResponse.FromString(wire.stream_response(inner))
     assert (wrapped.infer_response.model_name, wrapped.infer_response.id, wrapped.error_message) == (
         "add_one", "req-7", "")
-    assert wire.stream_response_model(wire.stream_response(inner)) == "add_one"
     error = service_pb2.ModelStreamInferResponse.FromString(wire.stream_error("boom ✓"))
     assert error.error_message == "boom ✓" and not error.HasField("infer_response")
 
 
-def test_a_stream_answers_model_is_read_from_its_first_bytes():
-    """A large answer arrives in pieces: its model name is read from the first, not from a join."""
+def test_a_stream_answer_says_from_its_first_byte_whether_it_is_an_error():
     inner = service_pb2.ModelInferResponse(model_name="add_one", id="r", raw_output_contents=[b"x" * 100_000])
     answer = wire.stream_response(inner.SerializeToString())
-    assert wire.stream_response_model(answer[:300], len(answer)) == "add_one"
-    with pytest.raises(wire.MessageIncomplete):
-        wire.stream_response_model(answer[:4] + b"\0" * 28, len(answer))  # the name lies beyond
-    assert wire.stream_response_model(wire.stream_error("Request for unknown model")) == ""
-    assert wire.stream_error_text(wire.stream_error("Request for unknown model")) == "Request for unknown model"
-    # The name field runs past the answer's own end: refused, not read from what follows.
-    with pytest.raises(wire.MalformedMessage):
-        wire.stream_response_model(b"\x12\x03\x0a\x09add_one" + b"\0" * 40)
+    assert not wire.stream_answer_is_error(answer[:1])
+    error = service_pb2.ModelStreamInferResponse(error_message="Request for unknown model").SerializeToString()
+    assert wire.stream_answer_is_error(error[:1])
+    assert wire.stream_error_text(error) == "Request for unknown model"
+    assert wire.stream_error_text(answer) == ""
 
 
 def test_model_name_of_small_requests():
