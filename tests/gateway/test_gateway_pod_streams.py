@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -25,6 +26,14 @@ def slow_inputs(delay_ms: int):
     delay = grpcclient.InferInput("DELAY_MS", [1], "INT32")
     delay.set_data_from_numpy(np.array([delay_ms], dtype=np.int32))
     return add_one_inputs([1.0]) + [delay]
+
+
+@contextmanager
+def stream_through_gateway(triton_fleet, tmp_path, count: int):
+    """`count` servers of their own, a gateway over them and one client stream through it."""
+    servers = triton_fleet(count, repo=TEST_REPOSITORY)
+    with GatewayProcess([s.grpc_url for s in servers], tmp_path / "gateway.log") as gateway:
+        yield servers, [s.grpc_url for s in servers], gateway, StreamClient(gateway.url)
 
 
 def answers_of(stream: StreamClient, count: int, timeout: float = 60.0) -> list:
@@ -47,10 +56,7 @@ def test_one_upstream_stream_per_pod_carries_a_client_streams_messages_and_close
 
 
 def test_stateless_stream_messages_in_flight_on_a_killed_pod_are_answered_by_another(triton_fleet, tmp_path):
-    servers = triton_fleet(3, repo=TEST_REPOSITORY)
-    urls = [s.grpc_url for s in servers]
-    with GatewayProcess(urls, tmp_path / "gateway.log") as gateway:
-        stream = StreamClient(gateway.url)
+    with stream_through_gateway(triton_fleet, tmp_path, 3) as (servers, urls, gateway, stream):
         for index in range(6):
             stream.send("slow", slow_inputs(3000), request_id=f"slow-{index}")
         assert wait_for(lambda: sum(metric(gateway.metrics_url, "tritonfleet_gateway_inflight", backend=u) >= 1
@@ -70,10 +76,7 @@ def test_stateless_stream_messages_in_flight_on_a_killed_pod_are_answered_by_ano
 
 
 def test_a_pod_told_to_stop_is_let_go_by_open_client_streams_and_exits(triton_fleet, tmp_path):
-    servers = triton_fleet(2, repo=TEST_REPOSITORY)
-    urls = [s.grpc_url for s in servers]
-    with GatewayProcess(urls, tmp_path / "gateway.log") as gateway:
-        stream = StreamClient(gateway.url)
+    with stream_through_gateway(triton_fleet, tmp_path, 2) as (servers, urls, gateway, stream):
         for index in range(20):
             stream.send("add_one", add_one_inputs([index]), request_id=str(index))
         assert all(error is None for _, error in answers_of(stream, 20))
