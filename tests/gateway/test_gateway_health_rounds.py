@@ -7,6 +7,10 @@ grpcio's UsageError ("Channel is closed"), the checker's task ended, and no pod 
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
 
 from gateway.fleet.backends import BackendPool
 from gateway.fleet.health import HealthChecker, ModelCatalog
@@ -14,26 +18,42 @@ from gateway.metrics import GatewayMetrics
 
 # Nothing listens there: the checks on it fail as a pod that does not answer.
 POD = "127.0.0.1:1"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+# Run in a process of its own: grpcio's asyncio channels, made and closed in a second event loop of a
+# process whose other tests used grpcio, can bring the whole process down, and with it a test worker.
+REMOVED_MID_CHECK = """
+import asyncio, json
+from gateway.fleet.backends import BackendPool
+from gateway.fleet.health import HealthChecker, ModelCatalog
+from gateway.metrics import GatewayMetrics
+
+async def scenario():
+    pool = BackendPool(GatewayMetrics())
+    checker = HealthChecker(pool, ModelCatalog(), interval_s=1.0, timeout_s=1.0)
+    pool.set_addresses({POD})
+    removed = pool.backends[POD]
+    pool.set_addresses(set())  # the channel closes (with grace) in a task of its own
+    await asyncio.sleep(0)
+    outcome = "returned"
+    try:
+        await checker.check(removed)
+    except Exception as exc:  # what the round would have died of
+        outcome = repr(exc)
+    series = [s.labels for s in pool.metrics.backend_up.collect()[0].samples]
+    await pool.close()
+    return outcome, series
+
+print(json.dumps(asyncio.run(scenario())))
+"""
 
 
 def test_a_pod_removed_while_its_check_runs_is_left_alone_and_leaves_no_series():
-    async def scenario():
-        pool = BackendPool(GatewayMetrics())
-        checker = HealthChecker(pool, ModelCatalog(), interval_s=1.0, timeout_s=1.0)
-        pool.set_addresses({POD})
-        removed = pool.backends[POD]
-        pool.set_addresses(set())  # the channel closes (with grace) in a task of its own
-        await asyncio.sleep(0)
-        outcome = "returned"
-        try:
-            await checker.check(removed)
-        except Exception as exc:  # noqa: BLE001 - what the round would have died of
-            outcome = repr(exc)
-        series = pool.metrics.backend_up.collect()[0].samples
-        await pool.close()
-        return outcome, [s.labels for s in series]
-
-    outcome, series = asyncio.run(scenario())
+    done = subprocess.run([sys.executable, "-c", f"POD = {POD!r}\n" + REMOVED_MID_CHECK], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    outcome, series = json.loads(done.stdout.strip().splitlines()[-1])
     assert outcome == "returned"
     assert series == []  # a removed pod's tritonfleet_gateway_backend_up is not brought back
 
