@@ -116,11 +116,8 @@ class StatelessMessage:
                 self._retry_or_end(grpc.StatusCode.UNAVAILABLE, text, retryable=True, model_missing=True,
                                    unreachable=False)
                 return
-            self.call.answer_pieces(b"", answer.pieces, answer.size)
-            self._finish(grpc.StatusCode.UNKNOWN, answer.size)
-            return
-        self.call.answer_pieces(b"", answer.pieces, answer.size)
-        self._finish(grpc.StatusCode.OK, answer.size)
+        self.call.answer_pieces(answer.pieces, answer.size)
+        self._finish(grpc.StatusCode.UNKNOWN if error else grpc.StatusCode.OK, answer.size)
 
     def lost(self, code: grpc.StatusCode, details: str, *, retryable: bool, unreachable: bool) -> None:
         """Its pod stream ended before the answer came."""
@@ -166,7 +163,7 @@ class PinnedMessage:
     def answered(self, answer: Message, error: bool) -> None:
         self.lifecycle.ended(grpc.StatusCode.UNKNOWN if error else grpc.StatusCode.OK, answer.size)
         self.call.outstanding -= 1
-        self.call.answer_pieces(b"", answer.pieces, answer.size)
+        self.call.answer_pieces(answer.pieces, answer.size)
 
     def lost(self, code: grpc.StatusCode, details: str, *, retryable: bool, unreachable: bool) -> None:
         self.lifecycle.failed(details, retryable=False, unreachable=unreachable)
@@ -281,7 +278,7 @@ class PodStream:
             self.waiting.popleft().answered(answer, wire.stream_answer_is_error(answer.first(1)))
         else:  # a decoupled model's answer: its message was counted when it went to the pod
             call.metrics.bytes_out.inc(answer.size)
-            call.answer_pieces(b"", answer.pieces, answer.size)
+            call.answer_pieces(answer.pieces, answer.size)
         self._close_if_let_go()
         call.freed()
 

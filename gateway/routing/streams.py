@@ -214,14 +214,14 @@ class StreamCall:
         if not self.over:
             self.stream.send_message(payload)
 
-    def answer_pieces(self, head: bytes, pieces: list, size: int) -> None:
-        """A `ModelStreamInferResponse` of `size` bytes: `head`, then `pieces` as they came from the pod
-        (views of its reads, not copied), except that a small answer goes as one DATA frame."""
+    def answer_pieces(self, pieces: list, size: int) -> None:
+        """A pod's `ModelStreamInferResponse` of `size` bytes, as the pieces it came in (views of the
+        reads, not copied), except that a small answer goes as one DATA frame."""
         if self.over:
             return
         if not self.stream.answered:
             self.stream.send_headers(ok_headers())
-        first = prefix(size) + head
+        first = prefix(size)
         if size <= _JOINED_BELOW:
             self.stream.send_data(b"".join((first, *pieces)))
             return
