@@ -1,9 +1,10 @@
 """Compressed camera streams: one decoder session per sequence, then `video_pipeline`'s analysis.
 
 A request carries one or more encoded access units of one camera (Triton correlation id). The
-camera's `CameraStream` owns its decoder; the pictures decoded from all requests of a batch go
-through `CameraAnalyzer` (models.video's per-stream motion, scene change and classification, on
-the luma plane) together. What one camera sends only touches its own stream:
+camera's `CameraStream` owns its decoder; `CameraService` decodes each request on its camera's
+lane as soon as it comes, and the pictures decoded meanwhile from every camera go through
+`CameraAnalyzer` (models.video's per-stream motion, scene change and classification, on the luma
+plane) together. What one camera sends only touches its own stream:
 
 * a sequence that starts between keyframes skips access units until the next keyframe and says so
   (`waiting_for_keyframe`), instead of decoding garbage;
@@ -16,7 +17,11 @@ the luma plane) together. What one camera sends only touches its own stream:
 
 from __future__ import annotations
 
+import logging
+import queue
+import threading
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
@@ -85,15 +90,14 @@ class CameraCounters:
     rejected: int = 0
     corrupt: int = 0
     frames: int = 0
-    steps: int = 0  # executions (batches of requests)
-    requests: int = 0
-    decode_s: float = 0.0  # opening sessions and decoding, all streams of a batch together
-    analyze_s: float = 0.0  # the analysis and classification, until their figures are on the host
-    other_s: float = 0.0  # the rest of a step: idle streams, frames and results put together
-    parse_s: float = 0.0  # reading the requests (counted by the serving model, not by the step)
-    respond_s: float = 0.0  # building the responses (likewise)
+    steps: int = 0  # analysis rounds
+    requests: int = 0  # requests answered by those rounds
+    decode_s: float = 0.0  # the lanes' time on sessions and decoding, summed over the decode threads
+    analyze_s: float = 0.0  # the rounds' analysis and classification, until their figures are on the host
+    parse_s: float = 0.0  # reading the requests (counted by the serving model)
+    respond_s: float = 0.0  # building and sending the answers, on the analysis thread
 
-    PHASES = ("parse", "decode", "analyze", "other", "respond")
+    PHASES = ("parse", "decode", "analyze", "respond")
 
 
 class CameraStreams:
@@ -251,117 +255,254 @@ def blank_picture(height: int, width: int, device: torch.device) -> Picture:
     return Picture(luma=luma, u=torch.full(chroma, 128, dtype=torch.uint8), v=torch.full(chroma, 128, dtype=torch.uint8))
 
 
-class CameraService:
-    """One batch of camera requests -> one CameraResult (or the exception) per request."""
+Reply = Callable[["CameraResult | Exception"], None]
 
-    def __init__(self, streams: CameraStreams, analyzer: CameraAnalyzer, default_codec: str, decode_threads: int = 1):
+
+@dataclass
+class Prepared:
+    """A request decoded and its pictures numbered, or the exception that failed it: what the
+    analysis takes, in each stream's order."""
+
+    request: CameraRequest
+    reply: Reply
+    outcome: Decoded | Exception
+    frames: list[CameraFrameIn] = field(default_factory=list)
+    indices: list[int] = field(default_factory=list)
+    stream_frames: int = 0
+
+
+@dataclass
+class Forget:
+    """A stream whose analysis state can go: it idled out of its decoder."""
+
+    stream: int
+
+
+class Lane:
+    """One camera's jobs, run one after another on a shared pool in the order they came, so a
+    stream's access units decode in order while different cameras decode in parallel."""
+
+    def __init__(self, pool: ThreadPoolExecutor):
+        self._pool = pool
+        self._jobs: deque[Callable[[], None]] = deque()
+        self._lock = threading.Lock()
+        self._running = False
+
+    def put(self, job: Callable[[], None]) -> None:
+        with self._lock:
+            self._jobs.append(job)
+            if self._running:
+                return
+            self._running = True
+        self._pool.submit(self._drain)
+
+    @property
+    def idle(self) -> bool:
+        with self._lock:
+            return not self._jobs
+
+    def _drain(self) -> None:
+        while True:
+            with self._lock:
+                if not self._jobs:
+                    self._running = False
+                    return
+                job = self._jobs.popleft()
+            job()
+
+
+_STOP = object()
+
+
+class CameraService:
+    """Camera requests in, one CameraResult (or the exception) per request out, through a pipeline
+    that never waits for a batch: each request decodes on its camera's `Lane` as soon as it comes
+    (NVDEC stays busy while the analysis of earlier pictures runs), and one analysis thread takes
+    every request decoded so far, runs their pictures through the kernels together and answers
+    them. Answers leave in each stream's order, failures included, since a stream's requests pass
+    its lane and then the one analysis queue in order."""
+
+    def __init__(self, streams: CameraStreams, analyzer: CameraAnalyzer, default_codec: str, decode_threads: int = 1,
+                 device: torch.device | None = None, max_analysis_frames: int = 64):
         self.streams = streams
         self.analyzer = analyzer
         self.default_codec = default_codec
         self.counters = CameraCounters()
-        self._pool = ThreadPoolExecutor(decode_threads) if decode_threads > 1 else None
+        self.max_analysis_frames = max_analysis_frames
+        self.publish: Callable[[], None] = lambda: None  # called after each analysis round (metrics)
+        self._device = device
+        self._lock = threading.Lock()  # the sessions, the lanes and the counters
+        self._lanes: dict[int, Lane] = {}
+        self._pool = ThreadPoolExecutor(max(decode_threads, 1), thread_name_prefix="camera-decode",
+                                        initializer=self._use_device)
+        self._analysis: queue.SimpleQueue = queue.SimpleQueue()
+        self._analyst = threading.Thread(target=self._analysis_loop, name="camera-analysis", daemon=True)
+        self._analyst.start()
 
-    def step(self, requests: list[CameraRequest]) -> list[CameraResult | Exception]:
-        """Results with their per-frame figures on the host, so building a response waits for nothing."""
-        for stream in self.streams.drop_idle():
-            self.analyzer.streams.pop(stream, None)
+    def submit(self, request: CameraRequest, reply: Reply) -> None:
+        """Queue a request on its camera's lane; `reply` gets its result from the analysis thread."""
+        self._on_lane(request.stream, lambda: self._prepare(request, reply))
+
+    def fail(self, stream: int, exc: Exception, reply: Reply) -> None:
+        """Answer a request that could not be read with `exc`, after the stream's earlier requests."""
+        request = CameraRequest(stream, [], None, False, False)
+        self._on_lane(stream, lambda: self._analysis.put(Prepared(request, reply, exc)))
+
+    def step(self, requests: list[CameraRequest], timeout_s: float = 120.0) -> list[CameraResult | Exception]:
+        """Submit `requests` and wait for their results (the benchmarks' and tests' way in)."""
         results: list = [None] * len(requests)
-        began = time.perf_counter()
-        decoded = self._decode_all(requests, results)
-        decoded_at = time.perf_counter()
-        frames, owners = self._frames(requests, decoded)
-        framed_at = time.perf_counter()
-        analyzed = self.analyzer.step(frames) if frames else []
-        analyzed_at = time.perf_counter()
-        per_request: dict[int, list] = {}
-        for (position, index), result in zip(owners, analyzed):
-            per_request.setdefault(position, []).append((index, result))
-        for position, (session, outcome) in decoded.items():
-            entries = per_request.get(position, [])
-            failed = next((r for _, r in entries if isinstance(r, Exception)), None)
-            results[position] = failed or CameraResult(
-                status=outcome.status,
-                decode_ms=outcome.decode_ms,
-                stream_frames=session.frames,
-                frame_indices=[i for i, _ in entries],
-                frames=[r for _, r in entries],
-            )
-        for request in requests:
-            if request.end:
-                self.streams.close(request.stream)
-                self.analyzer.streams.pop(request.stream, None)
-        counters = self.counters
-        counters.steps += 1
-        counters.requests += len(requests)
-        counters.decode_s += decoded_at - began
-        counters.analyze_s += analyzed_at - framed_at
-        counters.other_s += (framed_at - decoded_at) + (time.perf_counter() - analyzed_at)
+        done = threading.Semaphore(0)
+
+        def keep(position: int, result) -> None:
+            results[position] = result
+            done.release()
+
+        for position, request in enumerate(requests):
+            self.submit(request, lambda result, position=position: keep(position, result))
+        for _ in requests:
+            if not done.acquire(timeout=timeout_s):
+                raise TimeoutError(f"the camera pipeline did not answer within {timeout_s} s")
         return results
 
-    def _decode_all(self, requests, results) -> dict[int, tuple[CameraStream, Decoded]]:
-        """Sessions first (in order: a START must exist before the requests after it), then the
-        decoding, each stream's requests in order, different streams in parallel."""
-        by_stream: dict[int, list[tuple[int, CameraRequest, CameraStream]]] = {}
-        for position, request in enumerate(requests):
-            try:
-                session = self._session(request)
-            except (ValueError, DecoderLimit) as exc:
-                results[position] = exc
-                continue
-            by_stream.setdefault(request.stream, []).append((position, request, session))
-        work = list(by_stream.values())
-        outcomes = self._pool.map(self._decode_stream, work) if self._pool else map(self._decode_stream, work)
-        decoded = {}
-        for entries in outcomes:
-            for position, session, outcome in entries:
-                if isinstance(outcome, Exception):
-                    results[position] = outcome
-                else:
-                    decoded[position] = (session, outcome)
-        return dict(sorted(decoded.items()))
+    def _use_device(self) -> None:
+        if self._device is not None and self._device.type == "cuda":
+            torch.cuda.set_device(self._device)
+
+    def _on_lane(self, stream: int, job: Callable[[], None]) -> None:
+        with self._lock:
+            lane = self._lanes.get(stream)
+            if lane is None:
+                lane = self._lanes[stream] = Lane(self._pool)
+            lane.put(job)
+
+    def _prepare(self, request: CameraRequest, reply: Reply) -> None:
+        """On the camera's lane: its session, its decoding, its pictures numbered."""
+        began = time.perf_counter()
+        try:
+            session = self._session(request)
+            outcome = self._decode(request, session)
+        except Exception as exc:  # one request's failure, whatever it is, is that request's answer
+            self._analysis.put(Prepared(request, reply, exc))
+            return
+        prepared = Prepared(request, reply, outcome)
+        if isinstance(outcome, Decoded):
+            self._number(prepared, session)
+        if request.end:
+            self._end(request.stream)
+        with self._lock:
+            self.counters.decode_s += time.perf_counter() - began
+        self._analysis.put(prepared)
 
     def _session(self, request: CameraRequest) -> CameraStream:
         if not request.access_units:
             raise ValueError(f"stream {request.stream}: send at least one access unit in ACCESS_UNITS")
-        if request.start:
-            try:
-                return self.streams.open(request.stream, request.codec or self.default_codec)
-            except DecoderLimit:
-                self.counters.rejected += 1
-                raise
-        session = self.streams.get(request.stream)
+        with self._lock:
+            for stream in self.streams.drop_idle():
+                self._analysis.put(Forget(stream))
+            if request.start:
+                try:
+                    return self.streams.open(request.stream, request.codec or self.default_codec)
+                except DecoderLimit:
+                    self.counters.rejected += 1
+                    raise
+            session = self.streams.get(request.stream)
         if request.codec is not None and request.codec != session.codec:
             raise ValueError(f"stream {request.stream} started as {session.codec}; CODEC {request.codec} needs a new sequence")
         return session
 
-    def _decode_stream(self, entries):
-        out = []
-        for position, request, session in entries:
-            try:
-                out.append((position, session, decode(session, request.access_units, request.end)))
-            except CorruptAccessUnit as exc:
+    def _decode(self, request: CameraRequest, session: CameraStream) -> Decoded | Exception:
+        try:
+            return decode(session, request.access_units, request.end)
+        except CorruptAccessUnit as exc:
+            with self._lock:
                 self.counters.corrupt += 1
-                self.streams.reset(session)
-                out.append((position, session, CorruptAccessUnit(
-                    f"stream {request.stream}: {exc}; the stream resumes at its next keyframe")))
-        return out
+            self.streams.reset(session)
+            return CorruptAccessUnit(f"stream {request.stream}: {exc}; the stream resumes at its next keyframe")
 
-    def _frames(self, requests, decoded):
-        """Every decoded picture as a FrameIn, with (request position, frame index) beside it."""
-        frames, owners = [], []
-        for position, (session, outcome) in decoded.items():
-            request = requests[position]
-            for n, picture in enumerate(outcome.pictures):
-                restart = session.restart_analysis or picture.shape != session.shape
-                session.restart_analysis, session.shape = False, picture.shape
-                frames.append(CameraFrameIn(
-                    stream=request.stream, frame=luma_frame(picture), start=restart,
-                    end=request.end and n == len(outcome.pictures) - 1, picture=picture,
-                ))
-                owners.append((position, session.frames))
-                session.frames += 1
-                self.counters.frames += 1
-        return frames, owners
+    def _number(self, prepared: Prepared, session: CameraStream) -> None:
+        """Every decoded picture as a FrameIn, numbered in its stream."""
+        request, pictures = prepared.request, prepared.outcome.pictures
+        for n, picture in enumerate(pictures):
+            restart = session.restart_analysis or picture.shape != session.shape
+            session.restart_analysis, session.shape = False, picture.shape
+            prepared.frames.append(CameraFrameIn(
+                stream=request.stream, frame=luma_frame(picture), start=restart,
+                end=request.end and n == len(pictures) - 1, picture=picture,
+            ))
+            prepared.indices.append(session.frames)
+            session.frames += 1
+        prepared.stream_frames = session.frames
+        with self._lock:
+            self.counters.frames += len(pictures)
+
+    def _end(self, stream: int) -> None:
+        """A sequence's last request: its session goes back, and its lane if nothing waits on it."""
+        with self._lock:
+            self.streams.close(stream)
+            lane = self._lanes.get(stream)
+            if lane is not None and lane.idle:
+                del self._lanes[stream]
+
+    def _analysis_loop(self) -> None:
+        self._use_device()
+        while True:
+            batch, frames = [], 0
+            item = self._analysis.get()
+            while item is not _STOP:
+                batch.append(item)
+                if isinstance(item, Prepared):
+                    frames += len(item.frames)
+                if frames >= self.max_analysis_frames:
+                    break
+                try:
+                    item = self._analysis.get_nowait()
+                except queue.Empty:
+                    break
+            if batch:
+                self._analyze(batch)
+            if item is _STOP:
+                return
+
+    def _analyze(self, batch: list) -> None:
+        """One round: the pictures of every request in `batch` through the analysis together, then
+        each request answered (in the order they came)."""
+        began = time.perf_counter()
+        prepared = [item for item in batch if isinstance(item, Prepared)]
+        for item in batch:
+            if isinstance(item, Forget):
+                self.analyzer.streams.pop(item.stream, None)
+        frames = [frame for item in prepared for frame in item.frames]
+        try:
+            analyzed = self.analyzer.step(frames) if frames else []
+        except Exception as exc:  # a failure of the round itself: every request still gets an answer
+            analyzed = [exc] * len(frames)
+        analyzed_at = time.perf_counter()
+        at = 0
+        for item in prepared:
+            mine, at = analyzed[at : at + len(item.frames)], at + len(item.frames)
+            self._answer(item, mine)
+        counters = self.counters
+        with self._lock:
+            counters.steps += 1
+            counters.requests += len(prepared)
+            counters.analyze_s += analyzed_at - began
+            counters.respond_s += time.perf_counter() - analyzed_at
+        self.publish()
+
+    def _answer(self, item: Prepared, analyzed: list) -> None:
+        outcome = item.outcome
+        if isinstance(outcome, Decoded):
+            failed = next((r for r in analyzed if isinstance(r, Exception)), None)
+            outcome = failed or CameraResult(
+                status=outcome.status, decode_ms=outcome.decode_ms, stream_frames=item.stream_frames,
+                frame_indices=item.indices, frames=analyzed,
+            )
+        if item.request.end:
+            self.analyzer.streams.pop(item.request.stream, None)
+        try:
+            item.reply(outcome)
+        except Exception:  # a reply that cannot go out (its client left) costs no other camera
+            logging.getLogger(__name__).exception("answering camera stream %s failed", item.request.stream)
 
     def warm_up(self, height: int, width: int, device: torch.device) -> None:
         """Two pictures of one stream through the analysis and the classifier, so the kernels are
@@ -374,11 +515,12 @@ class CameraService:
         self.analyzer.streams.pop(_WARM_UP_STREAM, None)
 
     def close(self) -> None:
+        self._analysis.put(_STOP)
+        self._analyst.join()
+        self._pool.shutdown(wait=True)
         for stream in list(self.streams.streams):
             self.streams.close(stream)
         for pool in self.streams.warm.values():
             while pool:
                 pool.pop().close()
         self.analyzer.streams.clear()
-        if self._pool:
-            self._pool.shutdown(wait=True)

@@ -63,7 +63,7 @@ def build_service(args: dict) -> tuple[CameraService, list[str], torch.device]:
     )
     service = CameraService(
         streams, CameraAnalyzer(pipeline, settings), codec_name(params.get("CODEC", "h264")),
-        decode_threads=int(params.get("DECODE_THREADS", "1")),
+        decode_threads=int(params.get("DECODE_THREADS", "1")), device=device,
     )
     warm = int(params.get("WARM_DECODERS", "0"))
     if warm and not sizes:
@@ -151,12 +151,13 @@ class CameraMetrics:
             pb_utils.MetricFamily("tritonfleet_camera_corrupt_access_units_total", "Access units refused as corrupt", counter),
         ]
         self.decoders, self.rejected, self.frames, self.corrupt = (f.Metric(labels=labels) for f in self._families)
-        steps = pb_utils.MetricFamily("tritonfleet_camera_steps_total", "Executions of the camera model", counter)
-        requests = pb_utils.MetricFamily("tritonfleet_camera_step_requests_total", "Requests in those executions", counter)
+        steps = pb_utils.MetricFamily("tritonfleet_camera_steps_total", "Analysis rounds of the camera model", counter)
+        requests = pb_utils.MetricFamily("tritonfleet_camera_step_requests_total", "Requests answered by those rounds", counter)
         seconds = pb_utils.MetricFamily(
             "tritonfleet_camera_step_seconds_total",
-            "Seconds of the executions in each phase: parse (reading the requests), decode, analyze (until the "
-            "figures are on the host), other, respond (building the responses)", counter)
+            "Seconds in each phase: parse (reading the requests), decode (sessions and decoding, summed over the "
+            "decode threads), analyze (until the figures are on the host), respond (building and sending the "
+            "answers)", counter)
         self._families += [steps, requests, seconds]
         # (metric, CameraCounters field): refusals go out as they happen, the rest throttled.
         self._refusals = [(self.rejected, "rejected"), (self.corrupt, "corrupt")]

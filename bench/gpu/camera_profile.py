@@ -53,7 +53,7 @@ def build(variant: str, streams: int, threads: int, size: tuple[int, int], sync:
     sessions = CameraStreams(VARIANTS[variant](device), max_decoders=streams, idle_timeout_s=600)
     if variant == "warm":
         sessions.prepare("h264", streams, blank_keyframe("h264", *size))
-    service = CameraService(sessions, CameraAnalyzer(pipeline, VideoSettings()), "h264", decode_threads=threads)
+    service = CameraService(sessions, CameraAnalyzer(pipeline, VideoSettings()), "h264", decode_threads=threads, device=device)
     service.warm_up(*size, device)
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -67,7 +67,7 @@ def batches(requests: list[CameraRequest], size: int):
         yield requests[at : at + size]
 
 
-PHASES = ("decode", "analyze", "other")
+PHASES = ("decode", "analyze", "respond")
 
 
 def synced_phases(service: CameraService, device: torch.device) -> None:
@@ -75,11 +75,11 @@ def synced_phases(service: CameraService, device: torch.device) -> None:
     is counted in that phase and not in the next one that waits."""
     if device.type != "cuda":
         return
-    decode_all, classify = service._decode_all, service.analyzer._classify
+    decode, classify = service._decode, service.analyzer._classify
 
     def decode_then_wait(*args):
         try:
-            return decode_all(*args)
+            return decode(*args)
         finally:
             torch.cuda.synchronize(device)
 
@@ -87,7 +87,7 @@ def synced_phases(service: CameraService, device: torch.device) -> None:
         classify(chosen)
         torch.cuda.synchronize(device)
 
-    service._decode_all, service.analyzer._classify = decode_then_wait, classify_then_wait
+    service._decode, service.analyzer._classify = decode_then_wait, classify_then_wait
 
 
 def _percentile(values: list[float], q: float) -> float:

@@ -169,7 +169,7 @@ def phases_per_step(before: dict[str, float], after: dict[str, float]) -> dict:
     out = {"steps": int(steps), "requests_per_step": round((after.get("step_requests", 0) - before.get("step_requests", 0)) / steps, 2)}
     frames = after.get("frames_decoded", 0) - before.get("frames_decoded", 0)
     out["frames_per_step"] = round(frames / steps, 2)
-    for phase in ("parse", "decode", "analyze", "other", "respond"):
+    for phase in ("parse", "decode", "analyze", "respond"):
         out[f"{phase}_ms"] = round((after.get(phase, 0) - before.get(phase, 0)) / steps * 1e3, 2)
     return out
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import queue
 import re
 import shutil
+import threading
 import time
 import urllib.request
 from types import SimpleNamespace
@@ -299,19 +300,107 @@ def test_a_classification_reaches_the_host_in_one_tensor_unchanged():
         assert m.state.indices.dtype == torch.int64
 
 
-def test_a_step_counts_its_requests_rounds_and_phases(clips):
+def camera_service(make_decoder=PyAVDecoder, decode_threads: int = 1) -> tuple[CameraService, CameraAnalyzer]:
     analyzer = CameraAnalyzer(ImagePipeline(Classifier(ClassifierSettings(seed=0)), k=5), VideoSettings())
-    service = CameraService(CameraStreams(PyAVDecoder, max_decoders=2, idle_timeout_s=60), analyzer, "h264")
+    return CameraService(CameraStreams(make_decoder, max_decoders=2, idle_timeout_s=60), analyzer, "h264",
+                         decode_threads=decode_threads), analyzer
+
+
+def test_a_step_counts_its_requests_rounds_and_phases(clips):
+    service, analyzer = camera_service()
     units = clips["h264"]
-    service.step([CameraRequest(1, units[:1], None, True, False), CameraRequest(2, units[:3], None, True, False)])
-    results = service.step([CameraRequest(1, units[1:3], None, False, False)])
-    assert service.counters.steps == 2 and service.counters.requests == 3 and service.counters.frames == 6
-    # Stream 2's three pictures were analysed one after another; stream 1's two of the second step too.
-    assert analyzer.times.rounds == 5 and analyzer.times.classified >= 2  # every START is classified
+    try:
+        service.step([CameraRequest(1, units[:1], None, True, False), CameraRequest(2, units[:3], None, True, False)])
+        results = service.step([CameraRequest(1, units[1:3], None, False, False)])
+    finally:
+        service.close()
+    counters = service.counters
+    assert counters.requests == 3 and counters.frames == 6
+    # An analysis round takes what was decoded by then: the first step's two requests in one round or two.
+    assert counters.steps in (2, 3)
+    # Stream 2's three pictures are analysed one after another, stream 1's two of the second step too,
+    # and stream 1's first beside stream 2's first or apart.
+    assert analyzer.times.rounds in (5, 6) and analyzer.times.classified >= 2  # every START is classified
     # Both steps decoded and analysed pictures, so both phases were counted (they stay 0.0 unless added up).
-    assert service.counters.decode_s > 0 and service.counters.analyze_s > 0
+    assert counters.decode_s > 0 and counters.analyze_s > 0 and counters.respond_s > 0
     assert [f.frame_index for f in results[0].frames] == [1, 2]
     assert all(f.tiles.device.type == "cpu" and f.indices.device.type == "cpu" for f in results[0].frames)
+
+
+class HeldDecoder(PyAVDecoder):
+    """PyAV's decoder that waits for `release` before each access unit of the cameras in `held`."""
+
+    def __init__(self, codec: str, release: threading.Event):
+        super().__init__(codec)
+        self.release = release
+
+    def decode(self, access_unit: bytes):
+        assert self.release.wait(timeout=60), "the test never let the held camera go"
+        return super().decode(access_unit)
+
+
+class Answers:
+    def __init__(self):
+        self.got: list[tuple[int, object]] = []
+        self.lock = threading.Lock()
+
+    def to(self, stream: int):
+        def reply(result):
+            with self.lock:
+                self.got.append((stream, result))
+        return reply
+
+    def of(self, stream: int) -> list:
+        with self.lock:
+            return [result for s, result in self.got if s == stream]
+
+
+def test_a_camera_slow_to_decode_holds_back_no_other_camera(clips):
+    """Each request decodes on its own camera's lane as it comes: a camera whose decoding stalls
+    leaves the others answered (a batch decoded together would wait for its slowest camera)."""
+    release, made = threading.Event(), []
+
+    def make_decoder(codec):
+        # The first camera's session stalls until released; the second's decodes at once.
+        decoder = HeldDecoder(codec, release) if not made else PyAVDecoder(codec)
+        made.append(decoder)
+        return decoder
+
+    service, _ = camera_service(make_decoder, decode_threads=2)
+    answers, units = Answers(), clips["h264"]
+    try:
+        service.submit(CameraRequest(1, units[:1], None, True, False), answers.to(1))
+        service.submit(CameraRequest(2, units[:1], None, True, False), answers.to(2))
+        service.submit(CameraRequest(2, units[1:2], None, False, False), answers.to(2))
+        wait_for(lambda: len(answers.of(2)) == 2)
+        assert answers.of(1) == []
+        assert [r.frame_indices for r in answers.of(2)] == [[0], [1]]
+        release.set()
+        wait_for(lambda: len(answers.of(1)) == 1)
+        assert answers.of(1)[0].frame_indices == [0]
+    finally:
+        release.set()
+        service.close()
+
+
+def test_a_streams_answers_keep_its_order_failures_included(clips):
+    """A request that fails before it decodes (unreadable inputs) is answered after the stream's
+    earlier requests, not ahead of them: a client matching answers in order gets the right ones."""
+    release = threading.Event()
+    service, _ = camera_service(lambda codec: HeldDecoder(codec, release), decode_threads=2)
+    answers, units = Answers(), clips["h264"]
+    try:
+        service.submit(CameraRequest(1, units[:1], None, True, False), answers.to(1))
+        service.fail(1, ValueError("unknown codec 'vp9'"), answers.to(1))
+        service.submit(CameraRequest(1, units[1:2], None, False, False), answers.to(1))
+        release.set()
+        wait_for(lambda: len(answers.of(1)) == 3)
+        first, failed, third = answers.of(1)
+        assert first.frame_indices == [0] and third.frame_indices == [1]
+        assert isinstance(failed, ValueError) and "unknown codec" in str(failed)
+    finally:
+        release.set()
+        service.close()
 
 
 def test_a_camera_streams_h264_through_the_gateway(camera_server, clips, tmp_path):

@@ -1,9 +1,11 @@
 """Triton Python-backend model: compressed camera streams, one decoder session per sequence.
 
 Each request carries H.264 or H.265 access units (Annex B) of one camera; `models.camera` keeps the
-camera's decoder by correlation id, decodes, and runs `video_pipeline`'s analysis on the pictures
-of the whole batch. A bad access unit, a stream waiting for its keyframe or a camera refused at the
-decoder limit only ever affect their own request.
+camera's decoder by correlation id. `execute` only reads the requests and hands them to the
+instance's camera pipeline, which answers each through its response sender once its pictures are
+decoded and analysed: the next batch comes in while NVDEC still decodes this one. A bad access
+unit, a stream waiting for its keyframe or a camera refused at the decoder limit only ever affect
+their own request.
 """
 
 import time
@@ -29,29 +31,25 @@ class TritonPythonModel:
     def initialize(self, args):
         self.service, self.labels, self.device = camera_io.build_service(args)
         self.k, self.grid = _settings(triton_io.parameters(triton_io.load_config(args)))
-        self.metrics = camera_io.CameraMetrics(args)
+        metrics = camera_io.CameraMetrics(args)
+        self.service.publish = lambda: metrics.publish(len(self.service.streams.streams), self.service.counters)
 
     def execute(self, requests):
         began = time.perf_counter()
-        results, accepted, positions = [None] * len(requests), [], []
-        for position, request in enumerate(requests):
+        for request in requests:
+            sender = request.get_response_sender()
+
+            def reply(result, sender=sender):
+                sender.send(self._response(result), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+
             try:
-                accepted.append(camera_io.camera_request(request))
-                positions.append(position)
+                camera = camera_io.camera_request(request)
             except ValueError as exc:
-                results[position] = exc
+                self.service.fail(request.correlation_id(), exc, reply)
+                continue
+            self.service.submit(camera, reply)
         self.service.counters.parse_s += time.perf_counter() - began
-        try:
-            served = self.service.step(accepted)
-        except Exception as exc:  # a failure of the batch itself: every request still gets an answer
-            served = [exc] * len(accepted)
-        for position, result in zip(positions, served):
-            results[position] = result
-        began = time.perf_counter()
-        responses = [self._response(result) for result in results]
-        self.service.counters.respond_s += time.perf_counter() - began
-        self.metrics.publish(len(self.service.streams.streams), self.service.counters)
-        return responses
+        return None
 
     def _response(self, result):
         if isinstance(result, Exception):
