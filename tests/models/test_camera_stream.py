@@ -370,6 +370,7 @@ def test_a_camera_slow_to_decode_holds_back_no_other_camera(clips):
     answers, units = Answers(), clips["h264"]
     try:
         service.submit(CameraRequest(1, units[:1], None, True, False), answers.to(1))
+        wait_for(lambda: len(made) == 1)  # the held session is camera 1's
         service.submit(CameraRequest(2, units[:1], None, True, False), answers.to(2))
         service.submit(CameraRequest(2, units[1:2], None, False, False), answers.to(2))
         wait_for(lambda: len(answers.of(2)) == 2)
