@@ -387,11 +387,13 @@ class CameraService:
         prepared = Prepared(request, reply, outcome)
         if isinstance(outcome, Decoded):
             self._number(prepared, session)
-        if request.end:
-            self._end(request.stream)
         with self._lock:
             self.counters.decode_s += time.perf_counter() - began
+        # Queued before the lane can go: a new sequence on the same id then gets a new lane whose
+        # answers could otherwise reach the analysis ahead of this last one.
         self._analysis.put(prepared)
+        if request.end:
+            self._end(request.stream)
 
     def _session(self, request: CameraRequest) -> CameraStream:
         if not request.access_units:
