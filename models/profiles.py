@@ -21,7 +21,7 @@ MODEL_REPOSITORY = REPO_ROOT / "model_repository"
 
 KINDS = {"KIND_CPU": mc.ModelInstanceGroup.KIND_CPU, "KIND_GPU": mc.ModelInstanceGroup.KIND_GPU}
 FIELDS = {"kind", "count", "max_batch_size", "preferred_batch_sizes", "max_queue_delay_us",
-          "max_queue_size", "queue_timeout_us", "warmup", "parameters"}
+          "max_queue_size", "queue_timeout_us", "warmup", "parameters", "max_candidate_sequences"}
 # Triton's queue policy and warmup belong to the dynamic batcher's models: the sequence batcher
 # has no queue policy, and a warmup request to it would need a sequence's control inputs.
 DYNAMIC_ONLY = {"max_queue_size", "queue_timeout_us", "warmup"}
@@ -50,6 +50,9 @@ class ModelProfile:
     # Values for parameters the model's config already has (a GPU holds more decoder sessions
     # than two CPU cores): name -> string value.
     parameters: tuple[tuple[str, str], ...] = ()
+    # Sequences one instance of a sequence-batched model (oldest strategy) serves at once; Triton
+    # holds the rest back until one ends, so this is how sequences spread over the instances.
+    max_candidate_sequences: int | None = None
 
 
 def load_profile(name: str, path: Path = PROFILES_FILE) -> dict[str, ModelProfile]:
@@ -77,6 +80,7 @@ def _model_profile(profile: str, model: str, values: dict) -> ModelProfile:
         queue_timeout_us=values.get("queue_timeout_us"),
         warmup=_warmup(where, values.get("warmup")),
         parameters=tuple((str(k), str(v)) for k, v in (values.get("parameters") or {}).items()),
+        max_candidate_sequences=values.get("max_candidate_sequences"),
     )
     if entry.kind is not None and entry.kind not in KINDS:
         raise ProfileError(f"{where}: kind must be one of {sorted(KINDS)}, got {entry.kind!r}")
@@ -89,6 +93,8 @@ def _model_profile(profile: str, model: str, values: dict) -> ModelProfile:
         value = getattr(entry, name)
         if value is not None and int(value) < 0:
             raise ProfileError(f"{where}: {name} must be >= 0, got {value}")
+    if entry.max_candidate_sequences is not None and int(entry.max_candidate_sequences) < 1:
+        raise ProfileError(f"{where}: max_candidate_sequences must be >= 1, got {entry.max_candidate_sequences}")
     return entry
 
 
@@ -128,6 +134,10 @@ def apply_profile(config: mc.ModelConfig, entry: ModelProfile) -> mc.ModelConfig
     for name, value in entry.parameters:
         out.parameters[name].string_value = value
     batcher = _batcher(out)
+    if entry.max_candidate_sequences is not None:
+        if not (out.HasField("sequence_batching") and out.sequence_batching.HasField("oldest")):
+            raise ProfileError(f"model {config.name!r}: max_candidate_sequences needs the sequence batcher's oldest strategy")
+        batcher.max_candidate_sequences = int(entry.max_candidate_sequences)
     if batcher is not None:
         del batcher.preferred_batch_size[:]
         batcher.preferred_batch_size.extend(entry.preferred_batch_sizes)

@@ -16,6 +16,8 @@ travel together when they fit and one per call (on a warm machine) when they do 
   it too would put server, base, nvdec and av over one call's 64 MiB.
 - `nvdec/`: PyNvVideoCodec (NVDEC), without its samples, FFmpeg sources and CUDA 12 module.
 - `av/`: PyAV (FFmpeg with libx264, to encode test clips there: the H200 has no NVENC).
+- `profiler/`: py-spy, to sample where the Python-backend stubs spend their time during a run
+  (`run_fleet --py-spy`); optional, it travels when the others leave room.
 
 The model repository is rendered on the device from the tree that travels with the call
 (`bench/gpu/setup_device.sh`, which also unpacks the parts), so it always matches the code.
@@ -49,7 +51,7 @@ PART_WHEELS = {"server": [], "base": [
     "hpack==4.1.0",
     "hdrhistogram==0.10.8",
     "python-rapidjson==1.25",
-], "nvdec": ["pynvvideocodec==2.2.4"], "av": ["av==18.1.0"]}
+], "nvdec": ["pynvvideocodec==2.2.4"], "av": ["av==18.1.0"], "profiler": ["py-spy==0.4.3"]}
 PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64", "manylinux1_x86_64"]
 # What no run imports: test suites, type stubs, the wheel's FFmpeg sources, samples and notebooks,
 # the module for CUDA 12 drivers (the machine's driver is CUDA 13), and wheel-duplicated .so names.
@@ -58,6 +60,9 @@ DROP_PARTS = {"tests", "testing", "samples", "benchmarks", "pynvvideocodec-2.2.4
 DROP_SUFFIXES = (".pyi", ".pxd", ".h")
 DROP_FILES = ("PyNvVideoCodec_121.cpython-312-x86_64-linux-gnu.so", "libavformat.so", "libavformat.so.63.1.101",
               "libavutil.so", "libavutil.so.61.1.101")
+# Executables and extension modules that wheels ship with their symbols or debug info (PyAV's are
+# 31 MiB with it): stripped of what no loader needs, they leave room in a call's 64 MiB.
+STRIP_FILES = ("py-spy",)
 CARRY_LIMIT = 64 * 1024 * 1024
 
 
@@ -89,6 +94,8 @@ def unpack_wheels(wheels: list[Path], site: Path) -> None:
                 mode = member.external_attr >> 16
                 if mode:
                     (site / member.filename).chmod(mode & 0o777)
+                if parts[-1] in STRIP_FILES or parts[-1].endswith(".so"):
+                    subprocess.run(["strip", "--strip-unneeded", str(site / member.filename)], check=True)
 
 
 def needed(path: Path) -> list[str]:
@@ -117,7 +124,7 @@ def server_files(install: TritonInstall) -> dict[Path, str]:
 
 def write_tar(path: Path, members: dict[Path, str]) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with lzma.open(path, "wb", preset=6 | lzma.PRESET_EXTREME) as raw, tarfile.open(fileobj=raw, mode="w") as tar:
+    with lzma.open(path, "wb", preset=9 | lzma.PRESET_EXTREME) as raw, tarfile.open(fileobj=raw, mode="w") as tar:
         for source, name in sorted(members.items(), key=lambda item: item[1]):
             tar.add(source, arcname=name, recursive=False)
     return path.stat().st_size

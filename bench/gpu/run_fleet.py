@@ -9,7 +9,9 @@ server, several worker processes), and runs `tritonfleet loadtest video --codec 
 streams through camera_stream, open loop at 30 FPS) and `tritonfleet loadtest image` (1080p JPEGs
 through image_pipeline, closed loop) at each level twice in a row: straight at Triton's gRPC port and through the
 gateway, so both see the same server state. After every run Triton's own per-model statistics
-(queue and compute time per execution, batch size) are recorded with it. Every step is bounded by
+(queue and compute time per execution, batch size) are recorded with it, and the cores each part
+used meanwhile (`bench/gpu/cpu_share.py`: Triton, its stubs, the gateway, the load generator and the
+whole machine); `--py-spy SITE` samples two camera stubs during each camera run. Every step is bounded by
 `--budget-s`; results go to OUT/fleet.json as they come (steps skipped for time are noted).
 """
 
@@ -31,6 +33,7 @@ import tritonclient.grpc as grpcclient
 from google.protobuf import text_format
 from PIL import Image
 
+from bench.gpu import cpu_share, py_spy
 from bench.models.load import camera_picture
 from loadtest.results import RunResult, summarize
 from models.profiles import KINDS, read_config
@@ -48,6 +51,7 @@ class Record:
         self.label = label
         self.path = out / (f"fleet-{label}.json" if label else "fleet.json")
         self.deadline = time.monotonic() + budget_s
+        self.sessions: dict[str, int] = {}  # part name -> session id, for the CPU each run used
         self.data = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "python": platform.python_version(),
                      "gpu": _gpu(), "cpus": os.cpu_count(), "runs": [], "notes": []}
         self.save()
@@ -175,15 +179,25 @@ def phases_per_step(before: dict[str, float], after: dict[str, float]) -> dict:
 
 
 def loadtest(record: Record, workdir: Path, label: str, url: str, triton_url: str, models: tuple[str, ...],
-             args: list[str], timeout: float, metrics_url: str | None = None) -> None:
+             args: list[str], timeout: float, metrics_url: str | None = None, sample=None) -> None:
+    """One load-test run and what the server, its camera model and each part's CPU did meanwhile;
+    `sample(label)`, if given, starts py-spy recordings for the run and returns them."""
     output = workdir / f"{label}.json"
     before = triton_statistics(triton_url, models)
     phases_before = camera_phases(metrics_url) if metrics_url else {}
     command = tritonfleet("loadtest", *args, "--url", url, "--output", str(output), "--quiet")
+    cpu_before = cpu_share.read(record.sessions)
     began = time.monotonic()
+    samplers = sample(label) if sample else []
     done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
-    run = {"label": label, "url": url, "command": " ".join(command[2:]), "wall_s": round(time.monotonic() - began, 1),
-           "rc": done.returncode}
+    wall_s = time.monotonic() - began
+    for sampler in samplers:
+        try:
+            sampler.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            sampler.kill()
+    run = {"label": label, "url": url, "command": " ".join(command[2:]), "wall_s": round(wall_s, 1),
+           "rc": done.returncode, "cpu_cores": cpu_share.cores_used(cpu_before, cpu_share.read(record.sessions), wall_s)}
     if done.returncode != 0 or not output.exists():
         run["stderr"] = done.stderr[-2000:]
     else:
@@ -246,7 +260,7 @@ def image_runs(record, workdir, direct, gateway, levels, duration, workers, batc
 
 
 def camera_runs(record, workdir, direct, gateway, levels, duration, workers, codec, source, gateway_first=False,
-                ramp_s=0.0, warmup_s=2.0, metrics_url=None):
+                ramp_s=0.0, warmup_s=2.0, metrics_url=None, sample=None):
     common = ["video", "--model", "camera_stream", "--codec", codec, "--source", source, "--resolution", "1080p",
               "--fps", "30", "--duration", str(duration), "--warmup", str(warmup_s), "--ramp-s", str(ramp_s),
               "--workers", str(workers), "--slo-ms", "100"]
@@ -259,7 +273,27 @@ def camera_runs(record, workdir, direct, gateway, levels, duration, workers, cod
                 record.note(f"camera: skipped {level} streams {route} (time budget)")
                 continue
             loadtest(record, workdir, f"camera-{codec}-s{level}-{route}", url, direct, ("camera_stream",),
-                     [*common, "--streams", str(level)], duration + warmup_s + 180, metrics_url)
+                     [*common, "--streams", str(level)], duration + warmup_s + 180, metrics_url,
+                     (lambda label: sample(label, ramp_s + warmup_s, duration)) if sample else None)
+
+
+def stub_sampler(record: Record, out: Path, site: Path):
+    """py-spy on two camera_stream stubs during each camera run, from its steady state on: one sampled
+    only while holding the GIL, one on every thread that runs; None when py-spy did not travel."""
+    executable = py_spy.binary(site)
+    if executable is None:
+        record.note("py-spy: not in the carry, no samples")
+        return None
+
+    def sample(label: str, delay_s: float, seconds: float) -> list[subprocess.Popen]:
+        stubs = cpu_share.session_processes(record.sessions["triton"], cpu_share.STUB_COMMAND, "camera_stream")
+        started = []
+        for pid, gil in zip(stubs, (True, False)):
+            name = f"pyspy-{label}-{'gil' if gil else 'cpu'}.txt"
+            started.append(py_spy.record(executable, pid, delay_s, seconds, out / name, gil))
+        return started
+
+    return sample
 
 
 def main(argv=None) -> int:
@@ -288,6 +322,8 @@ def main(argv=None) -> int:
     parser.add_argument("--extra-models", type=Path, nargs="*", default=[], help="model folders served beside the repository's")
     parser.add_argument("--image-model", default="image_pipeline")
     parser.add_argument("--label", default="", help="prefix of this run's labels (several runs in one file)")
+    parser.add_argument("--py-spy", type=Path, default=None, metavar="SITE",
+                        help="sample two camera_stream stubs with the py-spy unpacked in SITE during each camera run")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -303,15 +339,17 @@ def main(argv=None) -> int:
     gateway = None
     try:
         direct = servers[0].grpc_url
+        record.sessions["triton"] = os.getsid(servers[0].process.pid)
         record.note(f"triton ready in {time.monotonic() - began:.0f} s with {models}")
         through = None
         if not args.no_gateway:
             gateway, through = start_gateway(direct, args.gateway_workers, args.workdir, models)
+            record.sessions["gateway"] = os.getsid(gateway.pid)
             record.note(f"gateway ready at {through} with {args.gateway_workers} workers")
         if args.camera_streams:
             camera_runs(record, args.workdir, direct, through, args.camera_streams, args.duration, args.load_workers,
                         args.camera_codec, args.camera_source, args.gateway_first, args.camera_ramp, args.camera_warmup,
-                        servers[0].metrics_url)
+                        servers[0].metrics_url, stub_sampler(record, args.out, args.py_spy) if args.py_spy else None)
         for spec in args.image_runs:
             batch, _, levels = spec.partition(":")
             image_runs(record, args.workdir, direct, through, [int(c) for c in levels.split(",")], args.duration,

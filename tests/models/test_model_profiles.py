@@ -31,6 +31,15 @@ def test_gpu_profile_renders_gpu_instances(tmp_path):
     assert "do not edit" in (out / "video_events" / "config.pbtxt").read_text().splitlines()[0]
 
 
+def test_a_profile_sets_how_many_sequences_an_instance_takes(tmp_path):
+    """Each camera_stream instance admits as many cameras as it keeps decoders for, so the
+    sequences spread over the instances instead of filling the first."""
+    camera = read_config(render_repository("gpu", tmp_path / "repo") / "camera_stream" / "config.pbtxt")
+    candidates = camera.sequence_batching.oldest.max_candidate_sequences
+    assert candidates == int(camera.parameters["MAX_DECODERS"].string_value)
+    assert candidates != read_config(MODEL_REPOSITORY / "camera_stream" / "config.pbtxt").sequence_batching.oldest.max_candidate_sequences
+
+
 def write_profiles(tmp_path, body: str):
     path = tmp_path / "profiles.yaml"
     path.write_text(textwrap.dedent(body))
@@ -45,8 +54,10 @@ def write_profiles(tmp_path, body: str):
         ("profiles: {edge: {image_classifier: {max_batch_size: 4, kind: KIND_TPU}}}", "kind must be one of"),
         ("profiles: {edge: {image_classifier: {max_batch_size: 4, preferred_batch_sizes: [8]}}}", "outside 1..max_batch_size"),
         ("profiles: {edge: {image_classifier: {max_batch_size: 4}}}", "must name exactly the models"),
+        ("profiles: {edge: {camera_stream: {max_batch_size: 4, max_candidate_sequences: 0}}}",
+         "max_candidate_sequences must be >= 1"),
     ],
-    ids=["no-profile", "unknown-key", "bad-kind", "preferred-too-big", "missing-models"],
+    ids=["no-profile", "unknown-key", "bad-kind", "preferred-too-big", "missing-models", "candidates-zero"],
 )
 def test_bad_profiles_are_clear_errors(tmp_path, body, message):
     with pytest.raises(ProfileError, match=message):
@@ -58,6 +69,15 @@ def test_ensemble_may_not_batch_more_than_its_steps(tmp_path):
     path = tmp_path / "profiles.yaml"
     path.write_text(text.replace("image_pipeline:    {max_batch_size: 16}", "image_pipeline:    {max_batch_size: 99}"))
     with pytest.raises(ProfileError, match="ensemble 'image_pipeline' has max_batch_size 99"):
+        render_configs("cpu", profiles=path)
+
+
+def test_only_a_sequence_model_takes_a_candidate_count(tmp_path):
+    text = (MODEL_REPOSITORY.parent / "deploy" / "model-profiles.yaml").read_text()
+    path = tmp_path / "profiles.yaml"
+    path.write_text(text.replace("image_classifier:  {kind: KIND_CPU, count: 1, max_batch_size: 32,",
+                                 "image_classifier:  {kind: KIND_CPU, count: 1, max_batch_size: 32, max_candidate_sequences: 8,"))
+    with pytest.raises(ProfileError, match="max_candidate_sequences needs the sequence batcher's oldest strategy"):
         render_configs("cpu", profiles=path)
 
 
