@@ -383,6 +383,8 @@ class CameraService:
             outcome = self._decode(request, session)
         except Exception as exc:  # one request's failure, whatever it is, is that request's answer
             self._analysis.put(Prepared(request, reply, exc))
+            if request.end:  # the sequence is over all the same: its decoder goes back now
+                self._end(request.stream)
             return
         prepared = Prepared(request, reply, outcome)
         if isinstance(outcome, Decoded):
@@ -396,11 +398,12 @@ class CameraService:
             self._end(request.stream)
 
     def _session(self, request: CameraRequest) -> CameraStream:
-        if not request.access_units:
+        # A last request may come without access units (the camera has left): it flushes the stream.
+        if not request.access_units and (request.start or not request.end):
             raise ValueError(f"stream {request.stream}: send at least one access unit in ACCESS_UNITS")
         with self._lock:
             for stream in self.streams.drop_idle():
-                self._analysis.put(Forget(stream))
+                self._forget(stream)
             if request.start:
                 try:
                     return self.streams.open(request.stream, request.codec or self.default_codec)
@@ -441,9 +444,17 @@ class CameraService:
         """A sequence's last request: its session goes back, and its lane if nothing waits on it."""
         with self._lock:
             self.streams.close(stream)
-            lane = self._lanes.get(stream)
-            if lane is not None and lane.idle:
-                del self._lanes[stream]
+            self._drop_lane(stream)
+
+    def _forget(self, stream: int) -> None:
+        """A stream that idled out of its session (under the lock): its analysis state and lane go too."""
+        self._analysis.put(Forget(stream))
+        self._drop_lane(stream)
+
+    def _drop_lane(self, stream: int) -> None:
+        lane = self._lanes.get(stream)
+        if lane is not None and lane.idle:
+            del self._lanes[stream]
 
     def _analysis_loop(self) -> None:
         self._use_device()

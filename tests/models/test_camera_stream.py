@@ -195,6 +195,17 @@ def test_the_decoder_limit_refuses_a_new_camera_and_an_ended_stream_frees_its_de
     send(client, 33, units[2:3], end=True)
 
 
+def test_a_camera_that_leaves_ends_its_sequence_with_no_access_units(client, clips):
+    units = clips["h264"]
+    for stream in (61, 62):  # the test server's instance decodes two cameras
+        send(client, stream, units[:1], start=True)
+    ended = outputs(send(client, 61, [], end=True))
+    assert ended["status"] == "decoding" and ended["decoded"] == 0 and ended["index"] == []
+    assert outputs(send(client, 63, units[:1], start=True))["index"] == [0]  # 61's decoder was freed
+    for stream in (62, 63):
+        send(client, stream, [], end=True)
+
+
 @pytest.mark.parametrize(
     "units, codec, message",
     [
@@ -300,10 +311,55 @@ def test_a_classification_reaches_the_host_in_one_tensor_unchanged():
         assert m.state.indices.dtype == torch.int64
 
 
-def camera_service(make_decoder=PyAVDecoder, decode_threads: int = 1) -> tuple[CameraService, CameraAnalyzer]:
+def camera_service(make_decoder=PyAVDecoder, decode_threads: int = 1, clock=time.monotonic) -> tuple[CameraService, CameraAnalyzer]:
     analyzer = CameraAnalyzer(ImagePipeline(Classifier(ClassifierSettings(seed=0)), k=5), VideoSettings())
-    return CameraService(CameraStreams(make_decoder, max_decoders=2, idle_timeout_s=60), analyzer, "h264",
+    return CameraService(CameraStreams(make_decoder, max_decoders=2, idle_timeout_s=60, clock=clock), analyzer, "h264",
                          decode_threads=decode_threads), analyzer
+
+
+def test_a_sequence_ended_by_an_empty_request_gives_its_decoder_back(clips):
+    """A camera that disconnects has no picture left to send: a last request with END and no access
+    units flushes and closes its stream, so the instance's decoder goes to the next camera at once
+    rather than after the idle timeout."""
+    service, _ = camera_service()
+    units = clips["h264"]
+    try:
+        service.step([CameraRequest(1, units[:1], None, True, False), CameraRequest(2, units[:1], None, True, False)])
+        [ended] = service.step([CameraRequest(1, [], None, False, True)])
+        assert ended.status == "decoding" and ended.stream_frames == 1
+        [third] = service.step([CameraRequest(3, units[:1], None, True, False)])  # MAX_DECODERS is 2
+        assert third.frame_indices == [0]
+        [refused] = service.step([CameraRequest(4, [], None, True, True)])
+        assert isinstance(refused, ValueError) and "at least one access unit" in str(refused)
+    finally:
+        service.close()
+
+
+def test_a_failed_last_request_still_gives_the_decoder_back(clips):
+    service, _ = camera_service()
+    units = clips["h264"]
+    try:
+        service.step([CameraRequest(1, units[:1], None, True, False), CameraRequest(2, units[:1], None, True, False)])
+        [failed] = service.step([CameraRequest(1, units[1:2], "hevc", False, True)])
+        assert isinstance(failed, ValueError) and "needs a new sequence" in str(failed)
+        [third] = service.step([CameraRequest(3, units[:1], None, True, False)])
+        assert third.frame_indices == [0]
+    finally:
+        service.close()
+
+
+def test_the_lane_of_a_stream_that_idled_out_is_let_go(clips):
+    now = [0.0]
+    service, _ = camera_service(clock=lambda: now[0])
+    units = clips["h264"]
+    try:
+        service.step([CameraRequest(1, units[:1], None, True, False)])
+        now[0] = 61.0  # stream 1 falls silent past the idle timeout
+        service.step([CameraRequest(2, units[:1], None, True, False)])
+        assert list(service.streams.streams) == [2]
+        assert sorted(service._lanes) == [2]
+    finally:
+        service.close()
 
 
 def test_a_step_counts_its_requests_rounds_and_phases(clips):
