@@ -206,17 +206,6 @@ def _encode_varint(value: int) -> bytes:
     return bytes(out)
 
 
-def stream_response_head(length: int) -> bytes:
-    """What goes before `length` bytes of a serialized `ModelInferResponse` to make them a
-    `ModelStreamInferResponse` (field 2): a large answer's own bytes then go on without a copy."""
-    return b"\x12" + _encode_varint(length)
-
-
-def stream_response(infer_response: bytes) -> bytes:
-    """A `ModelStreamInferResponse` wrapping already-serialized `ModelInferResponse` bytes (field 2)."""
-    return stream_response_head(len(infer_response)) + infer_response
-
-
 def stream_error(message: str) -> bytes:
     """A `ModelStreamInferResponse` carrying only `error_message` (field 1), as Triton sends one."""
     encoded = message.encode("utf-8")

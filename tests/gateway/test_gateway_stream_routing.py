@@ -111,14 +111,6 @@ def test_every_answer_of_a_decoupled_model_arrives(fleet3, gateway3):
         key: list(range(count - 1, -1, -1)) for key, count in counts.items() if count}
 
 
-def test_an_answer_rewrapped_for_a_stream_is_its_head_then_its_own_bytes():
-    from gateway import wire
-
-    inner = service_pb2.ModelInferResponse(model_name="add_one", id="x" * 300).SerializeToString()
-    wrapped = service_pb2.ModelStreamInferResponse.FromString(wire.stream_response_head(len(inner)) + inner)
-    assert wrapped.infer_response.id == "x" * 300 and not wrapped.error_message
-
-
 def test_a_bad_message_gets_its_own_error_and_the_stream_goes_on(gateway3):
     messages = [b"\x0a\xff", add_one_request("first", 1.0), add_one_request("lost", 1.0, model="no_such_model"),
                 add_one_request("second", 2.0)]
