@@ -18,9 +18,7 @@ whole machine); `--py-spy SITE` samples two camera stubs during each camera run.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -33,6 +31,7 @@ import tritonclient.grpc as grpcclient
 from google.protobuf import text_format
 from PIL import Image
 
+from bench import record
 from bench.gpu import cpu_share, py_spy
 from bench.models.load import camera_picture
 from loadtest.results import RunResult, summarize
@@ -46,41 +45,19 @@ SERVER_ARGS = ["--cuda-memory-pool-byte-size=0:8589934592", "--pinned-memory-poo
 IMAGE_MODELS = ("image_preprocess", "image_classifier", "image_postprocess")
 
 
-class Record:
+class Record(record.Record):
+    """The fleet's results file, OUT/fleet.json (OUT/fleet-LABEL.json with a label, whose runs' labels
+    it prefixes), and the sessions of the parts whose CPU each run records."""
+
     def __init__(self, out: Path, budget_s: float, label: str = ""):
         self.label = label
-        self.path = out / (f"fleet-{label}.json" if label else "fleet.json")
-        self.deadline = time.monotonic() + budget_s
         self.sessions: dict[str, int] = {}  # part name -> session id, for the CPU each run used
-        self.data = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "python": platform.python_version(),
-                     "gpu": _gpu(), "cpus": os.cpu_count(), "runs": [], "notes": []}
-        self.save()
+        super().__init__(out / (f"fleet-{label}.json" if label else "fleet.json"), budget_s)
 
-    def left(self) -> float:
-        return self.deadline - time.monotonic()
-
-    def add(self, run: dict) -> None:
+    def add(self, run: dict, unprinted: tuple[str, ...] = ("triton", "command")) -> None:
         if self.label:
             run["label"] = f"{self.label}/{run['label']}"
-        self.data["runs"].append(run)
-        print(json.dumps({k: v for k, v in run.items() if k not in ("triton", "command")}), flush=True)
-        self.save()
-
-    def note(self, text: str) -> None:
-        self.data["notes"].append(text)
-        print(text, flush=True)
-        self.save()
-
-    def save(self) -> None:
-        self.path.write_text(json.dumps(self.data, indent=1))
-
-
-def _gpu() -> str:
-    try:
-        return subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
-                              capture_output=True, text=True, timeout=20).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        super().add(run, unprinted)
 
 
 def tritonfleet(*args: str) -> list[str]:

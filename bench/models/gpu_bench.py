@@ -15,9 +15,7 @@ results go to DIR/models-gpu.json as they come.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import shutil
 import subprocess
 import time
@@ -26,6 +24,7 @@ from pathlib import Path
 
 
 from bench.models.kserve_http import KServeClient
+from bench.record import Record
 from bench.models.load import camera_picture, jpeg, median_run, panning_frames, run_images, run_video
 from tritonfleet.triton_install import TritonInstall
 from tritonfleet.triton_server import TritonServerError, start_fleet, stop_all
@@ -35,34 +34,14 @@ from tritonfleet.triton_server import TritonServerError, start_fleet, stop_all
 SERVER_ARGS = ["--cuda-memory-pool-byte-size=0:2147483648"]
 
 
-def gpu_name() -> str:
-    try:
-        return subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True, timeout=20).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
+class Recorder(Record):
+    """OUT/models-gpu.json; each run is tagged with its kind."""
 
-
-class Recorder:
     def __init__(self, out: Path, budget_s: float):
-        self.path = out / "models-gpu.json"
-        self.deadline = time.monotonic() + budget_s
-        self.data = {"gpu": gpu_name(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "python": platform.python_version(), "runs": [], "notes": []}
-
-    def left(self) -> float:
-        return self.deadline - time.monotonic()
+        super().__init__(out / "models-gpu.json", budget_s)
 
     def add(self, kind: str, **values) -> None:
-        self.data["runs"].append({"kind": kind, **values})
-        print(json.dumps(self.data["runs"][-1]), flush=True)
-        self.save()
-
-    def note(self, text: str) -> None:
-        self.data["notes"].append(text)
-        print(text, flush=True)
-        self.save()
-
-    def save(self) -> None:
-        self.path.write_text(json.dumps(self.data, indent=1))
+        super().add({"kind": kind, **values})
 
 
 def stub_numpy() -> str:
