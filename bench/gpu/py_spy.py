@@ -11,6 +11,7 @@ Raw output is one line per distinct stack, `frame;frame;... count`, outermost fr
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 from collections import Counter
 from pathlib import Path
@@ -68,6 +69,12 @@ def summary(counts: Counter, top: int = 25) -> dict:
             inclusive[name] += count
     share = lambda counter: [(name, round(n / total, 3)) for name, n in counter.most_common(top)]  # noqa: E731
     return {"samples": total, "threads": share(threads), "self": share(own), "total": share(inclusive)}
+
+
+def bundle(folder: Path, out: Path, top: int = 40) -> None:
+    """Every recording in `folder`, summarized, in one JSON file (a device call returns few files)."""
+    summaries = {path.stem: summary(stacks(path), top) for path in sorted(folder.glob("*.txt"))}
+    out.write_text(json.dumps(summaries, indent=1))
 
 
 def main(argv=None) -> int:

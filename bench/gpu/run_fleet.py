@@ -32,7 +32,7 @@ from google.protobuf import text_format
 from PIL import Image
 
 from bench import record
-from bench.gpu import cpu_share, py_spy
+from bench.gpu import cpu_share, mps, py_spy
 from bench.models.load import camera_picture
 from loadtest.results import RunResult, summarize
 from models.profiles import KINDS, read_config
@@ -301,6 +301,7 @@ def main(argv=None) -> int:
     parser.add_argument("--label", default="", help="prefix of this run's labels (several runs in one file)")
     parser.add_argument("--py-spy", type=Path, default=None, metavar="SITE",
                         help="sample two camera_stream stubs with the py-spy unpacked in SITE during each camera run")
+    parser.add_argument("--mps", action="store_true", help="run the model instances under CUDA MPS (bench/gpu/mps.py)")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -312,12 +313,18 @@ def main(argv=None) -> int:
     record.note(f"{args.label}: instances {args.instances or 'as rendered'}")
     args.workdir = args.workdir / args.label if args.label else args.workdir
     args.workdir.mkdir(parents=True, exist_ok=True)
+    samples = args.workdir / "pyspy"
+    samples.mkdir(exist_ok=True)
+    if args.mps:
+        record.note(f"mps: {mps.start() or 'control daemon started'}")
     servers = start_fleet(1, repo, args.workdir, extra_args=SERVER_ARGS + explicit, timeout=300)
     gateway = None
     try:
         direct = servers[0].grpc_url
         record.sessions["triton"] = os.getsid(servers[0].process.pid)
         record.note(f"triton ready in {time.monotonic() - began:.0f} s with {models}")
+        if args.mps:
+            record.note(f"mps servers: {mps.servers() or 'none'}")
         through = None
         if not args.no_gateway:
             gateway, through = start_gateway(direct, args.gateway_workers, args.workdir, models)
@@ -326,7 +333,7 @@ def main(argv=None) -> int:
         if args.camera_streams:
             camera_runs(record, args.workdir, direct, through, args.camera_streams, args.duration, args.load_workers,
                         args.camera_codec, args.camera_source, args.gateway_first, args.camera_ramp, args.camera_warmup,
-                        servers[0].metrics_url, stub_sampler(record, args.out, args.py_spy) if args.py_spy else None)
+                        servers[0].metrics_url, stub_sampler(record, samples, args.py_spy) if args.py_spy else None)
         for spec in args.image_runs:
             batch, _, levels = spec.partition(":")
             image_runs(record, args.workdir, direct, through, [int(c) for c in levels.split(",")], args.duration,
@@ -335,6 +342,10 @@ def main(argv=None) -> int:
         if gateway is not None:
             terminate(gateway, 10)
         stop_all(servers)
+        if args.mps:
+            mps.stop()
+        if args.py_spy:
+            py_spy.bundle(samples, args.out / (f"pyspy-{args.label}.json" if args.label else "pyspy.json"))
         for log in (servers[0].log_path, args.workdir / "gateway.log"):
             if log.exists():
                 tail = "\n".join(log.read_text(errors="replace").splitlines()[-300:])

@@ -45,6 +45,21 @@ def test_gpu_values_request_gpus_on_gpu_nodes():
     assert spec["tolerations"][0]["key"] == "nvidia.com/gpu"
 
 
+def test_mps_starts_its_daemon_before_triton_and_points_every_process_at_it():
+    """With the model instances under CUDA MPS, their processes share the GPU at once (an H200 answered
+    90 cameras at 1,947-1,981 frames/s with it, 1,565 without: docs/BENCHMARKS.md)."""
+    container = triton_container(render(str(CI / "gpu-values.yaml"), sets=("triton.gpu.mps.enabled=true",)))
+    assert container["command"][:2] == ["sh", "-c"]
+    assert container["command"][2].startswith("nvidia-cuda-mps-control -d && exec tritonserver")
+    assert container["args"][0] == "tritonserver"  # $0 of the shell; tritonserver's own flags follow
+    assert any(a.startswith("--model-repository=") for a in container["args"][1:])
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["CUDA_MPS_PIPE_DIRECTORY"].startswith("/cache/") and env["CUDA_MPS_LOG_DIRECTORY"].startswith("/cache/")
+    plain = triton_container(render(str(CI / "gpu-values.yaml")))
+    assert plain["command"] == ["tritonserver"] and "CUDA_MPS_PIPE_DIRECTORY" not in {e["name"] for e in plain["env"]}
+    assert "triton.gpu.mps needs triton.gpu.enabled" in render_error("triton.gpu.mps.enabled=true")
+
+
 def test_pvc_repository_is_mounted_read_only_and_dns_discovery_needs_no_rbac():
     objects = render(str(CI / "pvc-values.yaml"))
     spec = one(objects, "Deployment", "triton")["spec"]["template"]["spec"]
