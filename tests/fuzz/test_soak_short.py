@@ -22,7 +22,10 @@ def test_a_short_soak_has_no_errors_and_no_descriptor_or_thread_growth(fuzz_gate
     growth = report["growth"]
     # A descriptor or two may come and go with a connection being opened as the sample is taken.
     assert growth["fd_growth"] <= 2, report["samples"]
-    assert growth["thread_growth"] <= 0, report["samples"]
+    # A pool that starts its worker threads as they are first needed (the event loop's executor) may
+    # start one after the warm-up; a thread leaked per connection or call would add one with every
+    # reconnect of the loop, many in this half minute.
+    assert growth["thread_growth"] <= 1, report["samples"]
     idle = poll(lambda: (gauges := gateway_gauges(fuzz_gateway.metrics_url))["tritonfleet_gateway_client_streams"] == 0
                 and gauges["tritonfleet_gateway_active_streams"] == 0)
     assert idle, gateway_gauges(fuzz_gateway.metrics_url)

@@ -137,7 +137,7 @@ def test_gateway_sigterm_with_camera_streams_and_unary_load_ends_every_stream_wi
                 value.set_data_from_numpy(np.ones((1, 1), dtype=np.float32))
                 camera.send("running_sum", [value], sequence_id=500 + index, sequence_start=frame == 0,
                             request_id=f"{index}-{frame}")
-            camera.send("slow", slow_inputs(1500), request_id=f"{index}-in-flight")
+            camera.send("slow", slow_inputs(3000), request_id=f"{index}-in-flight")
         stopping = threading.Event()
         unary: queue.Queue = queue.Queue()
 
@@ -148,11 +148,16 @@ def test_gateway_sigterm_with_camera_streams_and_unary_load_ends_every_stream_wi
             client.close()
 
         with ThreadPoolExecutor(3) as pool:
-            callers = [pool.submit(call_until_refused) for _ in range(2)]
             slow_call = pool.submit(lambda: grpcclient.InferenceServerClient(gateway.url).infer(
-                "slow", slow_inputs(1500), client_timeout=20).as_numpy("OUTPUT0").tolist())
+                "slow", slow_inputs(3000), client_timeout=20).as_numpy("OUTPUT0").tolist())
+            # Each camera's quick frames answered, so what is in flight is its slow frame and the slow
+            # call alone: all four on their pods before SIGTERM (a count that included a quick frame or
+            # a unary call could let SIGTERM come before a slow frame reached the gateway).
+            wait_until(lambda: all(camera.answers.qsize() >= 3 for camera in cameras), "the cameras' quick frames")
             wait_until(lambda: metric(gateway.metrics_url, "tritonfleet_gateway_inflight") >= 4,
                        "the frames and the slow call on their pods")
+            callers = [pool.submit(call_until_refused) for _ in range(2)]
+            wait_until(lambda: unary.qsize() >= 2, "the unary calls running")
             os.killpg(gateway.process.pid, signal.SIGTERM)
             assert gateway.process.wait(timeout=30) == 0
             stopping.set()
