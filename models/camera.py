@@ -382,19 +382,17 @@ class CameraService:
             session = self._session(request)
             outcome = self._decode(request, session)
         except Exception as exc:  # one request's failure, whatever it is, is that request's answer
-            self._analysis.put(Prepared(request, reply, exc))
-            if request.end:  # the sequence is over all the same: its decoder goes back now
-                self._end(request.stream)
-            return
-        prepared = Prepared(request, reply, outcome)
-        if isinstance(outcome, Decoded):
-            self._number(prepared, session)
-        with self._lock:
-            self.counters.decode_s += time.perf_counter() - began
+            prepared = Prepared(request, reply, exc)
+        else:
+            prepared = Prepared(request, reply, outcome)
+            if isinstance(outcome, Decoded):
+                self._number(prepared, session)
+            with self._lock:
+                self.counters.decode_s += time.perf_counter() - began
         # Queued before the lane can go: a new sequence on the same id then gets a new lane whose
         # answers could otherwise reach the analysis ahead of this last one.
         self._analysis.put(prepared)
-        if request.end:
+        if request.end:  # failed or not, the sequence is over: its decoder goes back now
             self._end(request.stream)
 
     def _session(self, request: CameraRequest) -> CameraStream:
