@@ -27,10 +27,12 @@ def start() -> str:
 
 
 def servers() -> str:
-    """The MPS servers running (one per GPU once a client connected), as nvidia-smi lists them."""
+    """The MPS servers running (one per GPU once a client connected), as nvidia-smi lists them. Matched
+    by the process's own name: a run's working folder (its label) may hold "mps" too."""
     done = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,process_name", "--format=csv,noheader"],
                           capture_output=True, text=True, timeout=30)
-    return "; ".join(line for line in done.stdout.splitlines() if "mps" in line.lower())
+    return "; ".join(line for line in done.stdout.splitlines()
+                     if line.partition(",")[2].strip().rsplit("/", 1)[-1] == "nvidia-cuda-mps-server")
 
 
 def stop() -> None:

@@ -30,9 +30,9 @@ def record(executable: Path, pid: int, delay_s: float, seconds: float, out: Path
     Non-blocking: the process is read while it runs, not stopped at each sample."""
     argv = [str(executable), "record", "--pid", str(pid), "--duration", str(max(1, int(seconds))), "--rate", str(RATE_HZ),
             "--format", "raw", "--output", str(out), "--nonblocking", "--threads", *(["--gil"] if gil else [])]
-    log = out.with_suffix(".log").open("w")
-    return subprocess.Popen(["bash", "-c", f"sleep {delay_s:.1f} && exec \"$@\"", "py-spy", *argv],
-                            stdout=log, stderr=subprocess.STDOUT)
+    with out.with_suffix(".log").open("w") as log:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(["bash", "-c", f"sleep {delay_s:.1f} && exec \"$@\"", "py-spy", *argv],
+                                stdout=log, stderr=subprocess.STDOUT)
 
 
 def stacks(path: Path) -> Counter:

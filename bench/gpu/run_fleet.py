@@ -314,7 +314,8 @@ def main(argv=None) -> int:
     args.workdir = args.workdir / args.label if args.label else args.workdir
     args.workdir.mkdir(parents=True, exist_ok=True)
     samples = args.workdir / "pyspy"
-    samples.mkdir(exist_ok=True)
+    if args.py_spy:
+        samples.mkdir(exist_ok=True)
     if args.mps:
         record.note(f"mps: {mps.start() or 'control daemon started'}")
     servers = start_fleet(1, repo, args.workdir, extra_args=SERVER_ARGS + explicit, timeout=300)

@@ -24,8 +24,8 @@ from pathlib import Path
 
 
 from bench.models.kserve_http import KServeClient
-from bench.record import Record
 from bench.models.load import camera_picture, jpeg, median_run, panning_frames, run_images, run_video
+from bench.record import Record
 from tritonfleet.triton_install import TritonInstall
 from tritonfleet.triton_server import TritonServerError, start_fleet, stop_all
 
