@@ -6,6 +6,7 @@ can be reached with three cameras.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import re
 import shutil
@@ -311,19 +312,24 @@ def test_a_classification_reaches_the_host_in_one_tensor_unchanged():
         assert m.state.indices.dtype == torch.int64
 
 
-def camera_service(make_decoder=PyAVDecoder, decode_threads: int = 1, clock=time.monotonic) -> tuple[CameraService, CameraAnalyzer]:
+@contextlib.contextmanager
+def camera_service(make_decoder=PyAVDecoder, decode_threads: int = 1, clock=time.monotonic):
+    """A CameraService of two decoders and its analyzer, closed when the block ends."""
     analyzer = CameraAnalyzer(ImagePipeline(Classifier(ClassifierSettings(seed=0)), k=5), VideoSettings())
-    return CameraService(CameraStreams(make_decoder, max_decoders=2, idle_timeout_s=60, clock=clock), analyzer, "h264",
-                         decode_threads=decode_threads), analyzer
+    service = CameraService(CameraStreams(make_decoder, max_decoders=2, idle_timeout_s=60, clock=clock), analyzer,
+                            "h264", decode_threads=decode_threads)
+    try:
+        yield service, analyzer
+    finally:
+        service.close()
 
 
 def test_a_sequence_ended_by_an_empty_request_gives_its_decoder_back(clips):
     """A camera that disconnects has no picture left to send: a last request with END and no access
     units flushes and closes its stream, so the instance's decoder goes to the next camera at once
     rather than after the idle timeout."""
-    service, _ = camera_service()
     units = clips["h264"]
-    try:
+    with camera_service() as (service, _):
         service.step([CameraRequest(1, units[:1], None, True, False), CameraRequest(2, units[:1], None, True, False)])
         [ended] = service.step([CameraRequest(1, [], None, False, True)])
         assert ended.status == "decoding" and ended.stream_frames == 1
@@ -331,45 +337,34 @@ def test_a_sequence_ended_by_an_empty_request_gives_its_decoder_back(clips):
         assert third.frame_indices == [0]
         [refused] = service.step([CameraRequest(4, [], None, True, True)])
         assert isinstance(refused, ValueError) and "at least one access unit" in str(refused)
-    finally:
-        service.close()
 
 
 def test_a_failed_last_request_still_gives_the_decoder_back(clips):
-    service, _ = camera_service()
     units = clips["h264"]
-    try:
+    with camera_service() as (service, _):
         service.step([CameraRequest(1, units[:1], None, True, False), CameraRequest(2, units[:1], None, True, False)])
         [failed] = service.step([CameraRequest(1, units[1:2], "hevc", False, True)])
         assert isinstance(failed, ValueError) and "needs a new sequence" in str(failed)
         [third] = service.step([CameraRequest(3, units[:1], None, True, False)])
         assert third.frame_indices == [0]
-    finally:
-        service.close()
 
 
 def test_the_lane_of_a_stream_that_idled_out_is_let_go(clips):
     now = [0.0]
-    service, _ = camera_service(clock=lambda: now[0])
     units = clips["h264"]
-    try:
+    with camera_service(clock=lambda: now[0]) as (service, _):
         service.step([CameraRequest(1, units[:1], None, True, False)])
         now[0] = 61.0  # stream 1 falls silent past the idle timeout
         service.step([CameraRequest(2, units[:1], None, True, False)])
         assert list(service.streams.streams) == [2]
         assert sorted(service._lanes) == [2]
-    finally:
-        service.close()
 
 
 def test_a_step_counts_its_requests_rounds_and_phases(clips):
-    service, analyzer = camera_service()
     units = clips["h264"]
-    try:
+    with camera_service() as (service, analyzer):
         service.step([CameraRequest(1, units[:1], None, True, False), CameraRequest(2, units[:3], None, True, False)])
         results = service.step([CameraRequest(1, units[1:3], None, False, False)])
-    finally:
-        service.close()
     counters = service.counters
     assert counters.requests == 3 and counters.frames == 6
     # An analysis round takes what was decoded by then: the first step's two requests in one round or two.
@@ -422,42 +417,40 @@ def test_a_camera_slow_to_decode_holds_back_no_other_camera(clips):
         made.append(decoder)
         return decoder
 
-    service, _ = camera_service(make_decoder, decode_threads=2)
     answers, units = Answers(), clips["h264"]
-    try:
-        service.submit(CameraRequest(1, units[:1], None, True, False), answers.to(1))
-        wait_for(lambda: len(made) == 1)  # the held session is camera 1's
-        service.submit(CameraRequest(2, units[:1], None, True, False), answers.to(2))
-        service.submit(CameraRequest(2, units[1:2], None, False, False), answers.to(2))
-        wait_for(lambda: len(answers.of(2)) == 2)
-        assert answers.of(1) == []
-        assert [r.frame_indices for r in answers.of(2)] == [[0], [1]]
-        release.set()
-        wait_for(lambda: len(answers.of(1)) == 1)
-        assert answers.of(1)[0].frame_indices == [0]
-    finally:
-        release.set()
-        service.close()
+    with camera_service(make_decoder, decode_threads=2) as (service, _):
+        try:
+            service.submit(CameraRequest(1, units[:1], None, True, False), answers.to(1))
+            wait_for(lambda: len(made) == 1)  # the held session is camera 1's
+            service.submit(CameraRequest(2, units[:1], None, True, False), answers.to(2))
+            service.submit(CameraRequest(2, units[1:2], None, False, False), answers.to(2))
+            wait_for(lambda: len(answers.of(2)) == 2)
+            assert answers.of(1) == []
+            assert [r.frame_indices for r in answers.of(2)] == [[0], [1]]
+            release.set()
+            wait_for(lambda: len(answers.of(1)) == 1)
+            assert answers.of(1)[0].frame_indices == [0]
+        finally:
+            release.set()
 
 
 def test_a_streams_answers_keep_its_order_failures_included(clips):
     """A request that fails before it decodes (unreadable inputs) is answered after the stream's
     earlier requests, not ahead of them: a client matching answers in order gets the right ones."""
     release = threading.Event()
-    service, _ = camera_service(lambda codec: HeldDecoder(codec, release), decode_threads=2)
     answers, units = Answers(), clips["h264"]
-    try:
-        service.submit(CameraRequest(1, units[:1], None, True, False), answers.to(1))
-        service.fail(1, ValueError("unknown codec 'vp9'"), answers.to(1))
-        service.submit(CameraRequest(1, units[1:2], None, False, False), answers.to(1))
-        release.set()
-        wait_for(lambda: len(answers.of(1)) == 3)
-        first, failed, third = answers.of(1)
-        assert first.frame_indices == [0] and third.frame_indices == [1]
-        assert isinstance(failed, ValueError) and "unknown codec" in str(failed)
-    finally:
-        release.set()
-        service.close()
+    with camera_service(lambda codec: HeldDecoder(codec, release), decode_threads=2) as (service, _):
+        try:
+            service.submit(CameraRequest(1, units[:1], None, True, False), answers.to(1))
+            service.fail(1, ValueError("unknown codec 'vp9'"), answers.to(1))
+            service.submit(CameraRequest(1, units[1:2], None, False, False), answers.to(1))
+            release.set()
+            wait_for(lambda: len(answers.of(1)) == 3)
+            first, failed, third = answers.of(1)
+            assert first.frame_indices == [0] and third.frame_indices == [1]
+            assert isinstance(failed, ValueError) and "unknown codec" in str(failed)
+        finally:
+            release.set()
 
 
 def test_a_camera_streams_h264_through_the_gateway(camera_server, clips, tmp_path):
