@@ -1,6 +1,7 @@
 """PyNvVideoCodec on its own: what a session's start costs, and where one process's decode rate goes.
 
     PYTHONPATH=/tmp/gpu/site:. python3 -m bench.gpu.nvdec_probe --out FILE [--seconds 2]
+        [--processes 8 --process-threads 12 16 --process-modes raw model --processes-only] [--mps]
 
 On the load generator's synthetic 1080p30 H.264 clip (GOP 30, no B-frames), NVDEC sessions made
 with `CreateDecoder` as the camera model makes them (low latency, device memory, a CUDA stream of
@@ -12,7 +13,8 @@ their own), measured without the model around them:
   and is handed a new camera's keyframe); alone, and 16 at once in threads;
 * `rate`: frames/s for T threads of one session each, with (a) `Decode` alone, (b) `Decode` plus
   the model's copy out and stream synchronization (`NvDecDecoder.decode`), (c) k access units in
-  one `Decode` call; and P processes of 16 threads doing (a);
+  one `Decode` call; and P processes of T threads doing (a) or (b) (`--process-threads`,
+  `--process-modes`), the camera instances' layout;
 * `gil`: how many Python loop iterations the main thread gets while 16 threads decode, against
   idle: near 1.0 means `Decode` lets go of the GIL while NVDEC works.
 """
@@ -29,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench.gpu import mps
 from loadtest.video_source import load_clip
 from models.video_decode import NvDecDecoder, _current_cuda_context
 
@@ -186,25 +189,55 @@ def gil_share(nvc, units: list[bytes], threads: int, seconds: float) -> dict:
     return {"threads": threads, "main_thread_share": round(busy / idle, 3), "decode_frames_per_s": result.get("frames_per_s")}
 
 
-def process_rate(units, threads, seconds, ready, results):
+def process_rate(units, threads, mode, seconds, ready, results):
     import PyNvVideoCodec as nvc
 
     torch.cuda.init()
     ready.wait()
-    results.put(rate(nvc, units, threads, "raw", seconds))
+    results.put(rate(nvc, units, threads, mode, seconds))
 
 
-def in_processes(units: list[bytes], processes: int, threads: int, seconds: float) -> dict:
+def in_processes(units: list[bytes], processes: int, threads: int, seconds: float, mode: str = "raw") -> dict:
     context = multiprocessing.get_context("spawn")
     ready, results = context.Barrier(processes), context.Queue()
-    workers = [context.Process(target=process_rate, args=(units, threads, seconds, ready, results)) for _ in range(processes)]
+    workers = [context.Process(target=process_rate, args=(units, threads, mode, seconds, ready, results))
+               for _ in range(processes)]
     for w in workers:
         w.start()
     parts = [results.get(timeout=120) for _ in workers]
     for w in workers:
         w.join()
-    return {"processes": processes, "threads": threads, "frames_per_s": sum(p["frames_per_s"] for p in parts),
-            "per_process": [p["frames_per_s"] for p in parts]}
+    return {"processes": processes, "threads": threads, "sessions": processes * threads, "mode": mode,
+            "frames_per_s": sum(p["frames_per_s"] for p in parts), "per_process": [p["frames_per_s"] for p in parts]}
+
+
+def measure(nvc, args, out: dict) -> None:
+    units = clip_units()
+    out["clip_units"] = len(units)
+    torch.cuda.init()
+    torch.zeros(1, device="cuda")
+
+    def save(key, value):
+        out.setdefault(key, []).append(value)
+        print(key, json.dumps(value), flush=True)
+        args.out.write_text(json.dumps(out, indent=1))
+
+    if not args.processes_only:
+        save("start", start_costs(nvc, units, 5))
+        for threads in (16, 40):
+            save("concurrent_start", concurrent_starts(nvc, units, threads))
+        for threads in args.threads:
+            for mode in ("raw", "model"):
+                save("rate", rate(nvc, units, threads, mode, args.seconds))
+        for per_call in args.per_call:
+            for threads in (1, 16):
+                save("rate", rate(nvc, units, threads, "raw", args.seconds, per_call))
+        save("gil", gil_share(nvc, units, 16, args.seconds))
+    for processes in args.processes:
+        for threads in args.process_threads:
+            for mode in args.process_modes:
+                save("processes", in_processes(units, processes, threads, args.seconds, mode))
+
 
 
 def main(argv=None) -> int:
@@ -214,33 +247,22 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 16, 32])
     parser.add_argument("--per-call", type=int, nargs="*", default=[4, 8])
     parser.add_argument("--processes", type=int, nargs="*", default=[2, 4])
+    parser.add_argument("--process-threads", type=int, nargs="*", default=[16], help="sessions per process")
+    parser.add_argument("--process-modes", nargs="*", choices=("raw", "model"), default=["raw"])
+    parser.add_argument("--processes-only", action="store_true", help="only the runs in several processes")
+    parser.add_argument("--mps", action="store_true", help="under CUDA MPS (bench/gpu/mps.py)")
     args = parser.parse_args(argv)
     import PyNvVideoCodec as nvc
 
-    units = clip_units()
-    torch.cuda.init()
-    torch.zeros(1, device="cuda")
-    out: dict = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "clip_units": len(units)}
-
-    def save(key, value):
-        out.setdefault(key, []).append(value)
-        print(key, json.dumps(value), flush=True)
-        args.out.write_text(json.dumps(out, indent=1))
-
-    save("start", start_costs(nvc, units, 5))
-    for threads in (16, 40):
-        save("concurrent_start", concurrent_starts(nvc, units, threads))
-    for threads in args.threads:
-        for mode in ("raw", "model"):
-            save("rate", rate(nvc, units, threads, mode, args.seconds))
-    for per_call in args.per_call:
-        for threads in (1, 16):
-            save("rate", rate(nvc, units, threads, "raw", args.seconds, per_call))
-    save("gil", gil_share(nvc, units, 16, args.seconds))
-    for processes in args.processes:
-        save("processes", in_processes(units, processes, 16, args.seconds))
+    out: dict = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "mps": args.mps}
+    if args.mps:
+        out["mps_note"] = mps.start() or "control daemon started"
+    try:
+        measure(nvc, args, out)
+    finally:
+        if args.mps:
+            mps.stop()
     return 0
-
 
 if __name__ == "__main__":
     raise SystemExit(main())
