@@ -35,7 +35,14 @@ def servers() -> str:
                      if line.partition(",")[2].strip().rsplit("/", 1)[-1] == "nvidia-cuda-mps-server")
 
 
-def stop() -> None:
+def stop() -> str:
+    """Tell the control daemon to quit; what happened, for the record ("" when it quit). It quits
+    only after every process with a CUDA context on it has exited, and until then refuses new ones."""
     control = shutil.which("nvidia-cuda-mps-control")
-    if control is not None:
+    if control is None:
+        return ""
+    try:
         subprocess.run([control], input="quit\n", capture_output=True, text=True, timeout=30)
+    except subprocess.TimeoutExpired:
+        return "the MPS control daemon did not quit within 30 s: a CUDA process is still connected to it"
+    return ""

@@ -252,17 +252,28 @@ def main(argv=None) -> int:
     parser.add_argument("--processes-only", action="store_true", help="only the runs in several processes")
     parser.add_argument("--mps", action="store_true", help="under CUDA MPS (bench/gpu/mps.py)")
     args = parser.parse_args(argv)
+    out: dict = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "mps": args.mps}
+    if not args.mps:
+        measure_here(args, out)
+        return 0
+    out["mps_note"] = mps.start() or "control daemon started"
+    # The MPS daemon quits only once no process holds a CUDA context on it, this one included: the
+    # measurements run in a child, which has exited by the time the daemon is told to quit.
+    child = multiprocessing.get_context("spawn").Process(target=measure_here, args=(args, out))
+    try:
+        child.start()
+        child.join()
+    finally:
+        note = mps.stop()
+    if note:
+        print(note, flush=True)
+    return child.exitcode or 0
+
+
+def measure_here(args, out: dict) -> None:
     import PyNvVideoCodec as nvc
 
-    out: dict = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "mps": args.mps}
-    if args.mps:
-        out["mps_note"] = mps.start() or "control daemon started"
-    try:
-        measure(nvc, args, out)
-    finally:
-        if args.mps:
-            mps.stop()
-    return 0
+    measure(nvc, args, out)
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -344,7 +344,7 @@ def main(argv=None) -> int:
             terminate(gateway, 10)
         stop_all(servers)
         if args.mps:
-            mps.stop()
+            record.note(f"mps: {mps.stop() or 'control daemon quit'}")
         if args.py_spy:
             py_spy.bundle(samples, args.out / (f"pyspy-{args.label}.json" if args.label else "pyspy.json"))
         for log in (servers[0].log_path, args.workdir / "gateway.log"):
