@@ -155,18 +155,19 @@ class TritonServer:
         self.wait_ready_or_start_again(timeout)
 
     def wait_ready_or_start_again(self, timeout: float = 120.0) -> None:
-        """Wait until ready; a server that crashed while it loaded (`_crashed_starting`) is started once
-        more, as the kubelet restarts a crashed container. A model that fails to load, a port in use,
-        or a second crash, raises."""
-        try:
-            self.wait_ready(timeout)
-        except TritonServerError as failure:
-            if not self._crashed_starting():
-                raise
+        """Wait until ready; a server that crashed while it loaded (`_crashed_starting`) is started
+        again, up to START_ATTEMPTS starts in all, as the kubelet restarts a crashed container. A model
+        that fails to load, a port in use, or a crash on the last start, raises."""
+        for attempt in range(1, START_ATTEMPTS + 1):
+            try:
+                self.wait_ready(timeout)
+                return
+            except TritonServerError:
+                if attempt == START_ATTEMPTS or not self._crashed_starting():
+                    raise
             self.stop()
             self.process = None
             self.start()
-            self.wait_ready(timeout)
 
     def is_running(self) -> bool:
         return self.process is not None and self.process.poll() is None
@@ -248,6 +249,9 @@ def parse_model_load_failure(log_text: str) -> tuple[str, str] | None:
     return None
 
 
+# Triton 2.51 now and then aborts while it starts (glibc's heap checks, a boost lock error, gRPC's
+# poller on a bad descriptor: "epoll_wait error"), so a restart can meet a crash of its own.
+START_ATTEMPTS = 4
 # What the log of a server says when it or a backend stub crashed while models loaded: seen with
 # Triton 2.51's Python backend when servers start side by side (a stub's heap corrupted while it
 # imported torch; a lock of its shared memory thrown away).
