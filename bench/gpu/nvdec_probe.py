@@ -239,7 +239,6 @@ def measure(nvc, args, out: dict) -> None:
                 save("processes", in_processes(units, processes, threads, args.seconds, mode))
 
 
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
