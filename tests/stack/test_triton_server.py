@@ -163,55 +163,36 @@ def test_a_server_that_aborts_while_it_restarts_is_started_once_more(tmp_path):
         stop_all([server])
 
 
-def test_a_server_that_aborts_on_its_first_start_is_started_once_more(tmp_path, monkeypatch):
-    started = []
-    real_start = TritonServer.start
-
-    def start_then_abort_the_first(server):
-        real_start(server)
-        started.append(server.process.pid)
-        if len(started) == 1:
-            os.kill(server.process.pid, signal.SIGABRT)
-
-    monkeypatch.setattr(TritonServer, "start", start_then_abort_the_first)
-    servers = start_fleet(1, SMALL_REPOSITORY, tmp_path)
-    try:
-        assert 2 <= len(started) <= START_ATTEMPTS and servers[0].is_ready()
-    finally:
-        stop_all(servers)
-
-
-def test_a_server_whose_restart_crashes_too_is_started_again(tmp_path, monkeypatch):
-    """A crash while starting can meet another on the restart (Triton 2.51 aborts at start now and
-    then): the server is started again, within START_ATTEMPTS starts (a start of its own may crash
-    too, which is what the spare starts are for)."""
-    started = []
-    real_start = TritonServer.start
-
-    def start_then_abort_the_first_two(server):
-        real_start(server)
-        started.append(server.process.pid)
-        if len(started) <= 2:
-            os.kill(server.process.pid, signal.SIGABRT)
-
-    monkeypatch.setattr(TritonServer, "start", start_then_abort_the_first_two)
-    servers = start_fleet(1, SMALL_REPOSITORY, tmp_path)
-    try:
-        assert 3 <= len(started) <= START_ATTEMPTS and servers[0].is_ready()
-    finally:
-        stop_all(servers)
-
-
-def test_a_server_that_crashes_on_every_start_gives_up_after_the_last(tmp_path, monkeypatch):
+def abort_starts(monkeypatch, count: int | None) -> list[int]:
+    """TritonServer.start made to SIGABRT the first `count` servers it starts (None: every one), as
+    Triton 2.51 sometimes aborts while it starts; returns the pids of every start."""
     started = []
     real_start = TritonServer.start
 
     def start_then_abort(server):
         real_start(server)
         started.append(server.process.pid)
-        os.kill(server.process.pid, signal.SIGABRT)
+        if count is None or len(started) <= count:
+            os.kill(server.process.pid, signal.SIGABRT)
 
     monkeypatch.setattr(TritonServer, "start", start_then_abort)
+    return started
+
+
+@pytest.mark.parametrize("aborts", [1, 2], ids=["the first start", "the restart too"])
+def test_a_server_that_aborts_while_it_starts_is_started_again(tmp_path, monkeypatch, aborts):
+    """A crash while starting can meet another on the restart: the server is started again, within
+    START_ATTEMPTS starts (one of its own may crash too, which is what the spare starts are for)."""
+    started = abort_starts(monkeypatch, aborts)
+    servers = start_fleet(1, SMALL_REPOSITORY, tmp_path)
+    try:
+        assert aborts + 1 <= len(started) <= START_ATTEMPTS and servers[0].is_ready()
+    finally:
+        stop_all(servers)
+
+
+def test_a_server_that_crashes_on_every_start_gives_up_after_the_last(tmp_path, monkeypatch):
+    started = abort_starts(monkeypatch, None)
     with pytest.raises(TritonServerError, match="exited with code -6"):
         start_fleet(1, SMALL_REPOSITORY, tmp_path)
     assert len(started) == START_ATTEMPTS
