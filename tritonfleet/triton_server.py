@@ -149,10 +149,14 @@ class TritonServer:
 
     def restart(self, timeout: float = 120.0) -> None:
         """Start again on the same ports (after a crash), and wait until ready."""
+        self._start_again()
+        self.wait_ready_or_start_again(timeout)
+
+    def _start_again(self) -> None:
+        """Stop what is left of the last start (stubs included) and start afresh."""
         self.stop()
         self.process = None
         self.start()
-        self.wait_ready_or_start_again(timeout)
 
     def wait_ready_or_start_again(self, timeout: float = 120.0) -> None:
         """Wait until ready; a server that crashed while it loaded (`_crashed_starting`) is started
@@ -165,9 +169,7 @@ class TritonServer:
             except TritonServerError:
                 if attempt == START_ATTEMPTS or not self._crashed_starting():
                     raise
-            self.stop()
-            self.process = None
-            self.start()
+            self._start_again()
 
     def is_running(self) -> bool:
         return self.process is not None and self.process.poll() is None

@@ -211,7 +211,9 @@ def in_processes(units: list[bytes], processes: int, threads: int, seconds: floa
             "frames_per_s": sum(p["frames_per_s"] for p in parts), "per_process": [p["frames_per_s"] for p in parts]}
 
 
-def measure(nvc, args, out: dict) -> None:
+def measure(args, out: dict) -> None:
+    import PyNvVideoCodec as nvc
+
     units = clip_units()
     out["clip_units"] = len(units)
     torch.cuda.init()
@@ -253,12 +255,12 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     out: dict = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "mps": args.mps}
     if not args.mps:
-        measure_here(args, out)
+        measure(args, out)
         return 0
     out["mps_note"] = mps.start() or "control daemon started"
     # The MPS daemon quits only once no process holds a CUDA context on it, this one included: the
     # measurements run in a child, which has exited by the time the daemon is told to quit.
-    child = multiprocessing.get_context("spawn").Process(target=measure_here, args=(args, out))
+    child = multiprocessing.get_context("spawn").Process(target=measure, args=(args, out))
     try:
         child.start()
         child.join()
@@ -268,11 +270,6 @@ def main(argv=None) -> int:
         print(note, flush=True)
     return child.exitcode or 0
 
-
-def measure_here(args, out: dict) -> None:
-    import PyNvVideoCodec as nvc
-
-    measure(nvc, args, out)
 
 if __name__ == "__main__":
     raise SystemExit(main())
