@@ -9,7 +9,7 @@ test, a Ctrl-C or a crash of the supervisor leaves nothing running.
 from __future__ import annotations
 
 import contextlib
-import ctypes
+import functools
 import os
 import signal
 import socket
@@ -18,7 +18,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-_PR_SET_PDEATHSIG = 1
+from tritonfleet.prerequisites import program
+
 LOG_TAIL_LINES = 15
 
 
@@ -31,20 +32,28 @@ def spawn(argv: list[str], log_path: Path, env: dict[str, str] | None = None,
     """Start `argv` in a new process group with stdout and stderr appended to `log_path`.
 
     The child is asked to receive SIGTERM when the thread that started it dies, so start long-lived
-    processes from the main thread.
+    processes from the main thread. util-linux's `setpriv` asks for that (PR_SET_PDEATHSIG, kept
+    across its exec of `argv`) rather than a `preexec_fn`: with one, Python forks instead of vforking,
+    and the fork runs the parent's fork handlers in the child. gRPC's restart its poller there, whose
+    descriptors the child then closes before its exec, and the child aborts ("epoll_wait error: Bad
+    file descriptor") whenever another thread of the parent was in gRPC at the time.
     """
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
         return subprocess.Popen(
-            argv,
+            [_setpriv(), "--pdeathsig", "TERM", "--", *argv],
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env=env,
             cwd=cwd,
             start_new_session=True,
-            preexec_fn=_die_with_parent,
         )
+
+
+@functools.cache
+def _setpriv() -> str:
+    return str(program("setpriv", "util-linux: apt install util-linux", ("/usr/bin/setpriv", "/bin/setpriv")))
 
 
 def terminate(process: subprocess.Popen | None, grace: float = 15.0) -> None:
@@ -86,11 +95,6 @@ def group_alive(process: subprocess.Popen | None) -> bool:
     except ProcessLookupError:
         return False
     return True
-
-
-def _die_with_parent() -> None:
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def log_tail(log_path: Path, lines: int = LOG_TAIL_LINES) -> str:

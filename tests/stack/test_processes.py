@@ -4,13 +4,18 @@ with its log, a stop that leaves no process of its group behind, and a view of w
 from __future__ import annotations
 
 import socket
+import subprocess
 import sys
+import threading
+from pathlib import Path
 
 import pytest
 
 from tritonfleet.processes import (ChildProcess, ProcessExited, accepts_connections, command_lines_containing, group_alive,
                                    spawn, terminate_all)
 from tests.polling import wait_until
+
+REPOSITORY = Path(__file__).resolve().parents[2]
 
 # A parent that starts a grandchild in its group and ignores SIGTERM: what a stop must still end.
 STUBBORN = """
@@ -40,6 +45,56 @@ signal.signal(signal.SIGTERM, stop)
 (folder / f"{name}.up").touch()
 time.sleep(600)
 """
+
+# A parent whose fork handlers would run in a child it forks, as gRPC's do (they restart its poller,
+# whose descriptors the child then closes: "epoll_wait error: Bad file descriptor", SIGABRT).
+FORK_HANDLER_PARENT = """
+import os, pathlib, sys
+from tritonfleet.processes import spawn, terminate
+marker = pathlib.Path(sys.argv[1])
+os.register_at_fork(after_in_child=lambda: marker.write_text("fork handlers ran in a child"))
+child = spawn([sys.executable, "-c", "pass"], marker.with_suffix(".log"))
+child.wait()
+print("exit", child.returncode, flush=True)
+"""
+
+# A child that writes a file when it is sent SIGTERM, then exits.
+TERM_WATCHER = """
+import pathlib, signal, sys, time
+def told(signum, frame):
+    pathlib.Path(sys.argv[1]).write_text("SIGTERM")
+    sys.exit(0)
+signal.signal(signal.SIGTERM, told)
+pathlib.Path(sys.argv[1] + ".up").touch()
+time.sleep(600)
+"""
+
+
+def test_a_child_is_started_without_running_the_parents_fork_handlers(tmp_path):
+    marker = tmp_path / "marker"
+    done = subprocess.run([sys.executable, "-c", FORK_HANDLER_PARENT, str(marker)], capture_output=True,
+                          text=True, timeout=120, cwd=REPOSITORY)
+    assert done.stdout.strip() == "exit 0", done.stderr
+    assert not marker.exists(), marker.read_text()
+
+
+def test_a_child_is_sent_sigterm_when_the_thread_that_started_it_ends(tmp_path):
+    marker = tmp_path / "told"
+    children = []
+
+    def start():
+        # The thread ends once the child handles SIGTERM, so the signal cannot beat its handler.
+        children.append(spawn([sys.executable, "-c", TERM_WATCHER, str(marker)], tmp_path / "watcher.log"))
+        wait_until(lambda: marker.with_suffix(".up").exists(), "the child to start")
+
+    starter = threading.Thread(target=start)
+    starter.start()
+    starter.join()
+    try:
+        wait_until(lambda: marker.exists(), "the child to be sent SIGTERM")
+        assert marker.read_text() == "SIGTERM"
+    finally:
+        terminate_all(children, grace=5)
 
 
 def test_several_children_are_stopped_side_by_side(tmp_path):
