@@ -240,7 +240,7 @@ class NvDecDecoder:
     def _pictures(self, packet) -> list[Picture]:
         try:
             frames = self._decoder.Decode(packet)
-        except self._nvc.PyNvVCExceptionDecode as exc:
+        except library_errors(self._nvc) as exc:
             raise CorruptAccessUnit(f"NVDEC refused the access unit: {exc}") from None
         pictures = []
         with torch.cuda.stream(self._stream):
@@ -256,6 +256,13 @@ class NvDecDecoder:
         if pictures:
             self._stream.synchronize()
         return pictures
+
+
+def library_errors(nvc) -> tuple[type[BaseException], ...]:
+    """What PyNvVideoCodec raises when its decoder refuses input: its base error (a failed NVDEC
+    call, with the call and its status) and the one for a stream NVDEC cannot decode (a profile,
+    bit depth or size this GPU lacks)."""
+    return (nvc.PyNvVCException, nvc.PyNvVCExceptionUnsupported)
 
 
 def _current_cuda_context() -> int:
