@@ -203,6 +203,12 @@ def accumulate_resampled(
     cy, ylo, yhi, inv_y = _window(r_y, valid_y, scale_y, support_y, invscale_y, in_h)
     cx, xlo, xhi, inv_x = _window(r_x, valid_x, scale_x, support_x, invscale_x, in_w)
     inv_x = tl.where(slot_c < 3, inv_x, 0.0)
+    # Per slot, what the window's normalization and each plane channel's mix multiply a tap by:
+    # the horizontal weights are rebuilt for every chunk and are most of the kernel's arithmetic,
+    # so each of their elements costs one triangle and one multiply.
+    gain0 = inv_x * mix0
+    gain1 = inv_x * mix1
+    gain2 = inv_x * mix2
     # The input window of the whole tile (empty when the tile is all padding).
     y_start = tl.min(tl.where(valid_y, ylo, in_h), axis=0)
     y_end = tl.max(tl.where(valid_y, yhi, 0), axis=0)
@@ -230,12 +236,14 @@ def accumulate_resampled(
         # Horizontal pass: W maps each byte (pixel f // CHANNELS, channel f % CHANNELS) to the
         # slots, weighted by its channel's mix there.
         pix = f // CHANNELS
-        w = _triangle(pix[:, None].to(tl.float32), cx[None, :], invscale_x, inv_x[None, :])
+        tri = tl.maximum(1.0 - tl.abs(pix[:, None].to(tl.float32) - cx[None, :]) * invscale_x, 0.0)
         if CHANNELS == 1:
-            w = w * mix0[None, :]
+            w = tri * gain0[None, :]
+        elif CHANNELS == 2:
+            w = tri * tl.where(((f - pix * 2) == 0)[:, None], gain0[None, :], gain1[None, :])
         else:
             chan = (f - pix * CHANNELS)[:, None]
-            w = w * tl.where(chan == 0, mix0[None, :], tl.where(chan == 1, mix1[None, :], mix2[None, :]))
+            w = tri * tl.where(chan == 0, gain0[None, :], tl.where(chan == 1, gain1[None, :], gain2[None, :]))
         acc = _dot16(u, w, acc, SPLIT)
     return acc
 
@@ -261,21 +269,21 @@ def tile_configs() -> list[triton.Config]:
     """The autotuned tiles of the resizing kernels (preprocess and yuv run the same tile loop).
 
     A tile's input span is about BLOCK * scale pixels per axis: ~300 luma bytes for 32 outputs
-    at 1080p/4K -> 224 (also ~300 bytes of RGB or of chroma pairs at that scale).
+    at 1080p/4K -> 224 (also ~300 bytes of RGB or of chroma pairs at that scale). Chosen from
+    `bench/kernels/sweep.py` on an H200 (docs/BENCHMARKS.md): 32x32 tiles on 4 warps beat every
+    8-warp tile on the 1080p shapes (0.24 ms against 0.39 for 1080p -> 640 letterbox), although
+    a thread then holds twice the accumulator.
     """
     return [
-        # 32x32 output tiles: the halo shared with neighbouring tiles is small next to the tile
-        # for the strong downscales (1080p, 4K); W is 128x128, so 8 warps keep it in registers.
-        triton.Config(dict(BLOCK_OY=32, BLOCK_OX=32, CHUNK_Y=32, CHUNK_F=128), num_warps=8),
-        # Narrower tiles: W halves (128x64) and 4 warps suffice, so more programs fit per SM.
+        # 32x32 output tiles, 64-byte chunks: the best on every 1080p shape of the sweep.
+        triton.Config(dict(BLOCK_OY=32, BLOCK_OX=32, CHUNK_Y=32, CHUNK_F=64), num_warps=4),
+        triton.Config(dict(BLOCK_OY=32, BLOCK_OX=32, CHUNK_Y=32, CHUNK_F=128), num_warps=4),
+        # Narrower tiles: W halves, so more programs fit per SM; the 4K shapes' and preprocess's best.
         triton.Config(dict(BLOCK_OY=32, BLOCK_OX=16, CHUNK_Y=32, CHUNK_F=128), num_warps=4),
-        # Taller tiles: the vertical halo (2 * scale rows) is the larger one when scale_y is big.
-        triton.Config(dict(BLOCK_OY=64, BLOCK_OX=16, CHUNK_Y=32, CHUNK_F=128), num_warps=8),
+        triton.Config(dict(BLOCK_OY=32, BLOCK_OX=16, CHUNK_Y=32, CHUNK_F=64), num_warps=4),
         # 16-row tiles: the vertical dot multiplies BLOCK_OY outputs by every row of the tile's
-        # span, most of them outside each output's window, so fewer rows waste fewer FLOPs
-        # (the milder downscales, 1080p -> 640, where that waste dominates).
-        triton.Config(dict(BLOCK_OY=16, BLOCK_OX=32, CHUNK_Y=32, CHUNK_F=128), num_warps=4),
-        triton.Config(dict(BLOCK_OY=16, BLOCK_OX=16, CHUNK_Y=32, CHUNK_F=128), num_warps=4),
+        # span, most of them outside each output's window, so fewer rows waste fewer FLOPs.
+        triton.Config(dict(BLOCK_OY=16, BLOCK_OX=32, CHUNK_Y=32, CHUNK_F=64), num_warps=4, num_stages=1),
         # Small tiles: many programs, so even a few small frames fill 132 SMs; right for upscaling.
         triton.Config(dict(BLOCK_OY=16, BLOCK_OX=16, CHUNK_Y=16, CHUNK_F=64), num_warps=4),
     ]

@@ -303,6 +303,14 @@ _yuv_autotuned = triton.autotune(
 
 def _launch(y: torch.Tensor, chroma: tuple, conversion: Conversion) -> torch.Tensor:
     """y (N, H, W) and (uv,) or (u, v), checked: allocate (N, 3, *size) and launch once."""
+    out, args, flags, grid = kernel_call(y, chroma, conversion)
+    launch(_yuv_autotuned, tile_configs(), grid, args, flags, INTERPRETER_TILE)
+    return out
+
+
+def kernel_call(y: torch.Tensor, chroma: tuple, conversion: Conversion):
+    """What one launch of `_yuv_kernel` takes for checked inputs: (out, args, flags, grid), the
+    output allocated; `bench/kernels/sweep.py` launches it with each tile config in turn."""
     n, in_h, in_w = y.shape
     c_h, c_w = chroma[0].shape[1:3]
     out_h, out_w = conversion.size
@@ -322,5 +330,4 @@ def _launch(y: torch.Tensor, chroma: tuple, conversion: Conversion) -> torch.Ten
         *kernel_normalization(conversion.mean, conversion.std, conversion.pad_value),
     )
     flags = dict(PLANAR=len(chroma) == 2, SPLIT=conversion.dtype == torch.float32)
-    launch(_yuv_autotuned, tile_configs(), tile_grid(out_h, out_w, n), args, flags, INTERPRETER_TILE)
-    return out
+    return out, args, flags, tile_grid(out_h, out_w, n)

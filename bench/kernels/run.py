@@ -96,6 +96,11 @@ def bench_preprocess(rows, n, h, w, size, letterbox, quick):
     rows.append(_row(name, moved, results, err, str(_resize_normalize_autotuned.best_config)))
 
 
+def yuv_name(n, h, w, size, letterbox, dtype) -> str:
+    bits = "fp16" if dtype == torch.float16 else "fp32"
+    return f"nv12 {n}x{h}x{w}->{size[0]}x{size[1]}" + (" letterbox" if letterbox else "") + f" {bits}"
+
+
 def bench_yuv(rows, n, h, w, size, letterbox, dtype, quick):
     """NV12 surfaces as NVDEC gives them (one (H*3/2, W) buffer per frame) -> NCHW RGB."""
     frames = torch.randint(0, 256, (n, h * 3 // 2, w), dtype=torch.uint8, device="cuda")
@@ -105,8 +110,7 @@ def bench_yuv(rows, n, h, w, size, letterbox, dtype, quick):
     out = nv12_to_tensor_triton(y, uv, size, **kw)
     err = (out.float() - nv12_to_tensor_reference(y, uv, size, **kw).float()).abs().max().item()
     moved = frames.numel() + out.numel() * out.element_size()
-    bits = "fp16" if dtype == torch.float16 else "fp32"
-    name = f"nv12 {n}x{h}x{w}->{size[0]}x{size[1]}" + (" letterbox" if letterbox else "") + f" {bits}"
+    name = yuv_name(n, h, w, size, letterbox, dtype)
     results = {
         "triton": measure(lambda: nv12_to_tensor_triton(y, uv, size, **kw)),
         "eager": measure(lambda: nv12_to_tensor_reference(y, uv, size, **kw)),
