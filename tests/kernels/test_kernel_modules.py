@@ -55,31 +55,31 @@ def count_calls(monkeypatch, module, name) -> list:
 
 
 @pytest.mark.parametrize("mode", ["triton", "torch"])
-def test_preprocess_checks_its_inputs_once(monkeypatch, mode):
+def test_preprocess_checks_its_inputs_once(monkeypatch, mode, device):
     monkeypatch.setenv("TRITONFLEET_KERNELS", mode)
     calls = count_calls(monkeypatch, kernels.preprocess, "check_inputs")
-    kernels.preprocess.preprocess(torch.zeros(1, 6, 6, 3, dtype=torch.uint8), (4, 4))
+    kernels.preprocess.preprocess(torch.zeros(1, 6, 6, 3, dtype=torch.uint8, device=device), (4, 4))
     assert len(calls) == 1
 
 
 @pytest.mark.parametrize("mode", ["triton", "torch"])
-def test_temporal_and_postprocess_check_their_inputs_once(monkeypatch, mode):
+def test_temporal_and_postprocess_check_their_inputs_once(monkeypatch, mode, device):
     monkeypatch.setenv("TRITONFLEET_KERNELS", mode)
     temporal = count_calls(monkeypatch, kernels.temporal, "_check")
-    frames = torch.zeros(1, 8, 8, 3, dtype=torch.uint8)
-    kernels.temporal.temporal_update(frames, frames, torch.zeros(1, 8, 8, 3), alpha=0.5, grid=(2, 2))
+    frames = torch.zeros(1, 8, 8, 3, dtype=torch.uint8, device=device)
+    kernels.temporal.temporal_update(frames, frames, torch.zeros(1, 8, 8, 3, device=device), alpha=0.5, grid=(2, 2))
     softmax = count_calls(monkeypatch, kernels.postprocess, "_check")
-    kernels.postprocess.softmax_topk(torch.zeros(2, 20), 3)
+    kernels.postprocess.softmax_topk(torch.zeros(2, 20, device=device), 3)
     assert (len(temporal), len(softmax)) == (1, 1)
 
 
 @pytest.mark.parametrize("mode", ["triton", "torch"])
-def test_yuv_checks_its_inputs_once(monkeypatch, mode):
+def test_yuv_checks_its_inputs_once(monkeypatch, mode, device):
     monkeypatch.setenv("TRITONFLEET_KERNELS", mode)
     calls = count_calls(monkeypatch, kernels.yuv, "check_inputs")
-    y = torch.zeros(8, 8, dtype=torch.uint8)
-    kernels.yuv.nv12_to_tensor(y, torch.zeros(4, 4, 2, dtype=torch.uint8), (4, 4))
-    kernels.yuv.i420_to_tensor(y, torch.zeros(4, 4, dtype=torch.uint8), torch.zeros(4, 4, dtype=torch.uint8), (4, 4))
+    y, uv, u, v = (torch.zeros(*shape, dtype=torch.uint8, device=device) for shape in ((8, 8), (4, 4, 2), (4, 4), (4, 4)))
+    kernels.yuv.nv12_to_tensor(y, uv, (4, 4))
+    kernels.yuv.i420_to_tensor(y, u, v, (4, 4))
     assert len(calls) == 2
 
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from kernels.postprocess import softmax_topk, softmax_topk_reference
+from tests.kernels.placement import on_device
 
 
 def distinct_logits(n, c, dtype, spread=20.0, seed=0):
@@ -68,7 +69,8 @@ def test_probabilities_sum_to_one_when_k_is_c(device):
         (torch.zeros(2, 4), 5, "k must be"),
     ],
 )
-def test_bad_input_is_a_value_error(logits, k, message):
+def test_bad_input_is_a_value_error(logits, k, message, device):
+    logits = on_device(device, logits)
     with pytest.raises(ValueError, match=message):
         softmax_topk(logits, k)
     with pytest.raises(ValueError, match=message):

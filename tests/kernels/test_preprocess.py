@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from kernels.preprocess import preprocess, preprocess_reference
+from tests.kernels.placement import on_device
 
 TOLERANCE = {torch.float32: 1e-5, torch.float16: 5e-3}
 
@@ -102,7 +103,8 @@ def test_constant_frame_normalizes_to_constant(device):
         (torch.zeros(1, 8, 8, 3, dtype=torch.uint8), {"std": (1.0, 0.0, 1.0)}, "zeros"),
     ],
 )
-def test_bad_input_is_a_value_error(frames, kwargs, message):
+def test_bad_input_is_a_value_error(frames, kwargs, message, device):
+    frames = on_device(device, frames)
     with pytest.raises(ValueError, match=message):
         preprocess(frames, (4, 4), **kwargs)
     with pytest.raises(ValueError, match=message):
@@ -110,6 +112,6 @@ def test_bad_input_is_a_value_error(frames, kwargs, message):
 
 
 @pytest.mark.parametrize("size", [(0, 4), (4,), (4.5, 4)])
-def test_bad_size_is_a_value_error(size):
+def test_bad_size_is_a_value_error(size, device):
     with pytest.raises(ValueError, match="size"):
-        preprocess(torch.zeros(1, 8, 8, 3, dtype=torch.uint8), size)
+        preprocess(torch.zeros(1, 8, 8, 3, dtype=torch.uint8, device=device), size)

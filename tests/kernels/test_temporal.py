@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from kernels.temporal import temporal_update, temporal_update_reference
+from tests.kernels.placement import on_device
 
 
 def stream(n, h, w, seed=0):
@@ -86,7 +87,8 @@ bg = torch.zeros(1, 4, 4, 3)
         (frame, frame, bg, {"grid": (5, 1)}, "grid"),
     ],
 )
-def test_bad_input_is_a_value_error(prev, cur, background, kwargs, message):
+def test_bad_input_is_a_value_error(prev, cur, background, kwargs, message, device):
+    prev, cur, background = on_device(device, prev, cur, background)
     kwargs = {"alpha": 0.5, "grid": (2, 2), **kwargs}
     with pytest.raises(ValueError, match=message):
         temporal_update(prev, cur, background, **kwargs)

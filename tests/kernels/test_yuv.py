@@ -6,11 +6,9 @@ Tolerances: float32 output atol 1e-5 (the kernel's split float16 dots keep ~1e-6
 up to three float16-rounded terms of ~2x a pixel's weight (the chroma coefficients reach 2.1).
 """
 
-import av
 import numpy as np
 import pytest
 import torch
-from av.video.reformatter import Interpolation
 
 from kernels.yuv import (
     i420_to_tensor,
@@ -20,6 +18,7 @@ from kernels.yuv import (
     split_i420,
     split_nv12,
 )
+from tests.kernels.placement import on_device
 
 TOLERANCES = [(torch.float32, 1e-5, 0.0), (torch.float16, 1e-2, 0.0)]
 STANDARDS = ["bt601", "bt709"]
@@ -113,7 +112,10 @@ def test_split_i420_views_a_packed_buffer():
 
 def ffmpeg_rgb(buffer: np.ndarray, standard: str, full_range: bool) -> np.ndarray:
     """FFmpeg's (swscale's) yuv420p -> rgb24 of a packed I420 buffer: bilinear chroma
-    upsampling, accurately rounded."""
+    upsampling, accurately rounded. PyAV is the CPU decoder's library: a GPU machine's Python may lack it."""
+    av = pytest.importorskip("av")
+    from av.video.reformatter import Interpolation
+
     space = {"bt601": "ITU601", "bt709": "ITU709"}[standard]
     frame = av.VideoFrame.from_ndarray(buffer, format="yuv420p")
     rgb = frame.reformat(
@@ -146,6 +148,7 @@ def test_reference_matches_ffmpeg(standard, full_range, h, w):
 
 
 def test_split_matches_pyav_planes():
+    av = pytest.importorskip("av")
     rgb = np.random.default_rng(8).integers(0, 256, (24, 20, 3), dtype=np.uint8)
     i420 = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p")
     planes = [
@@ -191,8 +194,7 @@ def test_letterbox_border_is_the_pad_colour(device):
     ],
 )
 def test_bad_input_is_a_value_error(y, uv, kwargs, message, device):
-    # On the device the kernels run on: CPU tensors on a CUDA machine would stop at the dispatcher.
-    y, uv = (t.to(device) if isinstance(t, torch.Tensor) else t for t in (y, uv))
+    y, uv = on_device(device, y, uv)
     with pytest.raises(ValueError, match=message):
         nv12_to_tensor(y, uv, (4, 4), **kwargs)
     with pytest.raises(ValueError, match=message):
