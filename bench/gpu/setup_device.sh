@@ -28,6 +28,8 @@ else
 fi
 python3 -c 'import grpc, google.protobuf as p, numpy; print("machine\x27s own: grpc", grpc.__version__, "protobuf", p.__version__, "numpy", numpy.__version__)' || true
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+# tritonfleet.processes starts every server through util-linux's setpriv.
+echo "setpriv: $(command -v setpriv || echo 'missing: run_fleet cannot start servers')"
 PYTHONPATH="$site:." "$python" - <<'EOF'
 import importlib, platform
 versions = {"python": platform.python_version()}
