@@ -96,6 +96,10 @@ class GatewayMetrics:
             "tritonfleet_gateway_tls_reloads", "Changes of the TLS certificate, key or client CA files, by outcome",
             ["outcome"], registry=r,
         )
+        self.tls_handshake_failures = Counter(
+            "tritonfleet_gateway_tls_handshake_failures",
+            "Client connections whose TLS handshake failed (the connection closed), by reason", ["reason"], registry=r,
+        )
         self.access = Counter(
             "tritonfleet_gateway_access", "Calls and stream messages checked against the API keys, by key and outcome",
             ["key", "outcome"], registry=r,

@@ -97,7 +97,7 @@ class Gateway:
         # The gRPC service listens privately; the front door takes the clients.
         internal = self.server.add_insecure_port("127.0.0.1:0")
         await self.server.start()
-        server_tls = tls.server_tls(self.config, self.metrics.tls_reloads)
+        server_tls = tls.server_tls(self.config, self.metrics.tls_reloads, self.metrics.tls_handshake_failures)
         if server_tls is not None:
             self._tasks.append(asyncio.create_task(server_tls.run(self.config.reload_interval_s)))
         self.frontdoor = FrontDoor(self.config, self.router, f"127.0.0.1:{internal}", server_tls)

@@ -11,7 +11,10 @@ the context they were made with. Files that fail to load leave the previous cont
 are logged and counted (`tritonfleet_gateway_tls_reloads_total{outcome="failed"}`) once per change.
 
 A handshake that fails (no or a wrong client certificate, plaintext on the TLS port) ends that
-connection only: the event loop's TLS layer closes it before the HTTP/2 connection exists.
+connection only: the event loop's TLS layer closes it before the HTTP/2 connection exists. The loop
+drops it without a word, so the listening context makes its connections' TLS objects of a class that
+counts a handshake OpenSSL refuses, by reason (`tritonfleet_gateway_tls_handshake_failures_total`);
+a client that goes away or stalls mid-handshake (HANDSHAKE_TIMEOUT_S) is not counted there.
 
 Toward the pods (`UpstreamTls`): the context of the data path's HTTP/2 connections and the gRPC
 channel credentials of the health checks and control calls, from the same files (Triton's
@@ -33,6 +36,53 @@ log = logging.getLogger("tritonfleet.gateway")
 ALPN = ("h2",)
 # A client that opens a connection and never finishes its handshake holds it no longer than this.
 HANDSHAKE_TIMEOUT_S = 10.0
+
+
+# OpenSSL's reasons for a refused server handshake, grouped by what they say about the client.
+_NOT_TLS = frozenset({"WRONG_VERSION_NUMBER", "HTTP_REQUEST", "HTTPS_PROXY_REQUEST", "UNKNOWN_PROTOCOL",
+                      "PACKET_LENGTH_TOO_LONG", "RECORD_LENGTH_MISMATCH"})
+_NO_COMMON_PROTOCOL = frozenset({"NO_SHARED_CIPHER", "UNSUPPORTED_PROTOCOL", "NO_PROTOCOLS_AVAILABLE",
+                                 "VERSION_TOO_LOW", "NO_SUITABLE_SIGNATURE_ALGORITHM"})
+_CLIENT_CERTIFICATE = {"PEER_DID_NOT_RETURN_A_CERTIFICATE": "no_client_certificate",
+                       "CERTIFICATE_VERIFY_FAILED": "bad_client_certificate"}
+HANDSHAKE_FAILURES = ("not_tls", "no_common_protocol", "no_client_certificate", "bad_client_certificate",
+                      "refused_by_client", "closed", "other")
+
+
+def handshake_failure(exc: ssl.SSLError) -> str:
+    """The reason label (one of HANDSHAKE_FAILURES) of a handshake OpenSSL refused with `exc`."""
+    if isinstance(exc, ssl.SSLEOFError):
+        return "closed"
+    reason = exc.reason or ""
+    if reason in _NOT_TLS:
+        return "not_tls"
+    if reason in _NO_COMMON_PROTOCOL:
+        return "no_common_protocol"
+    if reason in _CLIENT_CERTIFICATE:
+        return _CLIENT_CERTIFICATE[reason]
+    if reason.startswith(("TLSV1_ALERT_", "SSLV3_ALERT_")):  # the client's alert: it refused our certificate
+        return "refused_by_client"
+    return "other"
+
+
+def counting_handshakes(failures) -> type[ssl.SSLObject]:
+    """An SSLObject class whose failed handshakes are counted in `failures` (a Counter by reason).
+
+    The event loop's TLS layer makes one per connection through the context's `sslobject_class`
+    and calls its `do_handshake` until it completes; the "want read/write" errors are not failures.
+    """
+
+    class CountedHandshakes(ssl.SSLObject):
+        def do_handshake(self) -> None:
+            try:
+                super().do_handshake()
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                raise
+            except ssl.SSLError as exc:
+                failures.labels(handshake_failure(exc)).inc()
+                raise
+
+    return CountedHandshakes
 
 
 def speaks_h2(transport) -> bool:
@@ -90,13 +140,15 @@ class ServerTls:
     the certificate, key and client CA, never whether mutual TLS is on.
     """
 
-    def __init__(self, files: ServerFiles, reloads=None):
+    def __init__(self, files: ServerFiles, reloads=None, handshake_failures=None):
         self.files = files
         self.reloads = reloads  # a Counter labelled by outcome, or None
         self._seen = files.fingerprint()
         # The first load raises: a gateway that cannot read its certificate does not start.
         self.current = self.listening = server_context(files)
         self.listening.sni_callback = self._hand_current
+        if handshake_failures is not None:  # a Counter labelled by reason
+            self.listening.sslobject_class = counting_handshakes(handshake_failures)
 
     def _hand_current(self, ssl_object, _server_name, listening) -> None:
         if self.current is not listening:
@@ -162,11 +214,12 @@ class UpstreamTls:
         return [("grpc.ssl_target_name_override", self.server_name)] if self.server_name else []
 
 
-def server_tls(config, reloads=None) -> ServerTls | None:
+def server_tls(config, reloads=None, handshake_failures=None) -> ServerTls | None:
     """The server side for a gateway config (None: plaintext)."""
     if not config.tls_cert_file:
         return None
-    return ServerTls(ServerFiles(config.tls_cert_file, config.tls_key_file, config.tls_client_ca_file), reloads)
+    return ServerTls(ServerFiles(config.tls_cert_file, config.tls_key_file, config.tls_client_ca_file), reloads,
+                     handshake_failures)
 
 
 def upstream_tls(config) -> UpstreamTls | None:

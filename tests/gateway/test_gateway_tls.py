@@ -73,6 +73,10 @@ def closed_by_peer(sock: socket.socket) -> bool:
     return True
 
 
+def handshake_failures(gateway, reason: str) -> float:
+    return metric(gateway.metrics_url, "tritonfleet_gateway_tls_handshake_failures_total", reason=reason)
+
+
 def der(files: IssuedFiles) -> bytes:
     return ssl.PEM_cert_to_DER_cert(files.cert_file.read_text())
 
@@ -119,6 +123,7 @@ def test_plaintext_to_the_tls_port_fails_while_a_tls_client_keeps_working(tls_ga
             raw.sendall(PREFACE)  # plaintext HTTP/2, not a ClientHello
             assert closed_by_peer(raw)
         assert client.infer("add_one", add_one_inputs()).as_numpy("OUTPUT0").tolist() == [2.0, 3.0, 4.0]
+        wait_until(lambda: handshake_failures(tls_gateway, "not_tls") >= 1, "plaintext to be counted as not TLS", 20)
     finally:
         client.close()
 
@@ -154,6 +159,11 @@ def test_mutual_tls_serves_only_clients_with_a_certificate_of_its_ca(fleet3, pki
         assert refused(gateway.url, **client_tls(pki["ca"]))  # no client certificate
         stranger = client_tls(pki["ca"], pki["stranger"])
         assert refused(gateway.url, **stranger)  # signed by another CA
+        # Each refused handshake is counted with its reason, none as another's.
+        wait_until(lambda: handshake_failures(gateway, "no_client_certificate") >= 1
+                   and handshake_failures(gateway, "bad_client_certificate") >= 1,
+                   "both refused handshakes to be counted", 20)
+        assert handshake_failures(gateway, "not_tls") == 0
         # The client CA file now trusts the other CA too: its clients are served from then on.
         replace(client_ca, pki["ca"].read_bytes() + pki["stranger"].ca_file.read_bytes())
         wait_until(lambda: not refused(gateway.url, **stranger), "the other CA's client to be served", 20)
