@@ -149,6 +149,8 @@ class ServerTls:
         self.listening.sni_callback = self._hand_current
         if handshake_failures is not None:  # a Counter labelled by reason
             self.listening.sslobject_class = counting_handshakes(handshake_failures)
+            for reason in HANDSHAKE_FAILURES:  # each at 0 from the start, so a rate over it is defined
+                handshake_failures.labels(reason)
 
     def _hand_current(self, ssl_object, _server_name, listening) -> None:
         if self.current is not listening:
