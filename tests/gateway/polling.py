@@ -22,11 +22,17 @@ def wait_for(condition, timeout: float = 20.0, interval: float = 0.02) -> bool:
         time.sleep(interval)
 
 
+def samples(metrics_url: str, name: str) -> list:
+    """The samples called `name` the endpoint exports now (prometheus_client's Sample: labels, value)."""
+    text = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
+    return [sample for family in text_string_to_metric_families(text) for sample in family.samples
+            if sample.name == name]
+
+
 def metric(metrics_url: str, name: str, **labels: str) -> float:
     """The sum of the samples called `name` whose labels include `labels` (0 when there is none)."""
-    text = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
-    return sum(sample.value for family in text_string_to_metric_families(text) for sample in family.samples
-               if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()))
+    return sum(sample.value for sample in samples(metrics_url, name)
+               if all(sample.labels.get(k) == v for k, v in labels.items()))
 
 
 def served_since(servers, model: str, before: list[int], total: int, timeout: float = 20.0) -> list[int]:
