@@ -130,20 +130,25 @@ def _window(r, valid, scale, support, invscale, in_size):
     # A window holds at most 2 * support + 1 taps: sum them one tap at a time, as torch does.
     for t in range(0, tl.max(hi - lo, axis=0)):
         pos = lo + t
-        w = tl.maximum(1.0 - tl.abs(pos.to(tl.float32) - center) * invscale, 0.0)
-        total += tl.where(pos < hi, w, 0.0)
+        total += tl.where(pos < hi, _tent(pos.to(tl.float32), center, invscale), 0.0)
     inv_total = tl.where(valid & (total > 0), 1.0 / tl.where(total > 0, total, 1.0), 0.0)
     return center, lo, hi, inv_total
 
 
 @triton.jit
-def _triangle(pos, center, invscale, inv_total):
-    """Normalized weight of an input position, in torch's order of operations.
+def _tent(pos, center, invscale):
+    """The antialias filter's unnormalized weight of an input position, in torch's order of operations.
 
     Outside a window the triangle is already <= 0, and input beyond the image edge is loaded as
-    zeros, so no window mask is needed here.
+    zeros, so no window mask is needed where it is used.
     """
-    return tl.maximum(1.0 - tl.abs(pos - center) * invscale, 0.0) * inv_total
+    return tl.maximum(1.0 - tl.abs(pos - center) * invscale, 0.0)
+
+
+@triton.jit
+def _triangle(pos, center, invscale, inv_total):
+    """Normalized weight of an input position: the tent times its window's 1 / (sum of weights)."""
+    return _tent(pos, center, invscale) * inv_total
 
 
 @triton.jit
@@ -236,7 +241,7 @@ def accumulate_resampled(
         # Horizontal pass: W maps each byte (pixel f // CHANNELS, channel f % CHANNELS) to the
         # slots, weighted by its channel's mix there.
         pix = f // CHANNELS
-        tri = tl.maximum(1.0 - tl.abs(pix[:, None].to(tl.float32) - cx[None, :]) * invscale_x, 0.0)
+        tri = _tent(pix[:, None].to(tl.float32), cx[None, :], invscale_x)
         if CHANNELS == 1:
             w = tri * gain0[None, :]
         elif CHANNELS == 2:
