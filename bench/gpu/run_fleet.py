@@ -196,10 +196,11 @@ def write_pictures(folder: Path, count: int) -> None:
         Image.fromarray(camera_picture(1080, 1920, seed)).save(folder / f"camera-{seed}.png")
 
 
-def with_instances(repo: Path, dest: Path, overrides: list[str], extra: list[Path]) -> Path:
-    """A copy of the repository with MODEL=KIND:COUNT instance groups (to compare layouts in one run)
-    and the `extra` model folders beside its own."""
-    if not overrides and not extra:
+def with_instances(repo: Path, dest: Path, overrides: list[str], extra: list[Path], camera_decoders: int = 0) -> Path:
+    """A copy of the repository with MODEL=KIND:COUNT instance groups (to compare layouts in one run),
+    `camera_decoders` cameras per camera_stream instance (0: as rendered) and the `extra` model
+    folders beside its own."""
+    if not overrides and not extra and not camera_decoders:
         return repo
     shutil.rmtree(dest, ignore_errors=True)
     shutil.copytree(repo, dest)
@@ -213,7 +214,20 @@ def with_instances(repo: Path, dest: Path, overrides: list[str], extra: list[Pat
         del config.instance_group[:]
         config.instance_group.add(kind=KINDS[kind], count=int(count))
         path.write_text(text_format.MessageToString(config))
+    if camera_decoders:
+        path = dest / "camera_stream" / "config.pbtxt"
+        path.write_text(text_format.MessageToString(camera_capacity(read_config(path), camera_decoders)))
     return dest
+
+
+def camera_capacity(config, cameras: int):
+    """camera_stream's config with `cameras` per instance, as the gpu profile ties them: that many
+    decoder sessions (all made warm), decode threads, candidate sequences and requests a batch."""
+    config.max_batch_size = cameras
+    config.sequence_batching.oldest.max_candidate_sequences = cameras
+    for name in ("MAX_DECODERS", "DECODE_THREADS", "WARM_DECODERS"):
+        config.parameters[name].string_value = str(cameras)
+    return config
 
 
 def image_runs(record, workdir, direct, gateway, levels, duration, workers, batch, model):
@@ -295,6 +309,8 @@ def main(argv=None) -> int:
     parser.add_argument("--models", nargs="*", default=[], help="load only these (and what their ensembles need)")
     parser.add_argument("--instances", nargs="*", default=[], metavar="MODEL=KIND:COUNT",
                         help="serve a copy of the repository with these instance groups")
+    parser.add_argument("--camera-decoders", type=int, default=0, metavar="N",
+                        help="cameras per camera_stream instance (decoders, threads, candidate sequences); 0: as rendered")
     parser.add_argument("--no-gateway", action="store_true", help="direct runs only")
     parser.add_argument("--extra-models", type=Path, nargs="*", default=[], help="model folders served beside the repository's")
     parser.add_argument("--image-model", default="image_pipeline")
@@ -309,8 +325,10 @@ def main(argv=None) -> int:
     began = time.monotonic()
     models = args.models or sorted(p.parent.name for p in args.repo.glob("*/config.pbtxt"))
     explicit = ["--model-control-mode=explicit", *(f"--load-model={m}" for m in models)] if args.models else []
-    repo = with_instances(args.repo, args.workdir / f"repository-{args.label or 'main'}", args.instances, args.extra_models)
-    record.note(f"{args.label}: instances {args.instances or 'as rendered'}")
+    repo = with_instances(args.repo, args.workdir / f"repository-{args.label or 'main'}", args.instances, args.extra_models,
+                          args.camera_decoders)
+    record.note(f"{args.label}: instances {args.instances or 'as rendered'}, "
+                f"camera decoders {args.camera_decoders or 'as rendered'}")
     args.workdir = args.workdir / args.label if args.label else args.workdir
     args.workdir.mkdir(parents=True, exist_ok=True)
     samples = args.workdir / "pyspy"
