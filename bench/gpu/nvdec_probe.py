@@ -17,6 +17,11 @@ their own), measured without the model around them:
   `--process-modes`), the camera instances' layout;
 * `gil`: how many Python loop iterations the main thread gets while 16 threads decode, against
   idle: near 1.0 means `Decode` lets go of the GIL while NVDEC works.
+* `paced` (`--paced-fps 30 --paced-layouts 15x8 16x8`): P processes x T sessions, each session a
+  camera decoding one access unit per 1/FPS slot through `NvDecDecoder.decode`, the cameras' slots
+  spread evenly over the period: each picture's latency from its slot's time to its decode done
+  (behind its slots, a session decodes the next unit at once), and the share over one period.
+  What NVDEC alone gives a fleet of cameras, without the model, Triton or the network around it.
 """
 
 from __future__ import annotations
@@ -211,6 +216,66 @@ def in_processes(units: list[bytes], processes: int, threads: int, seconds: floa
             "frames_per_s": sum(p["frames_per_s"] for p in parts), "per_process": [p["frames_per_s"] for p in parts]}
 
 
+def paced_camera(units, index: int, cameras: int, fps: float, seconds: float, warmup_s: float, start_at: float) -> list[int]:
+    """One camera's session at `fps`: latencies (us) from each slot's time to its picture decoded."""
+    decoder = NvDecDecoder("h264", torch.device("cuda", 0), low_latency=True)
+    decoder.decode(units[0])
+    period = 1.0 / fps
+    first = start_at + warmup_s + period * index / cameras
+    latencies: list[int] = []
+    slot = 0
+    while True:
+        scheduled = first + slot * period
+        if scheduled - start_at - warmup_s > seconds:
+            return latencies
+        wait = scheduled - time.time()
+        if wait > 0:
+            time.sleep(wait)
+        decoder.decode(units[(slot + 1) % len(units)])
+        latencies.append(int((time.time() - scheduled) * 1e6))
+        slot += 1
+
+
+def paced_process(units, rank, processes, threads, fps, seconds, ready, results):
+    torch.cuda.init()
+    torch.zeros(1, device="cuda")
+    cameras = processes * threads
+    ready.wait()
+    start_at = time.time() + 0.5
+    out: list = [None] * threads
+
+    def run(i: int):
+        out[i] = paced_camera(units, rank * threads + i, cameras, fps, seconds, 1.0, start_at)
+
+    workers = [threading.Thread(target=run, args=(i,)) for i in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    results.put([latency for part in out for latency in part])
+
+
+def paced(units: list[bytes], processes: int, threads: int, fps: float, seconds: float) -> dict:
+    """P x T camera sessions decoding at `fps`: each picture's latency from its slot, and the late share."""
+    context = multiprocessing.get_context("spawn")
+    ready, results = context.Barrier(processes), context.Queue()
+    workers = [context.Process(target=paced_process, args=(units, rank, processes, threads, fps, seconds, ready, results))
+               for rank in range(processes)]
+    for w in workers:
+        w.start()
+    latencies = np.array([x for _ in workers for x in results.get(timeout=seconds + 120)], dtype=np.int64)
+    for w in workers:
+        w.join()
+    period_us = 1e6 / fps
+    p50, p90, p99, p999 = (float(np.percentile(latencies, q)) / 1e3 for q in (50, 90, 99, 99.9))
+    return {"processes": processes, "threads": threads, "cameras": processes * threads, "fps": fps,
+            "seconds": seconds, "pictures": int(latencies.size),
+            "pictures_per_s": round(latencies.size / seconds), "latency_ms": {
+                "p50": round(p50, 2), "p90": round(p90, 2), "p99": round(p99, 2), "p99.9": round(p999, 2),
+                "max": round(float(latencies.max()) / 1e3, 2)},
+            "late_share": round(float((latencies > period_us).mean()), 4)}
+
+
 def measure(args, out: dict) -> None:
     import PyNvVideoCodec as nvc
 
@@ -239,6 +304,9 @@ def measure(args, out: dict) -> None:
         for threads in args.process_threads:
             for mode in args.process_modes:
                 save("processes", in_processes(units, processes, threads, args.seconds, mode))
+    for layout in args.paced_layouts:
+        processes, _, threads = layout.partition("x")
+        save("paced", paced(units, int(processes), int(threads), args.paced_fps, args.seconds))
 
 
 def main(argv=None) -> int:
@@ -251,6 +319,9 @@ def main(argv=None) -> int:
     parser.add_argument("--process-threads", type=int, nargs="*", default=[16], help="sessions per process")
     parser.add_argument("--process-modes", nargs="*", choices=("raw", "model"), default=["raw"])
     parser.add_argument("--processes-only", action="store_true", help="only the runs in several processes")
+    parser.add_argument("--paced-fps", type=float, default=30.0)
+    parser.add_argument("--paced-layouts", nargs="*", default=[], metavar="PxT",
+                        help="paced cameras: P processes of T sessions each")
     parser.add_argument("--mps", action="store_true", help="under CUDA MPS (bench/gpu/mps.py)")
     args = parser.parse_args(argv)
     out: dict = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "mps": args.mps}
