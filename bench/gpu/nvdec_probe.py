@@ -216,23 +216,24 @@ def in_processes(units: list[bytes], processes: int, threads: int, seconds: floa
             "frames_per_s": sum(p["frames_per_s"] for p in parts), "per_process": [p["frames_per_s"] for p in parts]}
 
 
-def paced_camera(units, index: int, cameras: int, fps: float, seconds: float, warmup_s: float, start_at: float) -> list[int]:
-    """One camera's session at `fps`: latencies (us) from each slot's time to its picture decoded."""
-    decoder = NvDecDecoder("h264", torch.device("cuda", 0), low_latency=True)
-    decoder.decode(units[0])
+def paced_camera(decoder, units, index: int, cameras: int, fps: float, seconds: float, warmup_s: float,
+                 start_at: float) -> list[int]:
+    """One camera's session at `fps`: latencies (us) from each slot's time to its picture decoded,
+    of the slots after the first `warmup_s` (those settle the phases of every camera's decodes)."""
     period = 1.0 / fps
-    first = start_at + warmup_s + period * index / cameras
+    first = start_at + period * index / cameras
     latencies: list[int] = []
     slot = 0
     while True:
         scheduled = first + slot * period
-        if scheduled - start_at - warmup_s > seconds:
+        if scheduled - start_at > warmup_s + seconds:
             return latencies
         wait = scheduled - time.time()
         if wait > 0:
             time.sleep(wait)
         decoder.decode(units[(slot + 1) % len(units)])
-        latencies.append(int((time.time() - scheduled) * 1e6))
+        if scheduled - start_at >= warmup_s:
+            latencies.append(int((time.time() - scheduled) * 1e6))
         slot += 1
 
 
@@ -240,12 +241,21 @@ def paced_process(units, rank, processes, threads, fps, seconds, ready, results)
     torch.cuda.init()
     torch.zeros(1, device="cuda")
     cameras = processes * threads
+    decoders: list = [None] * threads
+
+    def make(i: int):  # every session made, and past its first keyframe, before any slot
+        decoders[i] = NvDecDecoder("h264", torch.device("cuda", 0), low_latency=True)
+        decoders[i].decode(units[0])
+
+    for i in range(threads):
+        make(i)
     ready.wait()
+    # Every process passed the barrier within a few ms of the others; the slots start together.
     start_at = time.time() + 0.5
     out: list = [None] * threads
 
     def run(i: int):
-        out[i] = paced_camera(units, rank * threads + i, cameras, fps, seconds, 1.0, start_at)
+        out[i] = paced_camera(decoders[i], units, rank * threads + i, cameras, fps, seconds, 2.0, start_at)
 
     workers = [threading.Thread(target=run, args=(i,)) for i in range(threads)]
     for w in workers:
