@@ -219,9 +219,11 @@ def in_processes(units: list[bytes], processes: int, threads: int, seconds: floa
 def paced_camera(decoder, units, index: int, cameras: int, fps: float, seconds: float, warmup_s: float,
                  start_at: float) -> list[int]:
     """One camera's session at `fps`: latencies (us) from each slot's time to its picture decoded,
-    of the slots after the first `warmup_s` (those settle the phases of every camera's decodes)."""
+    of the slots after the first `warmup_s` (which must cover the cameras' staggered starts)."""
     period = 1.0 / fps
-    first = start_at + period * index / cameras
+    # Cameras start spread over one pass of the clip, as cameras that joined at different times are:
+    # started together, every camera's keyframe would land in the same period.
+    first = start_at + period * len(units) * index / cameras
     latencies: list[int] = []
     slot = 0
     while True:
@@ -255,7 +257,7 @@ def paced_process(units, rank, processes, threads, fps, seconds, ready, results)
     out: list = [None] * threads
 
     def run(i: int):
-        out[i] = paced_camera(decoders[i], units, rank * threads + i, cameras, fps, seconds, 2.0, start_at)
+        out[i] = paced_camera(decoders[i], units, rank * threads + i, cameras, fps, seconds, 2.5, start_at)
 
     workers = [threading.Thread(target=run, args=(i,)) for i in range(threads)]
     for w in workers:
