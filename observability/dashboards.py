@@ -154,6 +154,13 @@ def gateway() -> Dashboard:
                target(f"{BY_MODEL} (rate(tritonfleet_gateway_retries_total[{RATE}]))", "retries {{model}}"),
                target(f"{BY_BACKEND} (rate(tritonfleet_gateway_ejections_total[{RATE}]))", "ejections {{backend}}")),
         series("Open streams", "none", target("sum(tritonfleet_gateway_active_streams)", "streams")),
+        series("TLS handshakes refused", "ops",
+               target(f"{sel.sum_by('reason')} (rate(tritonfleet_gateway_tls_handshake_failures_total[{RATE}]))",
+                      "{{reason}}"),
+               description="Client connections closed before any call because their TLS handshake failed: a"
+                           " plaintext client (not_tls), no or a foreign client certificate under mutual TLS,"
+                           " a client that does not trust the gateway's certificate (refused_by_client)."
+                           " `closed` is mostly TCP probes and scanners. Only with TLS on."),
     ])
 
 

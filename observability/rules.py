@@ -14,6 +14,10 @@ RUNBOOK_BASE = "https://github.com/tritonfleet/tritonfleet/blob/main/deploy/prom
 WINDOW = "5m"
 GATEWAY_FAILED = f"tritonfleet_gateway_requests_total{{{sel.NOT_OK}}}"
 VIDEO_FRAMES = f"tritonfleet_loadtest_requests_total{{{sel.VIDEO}}}"
+# Refused handshakes that say a client is misconfigured; `closed` (an end of file OpenSSL reports
+# mid-handshake) says nothing of a configuration. A client that goes away mid-handshake and a TCP
+# probe (the chart's readiness probe behind TLS) are not counted at all (tests/observability/test_live_tls.py).
+TLS_REFUSED = 'tritonfleet_gateway_tls_handshake_failures_total{reason!="closed"}'
 # Alerts are per model and namespace, so one alert names one model of one deployment.
 PER_MODEL = (sel.NAMESPACE, sel.MODEL)
 
@@ -114,6 +118,22 @@ ALERTS = (
         summary="Gateway {{ $labels.instance }} is down",
         description="Prometheus has not been able to scrape the gateway at {{ $labels.instance }} for a minute.",
         runbook="Check the gateway pod's events and log; clients of the Service reach the other replicas.",
+    ),
+    Alert(
+        name="GatewayTLSHandshakesFailing",
+        expr=f"{sel.sum_by(sel.NAMESPACE, 'reason')} (rate({TLS_REFUSED}[{WINDOW}])) > 0.05",
+        duration="10m",
+        severity="warning",
+        summary="Clients keep failing TLS handshakes with the gateway: {{ $labels.reason }}",
+        description="Over three client connections a minute have been refused at the TLS handshake with"
+                    " reason {{ $labels.reason }} for ten minutes: those clients reach no model.",
+        runbook="The reason says whose side is wrong. not_tls: a client sends plaintext to the TLS port"
+                " (its channel wants TLS credentials). no_client_certificate / bad_client_certificate:"
+                " under mutual TLS a client presents none, or one the client CA did not sign (a"
+                " rotated client CA not yet in the TLS Secret's `ca.crt`). refused_by_client: clients do not"
+                " trust the gateway's certificate (new CA not yet in their trust store, or the"
+                " certificate's names). no_common_protocol: an old client (TLS < 1.2). The TLS"
+                " handshakes panel of the Gateway dashboard shows when it began.",
     ),
     Alert(
         name="VideoStreamsLate",
