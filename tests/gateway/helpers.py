@@ -4,6 +4,8 @@ The gateway and the proxies it is compared with run as real processes (tritonfle
 from __future__ import annotations
 
 import queue
+import socket
+import ssl
 from pathlib import Path
 
 import numpy as np
@@ -54,3 +56,13 @@ class StreamClient:
         while not self.answers.empty():
             collected.append(self.answers.get())
         return collected
+
+
+def closed_by_peer(sock: socket.socket) -> bool:
+    """Read until the gateway ends the connection; a socket still open after its timeout raises."""
+    try:
+        while sock.recv(4096):
+            pass
+    except (ConnectionResetError, ssl.SSLError):
+        pass
+    return True

@@ -12,7 +12,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from gateway.edge.tls import HANDSHAKE_FAILURES
-from tests.gateway.helpers import TEST_REPOSITORY, GatewayProcess, StreamClient, add_one_inputs
+from tests.gateway.helpers import TEST_REPOSITORY, GatewayProcess, StreamClient, add_one_inputs, closed_by_peer
 from tests.gateway.polling import metric, samples
 from tests.polling import wait_until
 from tritonfleet.certificates import IssuedFiles, LocalCA
@@ -62,16 +62,6 @@ def peer_certificate(url: str) -> bytes:
     host, _, port = url.rpartition(":")
     with socket.create_connection((host, int(port)), timeout=5) as raw, context.wrap_socket(raw) as tls:
         return tls.getpeercert(binary_form=True)
-
-
-def closed_by_peer(sock: socket.socket) -> bool:
-    """Read until the gateway ends the connection; a socket still open after its timeout raises."""
-    try:
-        while sock.recv(4096):
-            pass
-    except (ConnectionResetError, ssl.SSLError):
-        pass
-    return True
 
 
 HANDSHAKE_FAILURES_METRIC = "tritonfleet_gateway_tls_handshake_failures_total"

@@ -14,7 +14,7 @@ import pytest
 from observability import selectors
 from observability.live_panels import live_dashboards
 from observability.prometheus_api import PrometheusAPI
-from tests.gateway.helpers import TEST_REPOSITORY
+from tests.gateway.helpers import TEST_REPOSITORY, closed_by_peer
 from tests.polling import wait_until
 from tritonfleet.certificates import LocalCA
 from tritonfleet.proxies import GatewayProcess
@@ -59,19 +59,10 @@ def address(gateway) -> tuple[str, int]:
     return host, int(port)
 
 
-def until_closed(sock: socket.socket) -> None:
-    """Read until the gateway ends the connection (a refused handshake ends it)."""
-    try:
-        while sock.recv(4096):
-            pass
-    except (ConnectionResetError, ssl.SSLError):
-        pass
-
-
 def plaintext_client(gateway) -> None:
     with socket.create_connection(address(gateway), timeout=10) as sock:
         sock.sendall(PREFACE)
-        until_closed(sock)
+        closed_by_peer(sock)
 
 
 def client_without_certificate(gateway, ca: LocalCA) -> None:
@@ -80,7 +71,7 @@ def client_without_certificate(gateway, ca: LocalCA) -> None:
     with socket.create_connection(address(gateway), timeout=10) as raw:
         try:
             with context.wrap_socket(raw, server_hostname="localhost") as tls:
-                until_closed(tls)  # TLS 1.3: the client's side completes, the server then refuses
+                closed_by_peer(tls)  # TLS 1.3: the client's side completes, the server then refuses
         except (ssl.SSLError, ConnectionResetError):
             pass
 
