@@ -192,6 +192,9 @@ def _video_args(parser: argparse.ArgumentParser) -> None:
                         help="a stream is sustained when at most this share of its frames is late or dropped")
     parser.add_argument("--ramp-s", type=float, default=0.0,
                         help="start the streams spread over this many seconds (at most --warmup)")
+    parser.add_argument("--frames-in-flight", type=int, default=1,
+                        help="frames a camera sends ahead of its answers before it drops the next "
+                             "(1: it waits for each answer; stream mode only for more)")
     parser.set_defaults(func=_video, workload="video")
 
 
@@ -247,7 +250,7 @@ def video_options(args) -> runs.VideoOptions:
     return runs.VideoOptions(**_common(args), streams=args.streams, fps=args.fps, duration_s=args.duration,
                              mode=args.mode, video_file=video_file, resolution=args.resolution,
                              clip_frames=args.clip_frames, miss_tolerance=args.miss_tolerance, codec=args.codec,
-                             ramp_s=args.ramp_s)
+                             ramp_s=args.ramp_s, frames_in_flight=args.frames_in_flight)
 
 
 def _thresholds(args) -> Thresholds:

@@ -116,19 +116,25 @@ class CameraPlan:
 
 
 class Camera:
-    """Sends one frame per slot; a slot that comes while the previous frame is in flight drops its frame.
+    """Sends one frame per slot; a slot that comes while `max_in_flight` frames await their answers
+    drops its frame (1, the default: a camera waits for each answer before its next frame).
 
     `mode` is "stream" (one ModelStreamInfer per camera, a sequence on it) or "unary" (one ModelInfer
-    per frame with the same sequence parameters), to compare the two.
+    per frame with the same sequence parameters), to compare the two. Only a stream keeps a
+    sequence's frames in order, so only a stream may have more than one in flight (runs.run_video
+    checks).
     """
 
-    def __init__(self, channels: Channels, plan: CameraPlan, mode: str, emit: Emit, timeout_s: float):
+    def __init__(self, channels: Channels, plan: CameraPlan, mode: str, emit: Emit, timeout_s: float,
+                 max_in_flight: int = 1):
         # Cameras take the worker's channels in turn, so its streams spread evenly over them.
         self.channel, self.plan, self.mode, self.emit = channels.next(), plan, mode, emit
         self.metadata = channels.metadata
         self.timeout_s = timeout_s
         self.in_flight: deque[tuple[int, int]] = deque()  # (scheduled, sent) of frames awaiting answers
-        self.idle = asyncio.Event()
+        self.max_in_flight = max_in_flight
+        self.outstanding = 0  # frames sent and not yet answered
+        self.idle = asyncio.Event()  # set while no frame is outstanding
         self.idle.set()
         self.sequence_open = False
         self.skipped: list[int] = []  # encoded video: slots dropped since the last send
@@ -144,7 +150,7 @@ class Camera:
             # From the slot number, not a sum of rounded periods, so slot k lands exactly k/FPS in.
             scheduled = plan.start_ns + round(slot * 1e9 / plan.fps)
             await sleep_until(scheduled)
-            if not self.idle.is_set():
+            if self.outstanding >= self.max_in_flight:
                 self.emit(RequestResult(scheduled, 0, now_ns(), DROPPED, plan.stream, plan.period_ns))
                 if plan.catch_up is not None:
                     self.skipped.append(slot)
@@ -164,6 +170,7 @@ class Camera:
         return skipped
 
     async def _send(self, body: bytes, scheduled: int, end: bool) -> None:
+        self.outstanding += 1
         self.idle.clear()
         self.sequence_open = not end
         if self.mode == "unary":
@@ -199,7 +206,9 @@ class Camera:
     def _settle(self, scheduled: int, sent: int, status: str) -> None:
         if scheduled:  # the unmeasured closing frame has no slot
             self.emit(RequestResult(scheduled, sent, now_ns(), status, self.plan.stream, self.plan.period_ns))
-        self.idle.set()
+        self.outstanding -= 1
+        if self.outstanding == 0:
+            self.idle.set()
 
     async def _close(self) -> None:
         if self.call is not None:

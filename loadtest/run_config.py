@@ -96,6 +96,7 @@ class VideoConfig(RunConfig):
     duration_s: float = 10.0
     mode: str = "stream"  # "stream" (ModelStreamInfer per camera) or "unary" (ModelInfer per frame)
     miss_tolerance: float = 0.01  # a stream is sustained when at most this share of its frames missed
+    frames_in_flight: int = 1  # frames a camera had awaiting answers before it dropped its next
     source: str = "synthetic 480p"
 
 

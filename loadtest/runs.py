@@ -65,6 +65,9 @@ class VideoOptions(CommonOptions):
     codec: str = ""  # "h264" | "hevc": encoded access units (for camera_stream) instead of raw frames
     miss_tolerance: float = 0.01  # a stream is sustained when at most this share of its frames missed
     ramp_s: float = 0.0  # cameras start spread over this long, all inside the warm-up
+    # Frames a camera may have awaiting answers; its next slot past that drops its frame. 1: a
+    # camera waits for each answer; more: it streams on, as a camera forwarding RTSP does.
+    frames_in_flight: int = 1
 
 
 def image_bodies(options: ImageOptions) -> list[bytes]:
@@ -117,13 +120,17 @@ def run_video(options: VideoOptions, bodies: list[bytes] | None = None) -> RunRe
     if not 0 <= options.ramp_s <= options.warmup_s:
         # Measuring while cameras still join would mix their starts into the steady state.
         raise ValueError(f"--ramp-s must be between 0 and --warmup ({options.warmup_s}), got {options.ramp_s}")
+    if options.frames_in_flight < 1 or (options.mode == "unary" and options.frames_in_flight > 1):
+        # Separate unary calls of one sequence may reach the server in any order.
+        raise ValueError(f"--frames-in-flight must be >= 1, and 1 with --mode unary, got {options.frames_in_flight}")
     shape = Shape.constant(options.streams, options.warmup_s + options.duration_s)
     spec = WorkerSpec("video", options.url, bodies or video_bodies(options), shape, warmup_s=options.warmup_s,
                       timeout_s=options.timeout_s, streams=options.streams, fps=options.fps,
                       video_mode=options.mode, catch_up=_catch_up(options), connections=options.connections, metadata=options.metadata,
-                      tls=options.tls, ramp_s=options.ramp_s)
+                      tls=options.tls, ramp_s=options.ramp_s, frames_in_flight=options.frames_in_flight)
     config = VideoConfig(**_common_config(options), streams=options.streams, fps=options.fps, mode=options.mode,
                          duration_s=options.duration_s, miss_tolerance=options.miss_tolerance,
+                         frames_in_flight=options.frames_in_flight,
                          source=" ".join(filter(None, (options.codec, options.video_file or f"synthetic {options.resolution}"))))
     return _run(spec, options, config)
 

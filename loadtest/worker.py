@@ -44,6 +44,7 @@ class WorkerSpec:
     video_mode: str = "stream"
     catch_up: object | None = None  # encoded video: loadtest.video_source.UnitRequests
     ramp_s: float = 0.0  # video: cameras start spread over this long (0: over one frame period)
+    frames_in_flight: int = 1  # video: frames a camera has awaiting answers before it drops its next
     connections: int = 1  # gRPC channels (each its own TCP connection) this worker spreads calls over
     metadata: tuple[tuple[str, str], ...] = ()  # sent with every call
     tls: ClientTls | None = None  # TLS toward the target; None: plaintext
@@ -119,7 +120,8 @@ async def _video(spec: WorkerSpec, channels, t0_ns: int, emit, live: LiveDelta) 
                           t0_ns + spread_ns * stream // max(spec.streams, 1), spec.bodies, spec.catch_up)
         live.streams_active += 1
         try:
-            await Camera(channels, plan, spec.video_mode, emit, spec.shape.duration_s + spec.timeout_s).run()
+            await Camera(channels, plan, spec.video_mode, emit, spec.shape.duration_s + spec.timeout_s,
+                         spec.frames_in_flight).run()
         finally:
             live.streams_active -= 1
 

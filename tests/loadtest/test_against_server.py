@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -14,9 +15,11 @@ from pathlib import Path
 import pytest
 
 from tritonfleet.cli import main as cli_main
+from loadtest.channels import Channels
+from loadtest.generators import Camera, CameraPlan, now_ns
 from loadtest.payloads import TensorSpec
 from loadtest.results import RunResult, summarize
-from loadtest.runs import ImageOptions, VideoOptions, run_image, run_video
+from loadtest.runs import ImageOptions, VideoOptions, run_image, run_video, video_bodies
 from loadtest.server_share import snapshot
 from loadtest.shape import Shape
 from tests.loadtest.conftest import TINY_REPOSITORY
@@ -204,3 +207,38 @@ def test_cli_video_sweep_passes_a_level_only_when_the_model_keeps_up(tiny_server
     # Every frame answered (no errors), but late or dropped: the first level already fails.
     assert [(t["level"], t["passed"], t["errors"]) for t in result.trials] == [(1, False, 0)], result.trials
     assert result.sweep.best == 0
+
+
+def camera_slots(server, frames_in_flight: int, slots: int = 6, fps: float = 10.0) -> list[str]:
+    """One camera's slots on tiny_stream_slow (150 ms a frame), in order: OK or DROPPED each."""
+    bodies = video_bodies(VideoOptions(url=server.grpc_url, tensor=TensorSpec("tiny_stream_slow", "FRAME"),
+                                       resolution="64x48", clip_frames=4))
+    results: list = []
+
+    async def run() -> None:
+        channels = Channels(server.grpc_url, 1)
+        await channels.ready()
+        plan = CameraPlan(0, 7_000 + frames_in_flight, fps, slots, now_ns() + 50_000_000, bodies)
+        try:
+            await Camera(channels, plan, "stream", results.append, 30.0, frames_in_flight).run()
+        finally:
+            await channels.close()
+
+    asyncio.run(run())
+    return [result.status for result in sorted(results, key=lambda result: result.scheduled_ns)]
+
+
+def test_a_camera_with_frames_in_flight_sends_while_earlier_frames_await_answers(tiny_server):
+    """150 ms a frame at a 100 ms period: a camera that waits for each answer drops its second slot
+    (its first frame cannot be back yet); one allowed three in flight sends its first three slots."""
+    waits, streams_on = camera_slots(tiny_server, 1), camera_slots(tiny_server, 3)
+    assert waits[:2] == ["OK", "DROPPED"]
+    assert streams_on[:3] == ["OK", "OK", "OK"]
+    for statuses in (waits, streams_on):
+        assert len(statuses) == 6 and set(statuses) <= {"OK", "DROPPED"}
+
+
+def test_frames_in_flight_are_for_streams_only(tiny_server):
+    with pytest.raises(ValueError, match="1 with --mode unary"):
+        run_video(VideoOptions(url=tiny_server.grpc_url, tensor=TensorSpec("tiny_stream_slow", "FRAME"),
+                               mode="unary", frames_in_flight=2, quiet=True))
