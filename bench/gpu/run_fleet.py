@@ -251,10 +251,10 @@ def image_runs(record, workdir, direct, gateway, levels, duration, workers, batc
 
 
 def camera_runs(record, workdir, direct, gateway, levels, duration, workers, codec, source, gateway_first=False,
-                ramp_s=0.0, warmup_s=2.0, metrics_url=None, sample=None):
+                ramp_s=0.0, warmup_s=2.0, metrics_url=None, sample=None, frames_in_flight=1):
     common = ["video", "--model", "camera_stream", "--codec", codec, "--source", source, "--resolution", "1080p",
               "--fps", "30", "--duration", str(duration), "--warmup", str(warmup_s), "--ramp-s", str(ramp_s),
-              "--workers", str(workers), "--slo-ms", "100"]
+              "--workers", str(workers), "--slo-ms", "100", "--frames-in-flight", str(frames_in_flight)]
     routes = (("direct", direct), ("gateway", gateway))
     for level in levels:
         for route, url in reversed(routes) if gateway_first else routes:
@@ -302,6 +302,8 @@ def main(argv=None) -> int:
     parser.add_argument("--camera-codec", default="h264")
     parser.add_argument("--camera-source", default="synthetic")
     parser.add_argument("--camera-ramp", type=float, default=0.0, help="cameras start spread over this many seconds")
+    parser.add_argument("--camera-frames-in-flight", type=int, default=1, metavar="N",
+                        help="frames a camera sends ahead of its answers (loadtest video --frames-in-flight)")
     parser.add_argument("--camera-warmup", type=float, default=2.0,
                         help="seconds before the camera figures count (at least the ramp: every camera is in)")
     parser.add_argument("--gateway-first", action="store_true",
@@ -352,7 +354,8 @@ def main(argv=None) -> int:
         if args.camera_streams:
             camera_runs(record, args.workdir, direct, through, args.camera_streams, args.duration, args.load_workers,
                         args.camera_codec, args.camera_source, args.gateway_first, args.camera_ramp, args.camera_warmup,
-                        servers[0].metrics_url, stub_sampler(record, samples, args.py_spy) if args.py_spy else None)
+                        servers[0].metrics_url, stub_sampler(record, samples, args.py_spy) if args.py_spy else None,
+                        args.camera_frames_in_flight)
         for spec in args.image_runs:
             batch, _, levels = spec.partition(":")
             image_runs(record, args.workdir, direct, through, [int(c) for c in levels.split(",")], args.duration,
