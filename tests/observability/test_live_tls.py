@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import socket
 import ssl
+import time
 
 import pytest
 
@@ -51,7 +52,11 @@ def tls_gateway(prometheus, tmp_path_factory):
 
 
 def refusals(api: PrometheusAPI, expr: str) -> dict[str, float]:
-    return {r["metric"].get("reason", ""): float(r["value"][1]) for r in api.query(expr)}
+    """Each reason's highest value of `expr` over the last minute (a rate stays up only as long as
+    its interval, so a slow poll could miss it at one instant)."""
+    end = time.time()
+    return {r["metric"].get("reason", ""): max(float(v) for _, v in r["values"])
+            for r in api.query_range(expr, end - 60, end, 1)}
 
 
 def address(gateway) -> tuple[str, int]:
