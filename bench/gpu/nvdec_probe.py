@@ -18,9 +18,10 @@ their own), measured without the model around them:
 * `gil`: how many Python loop iterations the main thread gets while 16 threads decode, against
   idle: near 1.0 means `Decode` lets go of the GIL while NVDEC works.
 * `paced` (`--paced-fps 30 --paced-layouts 15x8 16x8`): P processes x T sessions, each session a
-  camera decoding one access unit per 1/FPS slot through `NvDecDecoder.decode`, the cameras' slots
-  spread evenly over the period: each picture's latency from its slot's time to its decode done
-  (behind its slots, a session decodes the next unit at once), and the share over one period.
+  camera decoding one access unit per 1/FPS slot through `NvDecDecoder.decode`, the cameras' starts
+  spread evenly over one pass of the clip (so their keyframes do not coincide): each picture's
+  latency from its slot's time to its decode done (behind its slots, a session decodes the next
+  unit at once), and the share over one period.
   What NVDEC alone gives a fleet of cameras, without the model, Triton or the network around it.
 """
 
