@@ -160,7 +160,7 @@ def gateway() -> Dashboard:
                description="Client connections closed before any call because their TLS handshake failed: a"
                            " plaintext client (not_tls), no or a foreign client certificate under mutual TLS,"
                            " a client that does not trust the gateway's certificate (refused_by_client)."
-                           " `closed` is mostly TCP probes and scanners. Only with TLS on."),
+                           " TCP probes and clients that leave mid-handshake are not counted. Only with TLS on."),
     ])
 
 

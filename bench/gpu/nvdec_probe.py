@@ -244,14 +244,9 @@ def paced_process(units, rank, processes, threads, fps, seconds, ready, results)
     torch.cuda.init()
     torch.zeros(1, device="cuda")
     cameras = processes * threads
-    decoders: list = [None] * threads
-
-    def make(i: int):  # every session made, and past its first keyframe, before any slot
-        decoders[i] = NvDecDecoder("h264", torch.device("cuda", 0), low_latency=True)
-        decoders[i].decode(units[0])
-
-    for i in range(threads):
-        make(i)
+    decoders = [NvDecDecoder("h264", torch.device("cuda", 0), low_latency=True) for _ in range(threads)]
+    for decoder in decoders:  # every session past its first keyframe before any slot
+        decoder.decode(units[0])
     ready.wait()
     # Every process passed the barrier within a few ms of the others; the slots start together.
     start_at = time.time() + 0.5

@@ -12,6 +12,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from gateway.edge.tls import HANDSHAKE_FAILURES
+from gateway.transport.frames import PREFACE
 from tests.gateway.helpers import TEST_REPOSITORY, GatewayProcess, StreamClient, add_one_inputs, closed_by_peer
 from tests.gateway.polling import metric, samples
 from tests.polling import wait_until
@@ -20,7 +21,6 @@ from tritonfleet.triton_server import LOOPBACK, start_fleet, stop_all
 
 pytestmark = pytest.mark.slow
 
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 EMPTY_SETTINGS = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
 SETTINGS_FRAME = 0x04
 RELOAD_ENV = {"TRITONFLEET_GATEWAY_RELOAD_INTERVAL_S": "0.1"}

@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from gateway.transport.frames import PREFACE
 from observability import selectors
 from observability.live_panels import live_dashboards
 from observability.prometheus_api import PrometheusAPI
@@ -29,7 +30,6 @@ ALERT = "GatewayTLSHandshakesFailing"
 # Each kind of client connects this often: the alert's rate over its 5-minute window must pass
 # 0.05/s (15 refusals) while only seconds of the series exist.
 CONNECTIONS = 30
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 
 @pytest.fixture(scope="module")
@@ -59,13 +59,8 @@ def refusals(api: PrometheusAPI, expr: str) -> dict[str, float]:
             for r in api.query_range(expr, end - 60, end, 1)}
 
 
-def address(gateway) -> tuple[str, int]:
-    host, _, port = gateway.url.rpartition(":")
-    return host, int(port)
-
-
 def plaintext_client(gateway) -> None:
-    with socket.create_connection(address(gateway), timeout=10) as sock:
+    with socket.create_connection((LOOPBACK, gateway.port), timeout=10) as sock:
         sock.sendall(PREFACE)
         closed_by_peer(sock)
 
@@ -73,7 +68,7 @@ def plaintext_client(gateway) -> None:
 def client_without_certificate(gateway, ca: LocalCA) -> None:
     context = ssl.create_default_context(cafile=str(ca.ca_file))
     context.set_alpn_protocols(["h2"])
-    with socket.create_connection(address(gateway), timeout=10) as raw:
+    with socket.create_connection((LOOPBACK, gateway.port), timeout=10) as raw:
         try:
             with context.wrap_socket(raw, server_hostname="localhost") as tls:
                 closed_by_peer(tls)  # TLS 1.3: the client's side completes, the server then refuses
@@ -90,13 +85,13 @@ def client_gone_mid_handshake(gateway, ca: LocalCA) -> None:
     except ssl.SSLWantReadError:
         pass
     hello = outgoing.read()
-    with socket.create_connection(address(gateway), timeout=10) as sock:
+    with socket.create_connection((LOOPBACK, gateway.port), timeout=10) as sock:
         sock.sendall(hello[: len(hello) // 2])
 
 
 def tcp_probe(gateway) -> None:
     """What the kubelet's tcpSocket probe does: connect, and close."""
-    socket.create_connection(address(gateway), timeout=10).close()
+    socket.create_connection((LOOPBACK, gateway.port), timeout=10).close()
 
 
 def test_the_panel_shows_each_refusal_and_the_alert_spares_the_probes(tls_gateway):
