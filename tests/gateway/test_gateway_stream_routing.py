@@ -54,9 +54,11 @@ def test_one_streams_stateless_messages_go_to_every_pod(fleet3, gateway3):
     assert all(error is None for _, error in answers), [str(e) for _, e in answers if e][:3]
     got = {int(result.get_response().id): result.as_numpy("OUTPUT0")[0] for result, _ in answers}
     assert got == {index: index + 1 for index in range(90)}
-    # A stream pinned to one pod (what an L4 balancer or Envoy does) would give two pods nothing.
+    # A stream pinned to one pod (what an L4 balancer or Envoy does) would give two pods nothing. The
+    # shares are not asserted: with 90 messages in flight the fleet is loaded, so measured latency
+    # decides, and on a shared node one pod can be clearly slower for a while (CI saw 34, 42, 14).
     deltas = served_since(fleet3, "add_one", before, 90)
-    assert sum(deltas) == 90 and min(deltas) >= 90 / 5, deltas
+    assert sum(deltas) == 90 and min(deltas) >= 1, deltas
 
 
 def test_large_messages_cross_a_stream_intact(gateway3):
