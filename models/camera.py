@@ -17,6 +17,7 @@ plane) together. What one camera sends only touches its own stream:
 
 from __future__ import annotations
 
+import bisect
 import logging
 import queue
 import threading
@@ -48,6 +49,7 @@ class CameraRequest:
     codec: str | None  # FFmpeg decoder name; None: the model's default
     start: bool
     end: bool
+    received: float = 0.0  # perf_counter when the model took it (CameraService.submit sets it)
 
 
 @dataclass
@@ -83,6 +85,47 @@ class Decoded:
     decode_ms: float
 
 
+# Upper bounds (seconds) of the buckets a request's phases are counted in: fine around a 30 FPS
+# camera's 33 ms period, where whether a frame is late is decided.
+PHASE_BUCKETS_S = (0.001, 0.002, 0.005, 0.01, 0.015, 0.02, 0.025, 0.033, 0.05, 0.075, 0.1, 0.2, 0.5, 1.0, 2.0)
+
+
+class RequestPhases:
+    """How long each request spent in each phase inside the model, as histogram buckets, so the tail
+    of every phase can be read (a mean of the step counters cannot say where a late frame's time went):
+
+    * lane_wait: from the model taking the request to its decode beginning (behind its camera's
+      earlier requests, or waiting for a decode thread);
+    * decode: its session and its access units through the decoder, pictures numbered;
+    * analysis_wait: decoded, waiting for the analysis thread to take it into a round;
+    * analyze: its round's analysis, until the figures are on the host;
+    * respond: from the round's figures to this request's answer sent (the answers before it in the
+      round included);
+    * total: from the model taking it to its answer sent.
+
+    Counted on the analysis thread only, which also publishes them: no lock."""
+
+    PHASES = ("lane_wait", "decode", "analysis_wait", "analyze", "respond", "total")
+
+    def __init__(self, bounds: tuple[float, ...] = PHASE_BUCKETS_S):
+        self.bounds = bounds
+        # Per phase: the requests in each bucket (not cumulative), the last above every bound.
+        self.counts = {phase: [0] * (len(bounds) + 1) for phase in self.PHASES}
+        self.sums = dict.fromkeys(self.PHASES, 0.0)
+
+    def observe(self, phase: str, seconds: float) -> None:
+        self.counts[phase][bisect.bisect_left(self.bounds, seconds)] += 1
+        self.sums[phase] += seconds
+
+    def cumulative(self, phase: str) -> list[int]:
+        """Requests at or under each bound, then all of them (Prometheus' `le` buckets, +Inf last)."""
+        total, out = 0, []
+        for count in self.counts[phase]:
+            total += count
+            out.append(total)
+        return out
+
+
 @dataclass
 class CameraCounters:
     """Totals since the instance started, for the model's metrics, and where its time went."""
@@ -98,6 +141,7 @@ class CameraCounters:
     respond_s: float = 0.0  # building and sending the answers, on the analysis thread
 
     PHASES = ("parse", "decode", "analyze", "respond")
+    requests_by_phase: RequestPhases = field(default_factory=RequestPhases)
 
 
 class CameraStreams:
@@ -269,6 +313,8 @@ class Prepared:
     frames: list[CameraFrameIn] = field(default_factory=list)
     indices: list[int] = field(default_factory=list)
     stream_frames: int = 0
+    lane_began: float = 0.0  # perf_counter when its lane took it up
+    queued: float = 0.0  # perf_counter when it went to the analysis queue
 
 
 @dataclass
@@ -341,12 +387,13 @@ class CameraService:
 
     def submit(self, request: CameraRequest, reply: Reply) -> None:
         """Queue a request on its camera's lane; `reply` gets its result from the analysis thread."""
+        request.received = request.received or time.perf_counter()
         self._on_lane(request.stream, lambda: self._prepare(request, reply))
 
     def fail(self, stream: int, exc: Exception, reply: Reply) -> None:
         """Answer a request that could not be read with `exc`, after the stream's earlier requests."""
-        request = CameraRequest(stream, [], None, False, False)
-        self._on_lane(stream, lambda: self._analysis.put(Prepared(request, reply, exc)))
+        request = CameraRequest(stream, [], None, False, False, received=time.perf_counter())
+        self._on_lane(stream, lambda: self._queue(Prepared(request, reply, exc)))
 
     def step(self, requests: list[CameraRequest], timeout_s: float = 120.0) -> list[CameraResult | Exception]:
         """Submit `requests` and wait for their results (the benchmarks' and tests' way in)."""
@@ -382,18 +429,23 @@ class CameraService:
             session = self._session(request)
             outcome = self._decode(request, session)
         except Exception as exc:  # one request's failure, whatever it is, is that request's answer
-            prepared = Prepared(request, reply, exc)
+            prepared = Prepared(request, reply, exc, lane_began=began)
         else:
-            prepared = Prepared(request, reply, outcome)
+            prepared = Prepared(request, reply, outcome, lane_began=began)
             if isinstance(outcome, Decoded):
                 self._number(prepared, session)
             with self._lock:
                 self.counters.decode_s += time.perf_counter() - began
         # Queued before the lane can go: a new sequence on the same id then gets a new lane whose
         # answers could otherwise reach the analysis ahead of this last one.
-        self._analysis.put(prepared)
+        self._queue(prepared)
         if request.end:  # failed or not, the sequence is over: its decoder goes back now
             self._end(request.stream)
+
+    def _queue(self, prepared: Prepared) -> None:
+        prepared.queued = time.perf_counter()
+        prepared.lane_began = prepared.lane_began or prepared.queued
+        self._analysis.put(prepared)
 
     def _session(self, request: CameraRequest) -> CameraStream:
         # A last request may come without access units (the camera has left): it flushes the stream.
@@ -492,6 +544,7 @@ class CameraService:
         for item in prepared:
             mine, at = analyzed[at : at + len(item.frames)], at + len(item.frames)
             self._answer(item, mine)
+            self._count_phases(item, began, analyzed_at, time.perf_counter())
         counters = self.counters
         with self._lock:
             counters.steps += 1
@@ -499,6 +552,16 @@ class CameraService:
             counters.analyze_s += analyzed_at - began
             counters.respond_s += time.perf_counter() - analyzed_at
         self.publish()
+
+    def _count_phases(self, item: Prepared, round_began: float, analyzed_at: float, answered: float) -> None:
+        phases = self.counters.requests_by_phase
+        received = item.request.received or item.lane_began
+        phases.observe("lane_wait", item.lane_began - received)
+        phases.observe("decode", item.queued - item.lane_began)
+        phases.observe("analysis_wait", round_began - item.queued)
+        phases.observe("analyze", analyzed_at - round_began)
+        phases.observe("respond", answered - analyzed_at)
+        phases.observe("total", answered - received)
 
     def _answer(self, item: Prepared, analyzed: list) -> None:
         outcome = item.outcome

@@ -13,7 +13,8 @@ import triton_python_backend_utils as pb_utils
 
 from models import triton_io
 from models.camera import (
-    CameraAnalyzer, CameraCounters, CameraRequest, CameraResult, CameraService, CameraStreams, DecoderLimit, warm_up_sizes,
+    CameraAnalyzer, CameraCounters, CameraRequest, CameraResult, CameraService, CameraStreams, DecoderLimit, RequestPhases,
+    warm_up_sizes,
 )
 from models.pipeline import build_from_parameters
 from models.video import settings_from_parameters
@@ -167,6 +168,7 @@ class CameraMetrics:
         self._published = CameraCounters()
         self._decoders_published: int | None = None
         self._throttled_at = 0.0
+        self._phases = RequestPhaseMetrics(labels, self._published.requests_by_phase.bounds)
 
     def publish(self, open_decoders: int, counters: CameraCounters) -> None:
         """Each metric call is a round trip to the server: sessions and refusals go out when they
@@ -174,13 +176,51 @@ class CameraMetrics:
         if open_decoders != self._decoders_published:
             self.decoders.set(open_decoders)
             self._decoders_published = open_decoders
-        counted = self._refusals
         now = time.monotonic()
-        if now - self._throttled_at >= PUBLISH_INTERVAL_S:
+        due = now - self._throttled_at >= PUBLISH_INTERVAL_S
+        counted = self._refusals + self._throttled if due else self._refusals
+        if due:
             self._throttled_at = now
-            counted = counted + self._throttled
         for metric, name in counted:
             delta = getattr(counters, name) - getattr(self._published, name)
             if delta:
                 metric.increment(delta)
                 setattr(self._published, name, getattr(counters, name))
+        if due:
+            self._phases.publish(counters.requests_by_phase)
+
+
+class RequestPhaseMetrics:
+    """`RequestPhases` as a Prometheus histogram, `tritonfleet_camera_request_phase_seconds` with a
+    `phase` label. The Python backend's own histogram takes one observation per call, a round trip to
+    the server each (six a request); its counters take a sum, so the buckets, sum and count go out as
+    counters, once per publish, and `histogram_quantile` reads them as any histogram's."""
+
+    NAME = "tritonfleet_camera_request_phase_seconds"
+
+    def __init__(self, labels: dict, bounds: tuple[float, ...]):
+        counter = pb_utils.MetricFamily.COUNTER
+        help_ = ("Requests by the seconds each spent in a phase inside the camera model: lane_wait, decode, "
+                 "analysis_wait, analyze, respond, total")
+        buckets = pb_utils.MetricFamily(f"{self.NAME}_bucket", help_, counter)
+        sums = pb_utils.MetricFamily(f"{self.NAME}_sum", help_, counter)
+        counts = pb_utils.MetricFamily(f"{self.NAME}_count", help_, counter)
+        self._families = [buckets, sums, counts]
+        bounds_text = [repr(float(b)) for b in bounds] + ["+Inf"]
+        self._buckets = {phase: [buckets.Metric(labels={**labels, "phase": phase, "le": le}) for le in bounds_text]
+                         for phase in RequestPhases.PHASES}
+        self._sums = {phase: sums.Metric(labels={**labels, "phase": phase}) for phase in RequestPhases.PHASES}
+        self._counts = {phase: counts.Metric(labels={**labels, "phase": phase}) for phase in RequestPhases.PHASES}
+        self._published = RequestPhases(bounds)
+
+    def publish(self, phases: RequestPhases) -> None:
+        for phase in RequestPhases.PHASES:
+            now, then = phases.cumulative(phase), self._published.cumulative(phase)
+            for metric, count, published in zip(self._buckets[phase], now, then):
+                if count != published:
+                    metric.increment(count - published)
+            if now[-1] != then[-1]:
+                self._counts[phase].increment(now[-1] - then[-1])
+                self._sums[phase].increment(phases.sums[phase] - self._published.sums[phase])
+            self._published.counts[phase] = list(phases.counts[phase])
+            self._published.sums[phase] = phases.sums[phase]

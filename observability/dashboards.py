@@ -168,7 +168,7 @@ def video() -> Dashboard:
     video_requests = f"tritonfleet_loadtest_requests_total{{{sel.VIDEO}}}"
     video_answered = f"tritonfleet_loadtest_requests_total{{{sel.VIDEO},{sel.ANSWERED}}}"
     return dashboard("tritonfleet-video", "tritonfleet / Video streams",
-                     "Camera streams as the load generator sees them: frame rate, lateness, drops.", [
+                     "Camera streams as the load generator sees them (frame rate, lateness, drops) and inside the camera model.", [
         series("Video frames per second", "fps",
                target(f"{BY_MODEL} (rate({video_answered}[{RATE}]))", "{{model}} answered")),
         series("Late frames per second", "fps",
@@ -182,6 +182,17 @@ def video() -> Dashboard:
                target(quantile(0.99, "tritonfleet_loadtest_latency_seconds", sel.VIDEO), "{{model}}")),
         series("Open camera streams", "none",
                target(f"{BY_MODEL} (tritonfleet_loadtest_streams_active)", "{{model}}")),
+        series("Camera model: time per request p99, by phase", "s",
+               target(quantile(0.99, "tritonfleet_camera_request_phase_seconds", by="phase"), "{{phase}}"),
+               description="Inside camera_stream, from the model taking a request to its answer (total) and each"
+                           " stretch of it: behind the camera's earlier requests (lane_wait), decoding, waiting"
+                           " for the analysis thread, the analysis round, the answers. A frame is late when it"
+                           " is answered more than one period (33 ms at 30 FPS) after its time; Triton's queue"
+                           " and the network come on top of these."),
+        series("Camera model: decoder sessions", "none",
+               target(f"{BY_MODEL} (tritonfleet_camera_decoders)", "{{model}}"),
+               description="Open decoder sessions, one per camera stream, over every instance; each instance"
+                           " holds at most MAX_DECODERS and refuses a new camera beyond it."),
     ])
 
 

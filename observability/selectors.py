@@ -13,9 +13,9 @@ JOBS = (TRITON, GATEWAY, LOADTEST)
 
 # Which job a metric comes from, by its name's prefix.
 METRIC_PREFIXES = {
-    TRITON: "nv_inference_",
-    GATEWAY: "tritonfleet_gateway_",
-    LOADTEST: "tritonfleet_loadtest_",
+    TRITON: ("nv_inference_", "tritonfleet_camera_"),  # Triton's own and the camera model's custom metrics
+    GATEWAY: ("tritonfleet_gateway_",),
+    LOADTEST: ("tritonfleet_loadtest_",),
 }
 
 # Label names of those metrics (Triton's, the gateway's and the load generator's) and Prometheus' own.
@@ -46,5 +46,5 @@ def sum_by(*labels: str) -> str:
 
 def job_of(expr: str) -> set[str]:
     """The jobs whose metrics a query reads."""
-    jobs = {job for job, prefix in METRIC_PREFIXES.items() if prefix in expr}
+    jobs = {job for job, prefixes in METRIC_PREFIXES.items() if any(prefix in expr for prefix in prefixes)}
     return jobs | {job for job in JOBS if up(job) in expr}

@@ -22,7 +22,6 @@ import os
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import shutil
@@ -32,7 +31,7 @@ from google.protobuf import text_format
 from PIL import Image
 
 from bench import record
-from bench.gpu import cpu_share, mps, py_spy
+from bench.gpu import camera_metrics, cpu_share, mps, py_spy
 from bench.models.load import camera_picture
 from loadtest.results import RunResult, summarize
 from models.profiles import KINDS, read_config
@@ -122,46 +121,13 @@ def per_execution(before: dict, after: dict) -> dict:
     return out
 
 
-def camera_phases(metrics_url: str) -> dict[str, float]:
-    """The camera model's step counters from Triton's metrics endpoint, summed over its instances."""
-    totals: dict[str, float] = {}
-    try:
-        with urllib.request.urlopen(metrics_url, timeout=5) as reply:
-            text = reply.read().decode()
-    except OSError:
-        return totals
-    for line in text.splitlines():
-        name, _, rest = line.partition("{")
-        if name not in ("tritonfleet_camera_steps_total", "tritonfleet_camera_step_requests_total",
-                        "tritonfleet_camera_step_seconds_total", "tritonfleet_camera_frames_decoded_total"):
-            continue
-        labels, _, value = rest.rpartition("}")
-        phase = next((part.split("=", 1)[1].strip('"') for part in labels.split(",") if part.startswith("phase=")), None)
-        key = phase or name.removeprefix("tritonfleet_camera_").removesuffix("_total")
-        totals[key] = totals.get(key, 0.0) + float(value)
-    return totals
-
-
-def phases_per_step(before: dict[str, float], after: dict[str, float]) -> dict:
-    """What one run added: executions, requests per execution, and ms per execution in each phase."""
-    steps = after.get("steps", 0) - before.get("steps", 0)
-    if steps <= 0:
-        return {}
-    out = {"steps": int(steps), "requests_per_step": round((after.get("step_requests", 0) - before.get("step_requests", 0)) / steps, 2)}
-    frames = after.get("frames_decoded", 0) - before.get("frames_decoded", 0)
-    out["frames_per_step"] = round(frames / steps, 2)
-    for phase in ("parse", "decode", "analyze", "respond"):
-        out[f"{phase}_ms"] = round((after.get(phase, 0) - before.get(phase, 0)) / steps * 1e3, 2)
-    return out
-
-
 def loadtest(record: Record, workdir: Path, label: str, url: str, triton_url: str, models: tuple[str, ...],
              args: list[str], timeout: float, metrics_url: str | None = None, sample=None) -> None:
     """One load-test run and what the server, its camera model and each part's CPU did meanwhile;
     `sample(label)`, if given, starts py-spy recordings for the run and returns them."""
     output = workdir / f"{label}.json"
     before = triton_statistics(triton_url, models)
-    phases_before = camera_phases(metrics_url) if metrics_url else {}
+    camera_before = camera_metrics.read(metrics_url) if metrics_url else ""
     command = tritonfleet("loadtest", *args, "--url", url, "--output", str(output), "--quiet")
     cpu_before = cpu_share.read(record.sessions)
     began = time.monotonic()
@@ -185,7 +151,9 @@ def loadtest(record: Record, workdir: Path, label: str, url: str, triton_url: st
         run["summary"] = summary
     run["triton"] = per_execution(before, triton_statistics(triton_url, models))
     if metrics_url:
-        run["camera_steps"] = phases_per_step(phases_before, camera_phases(metrics_url))
+        camera_after = camera_metrics.read(metrics_url)
+        run["camera_steps"] = camera_metrics.per_step(camera_before, camera_after)
+        run["camera_request_phases"] = camera_metrics.request_phases(camera_before, camera_after)
     record.add(run)
 
 

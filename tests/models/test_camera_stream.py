@@ -21,7 +21,10 @@ import torch
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from models.camera import CameraAnalyzer, CameraRequest, CameraService, CameraStreams, DecoderLimit, decode, warm_up_sizes
+from models.camera import (
+    CameraAnalyzer, CameraRequest, CameraService, CameraStreams, DecoderLimit, PHASE_BUCKETS_S, RequestPhases, decode,
+    warm_up_sizes,
+)
 from models.classifier import Classifier, ClassifierSettings
 from models.pipeline import ImagePipeline, TopK
 from models.profiles import PROFILES_FILE, ProfileError, render_configs
@@ -194,6 +197,63 @@ def test_the_decoder_limit_refuses_a_new_camera_and_an_ended_stream_frees_its_de
     assert outputs(send(client, 33, units[:2], start=True))["index"] == [0, 1]
     send(client, 32, units[3:4], end=True)
     send(client, 33, units[2:3], end=True)
+
+
+PHASE_BUCKET = re.compile(r'^tritonfleet_camera_request_phase_seconds_(bucket|count)\{([^}]*)\} (\S+)$', re.M)
+
+
+def phase_histograms(server) -> dict[str, dict]:
+    """Per phase, the camera model's published buckets ({le: count}) and count, summed over instances."""
+    text = urllib.request.urlopen(server.metrics_url, timeout=10).read().decode()
+    out: dict[str, dict] = {}
+    for kind, label_text, value in PHASE_BUCKET.findall(text):
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', label_text))
+        if labels.get("model") != MODEL:
+            continue
+        phase = out.setdefault(labels["phase"], {"buckets": {}, "count": 0.0})
+        if kind == "count":
+            phase["count"] += float(value)
+        else:
+            le = float(labels["le"])  # float() reads "+Inf" too
+            phase["buckets"][le] = phase["buckets"].get(le, 0.0) + float(value)
+    return out
+
+
+def consistent(histograms: dict[str, dict]) -> bool:
+    """Every phase a histogram Prometheus can read: cumulative buckets, +Inf equal to the count."""
+    for phase in histograms.values():
+        counts = [count for _, count in sorted(phase["buckets"].items())]
+        if counts != sorted(counts) or counts[-1] != phase["count"]:
+            return False
+    return True
+
+
+def test_each_phase_of_a_request_is_a_histogram_on_the_metrics_endpoint(client, camera_server, clips):
+    units = clips["h264"]
+
+    def answered() -> float:
+        return phase_histograms(camera_server).get("total", {}).get("count", 0.0)
+
+    before = answered()
+    send(client, 61, units[:1], start=True)
+    sent = 1
+    # Published at most once a second, after an analysis round: the camera keeps sending meanwhile.
+    def counted() -> bool:
+        nonlocal sent
+        if answered() >= before + 3:
+            return True
+        if sent < len(units) - 1:
+            send(client, 61, units[sent : sent + 1])
+            sent += 1
+        return False
+
+    wait_for(counted)
+    send(client, 61, units[sent : sent + 1], end=True)
+    wait_for(lambda: consistent(phase_histograms(camera_server)))
+    histograms = phase_histograms(camera_server)
+    assert sorted(histograms) == sorted(RequestPhases.PHASES)
+    assert all(phase["count"] >= before + 3 for phase in histograms.values()), histograms
+    assert len(histograms["decode"]["buckets"]) == len(PHASE_BUCKETS_S) + 1
 
 
 def test_a_camera_that_leaves_ends_its_sequence_with_no_access_units(client, clips):
@@ -376,6 +436,31 @@ def test_a_step_counts_its_requests_rounds_and_phases(clips):
     assert counters.decode_s > 0 and counters.analyze_s > 0 and counters.respond_s > 0
     assert [f.frame_index for f in results[0].frames] == [1, 2]
     assert all(f.tiles.device.type == "cpu" and f.indices.device.type == "cpu" for f in results[0].frames)
+
+
+def test_every_answered_request_is_counted_once_in_each_phase_and_the_phases_add_up(clips):
+    units = clips["h264"]
+    with camera_service() as (service, _):
+        service.step([CameraRequest(1, units[:1], None, True, False), CameraRequest(2, units[:3], None, True, False)])
+        # A failed request is answered too, through the same queue: it is counted like the others.
+        service.step([CameraRequest(1, units[1:3], None, False, False), CameraRequest(2, [], None, False, False)])
+    phases = service.counters.requests_by_phase
+    for phase in RequestPhases.PHASES:
+        buckets = phases.cumulative(phase)
+        assert buckets[-1] == 4, (phase, buckets)
+        assert buckets == sorted(buckets), (phase, buckets)  # cumulative: never falls
+    # The phases are consecutive stretches of each request's time in the model, so they add up to it.
+    parts = sum(phases.sums[phase] for phase in RequestPhases.PHASES if phase != "total")
+    assert phases.sums["total"] > 0 and parts == pytest.approx(phases.sums["total"], rel=1e-9)
+
+
+def test_request_phase_buckets_are_prometheus_le_buckets():
+    phases = RequestPhases(bounds=(0.01, 0.033, 0.1))
+    for seconds in (0.005, 0.01, 0.02, 0.033, 0.05, 0.5):
+        phases.observe("decode", seconds)
+    # At or under each bound (a value on a bound is in its bucket), then every one under +Inf.
+    assert phases.cumulative("decode") == [2, 4, 5, 6]
+    assert phases.cumulative("total") == [0, 0, 0, 0]
 
 
 class HeldDecoder(PyAVDecoder):

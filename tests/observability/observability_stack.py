@@ -50,5 +50,6 @@ def start_loadtest(workload: str, address: str, metrics_port: int, seconds: int,
     if workload == "image":
         args += ["--model", MODEL, "--input", "FRAMES", "--datatype", "UINT8", "--rate", "20"]
     else:
-        args += ["--streams", "2", "--fps", "5"]
+        # Encoded video, as cameras send it: camera_stream's own metrics then have data too.
+        args += ["--codec", "h264", "--streams", "2", "--fps", "5"]
     return ChildProcess(f"loadtest {workload}", args, workdir / f"loadtest-{workload}.log")
