@@ -1,7 +1,8 @@
 """Active health checks: is each pod live and ready, and which models are READY on it.
 
-Every `interval` each pod is asked ServerLive, ServerReady, then RepositoryIndex for the models it knows,
-then ModelReady for each of them. The three answers are kept apart: `live` (the pod answers and says it
+Every `interval` each pod is asked ServerLive, ServerReady, then RepositoryIndex for the models it knows
+and the state of each of their versions (a model is ready where one of its versions is READY): three
+calls a pod, however many models it has. The three answers are kept apart: `live` (the pod answers and says it
 is live) decides whether the pod is in the fleet at all; `server_ready` is only recorded, because with
 Triton's strict readiness it is false while any model loads or after one failed to load, and a pod in
 that state still serves its other models; `ready_models` (per-model readiness) is what the picker reads.
@@ -118,17 +119,14 @@ class HealthChecker:
             server = await stub.ServerReady(service_pb2.ServerReadyRequest(), timeout=timeout)
             index = await stub.RepositoryIndex(service_pb2.RepositoryIndexRequest(), timeout=timeout,
                                                metadata=self.admin_metadata)
-            known = frozenset(model.name for model in index.models)
-            checks = await asyncio.gather(*(
-                stub.ModelReady(service_pb2.ModelReadyRequest(name=name), timeout=timeout) for name in known
-            ))
         except grpc.aio.AioRpcError as exc:
             # A live pod busy loading a model may answer these late: it keeps serving what was READY
             # on it (a model it lost meanwhile is dropped on its first refusal, see drop_model).
             log.info("backend is live but did not answer its model checks", extra={
                 "code": exc.code().name, "details": exc.details()})
             return True, False, None, None
-        ready = frozenset(name for name, answer in zip(known, checks) if answer.ready)
+        known = frozenset(model.name for model in index.models)
+        ready = frozenset(model.name for model in index.models if model.state == "READY")
         return True, server.ready, ready, known
 
     async def _learn_traits(self, stub, models: set[str]) -> None:
