@@ -20,6 +20,10 @@ VIDEO_FRAMES = f"tritonfleet_loadtest_requests_total{{{sel.VIDEO}}}"
 TLS_REFUSED = 'tritonfleet_gateway_tls_handshake_failures_total{reason!="closed"}'
 # Alerts are per model and namespace, so one alert names one model of one deployment.
 PER_MODEL = (sel.NAMESPACE, sel.MODEL)
+# A camera request's whole time inside camera_stream (from `execute` to its answer sent).
+CAMERA_TOTAL = 'tritonfleet_camera_request_phase_seconds_bucket{phase="total"}'
+# One frame period of a 30 FPS camera: a frame that takes longer inside the model alone is late.
+CAMERA_PERIOD_S = 0.033
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,11 @@ def ratio(numerator: str, denominator: str, by: tuple[str, ...] = PER_MODEL) -> 
     """Sum both sides by model first, then divide: one busy pod outweighs an idle one."""
     return (f"{sel.sum_by(*by)} (rate({numerator}[{WINDOW}]))\n"
             f"  /\n{sel.sum_by(*by)} (rate({denominator}[{WINDOW}]))")
+
+
+def camera_model_p99() -> str:
+    return (f"histogram_quantile(0.99, {sel.sum_by(*PER_MODEL, 'le')} (rate({CAMERA_TOTAL}[{WINDOW}])))"
+            f" > {CAMERA_PERIOD_S}")
 
 
 ALERTS = (
@@ -155,6 +164,25 @@ ALERTS = (
         description="Camera streams of model {{ $labels.model }} skip frames because the previous frame"
                     " is still in flight, for ten minutes.",
         runbook="Frames drop when one frame takes longer than the frame interval: see VideoStreamsLate.",
+    ),
+    Alert(
+        name="CameraModelSlow",
+        expr=camera_model_p99(),
+        duration="10m",
+        severity="warning",
+        summary="1% of {{ $labels.model }} camera requests take over {{ $value | humanizeDuration }} in the model",
+        description="For ten minutes the p99 of a camera request's time inside model {{ $labels.model }}"
+                    " (from Triton handing it over to its answer) has been over one 30 FPS frame period"
+                    " (33 ms): those cameras' frames are late before the network and Triton's queue add"
+                    " theirs. Measured by the model itself, so it holds for every client, not only the"
+                    " load generator.",
+        runbook="The Video dashboard's time per request by phase says which stretch grew. lane_wait: a"
+                " camera's requests queue behind its own earlier ones (its decode is slower than its"
+                " frame rate, e.g. after a burst of keyframes or a camera sending catch-up frames);"
+                " decode: the decoder is saturated (NVDEC sessions on the GPU: fewer cameras per GPU"
+                " or more GPUs; on CPU, more cores); analysis_wait or analyze: the instance's analysis"
+                " thread is behind (more camera_stream instances); respond: answers wait on Triton or"
+                " the client. The open decoder sessions panel shows how many cameras each model holds.",
     ),
 )
 
