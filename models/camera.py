@@ -87,7 +87,7 @@ class Decoded:
 
 # Upper bounds (seconds) of the buckets a request's phases are counted in: fine around a 30 FPS
 # camera's 33 ms period, where whether a frame is late is decided.
-PHASE_BUCKETS_S = (0.001, 0.002, 0.005, 0.01, 0.015, 0.02, 0.025, 0.033, 0.05, 0.075, 0.1, 0.2, 0.5, 1.0, 2.0)
+PHASE_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.015, 0.02, 0.025, 0.033, 0.05, 0.075, 0.1, 0.2, 0.5, 1.0, 2.0)
 
 
 class RequestPhases:
