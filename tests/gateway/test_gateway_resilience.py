@@ -109,7 +109,9 @@ def test_the_client_deadline_reaches_the_pod(explicit_fleet, tmp_path):
     with GatewayProcess([s.grpc_url for s in explicit_fleet], tmp_path / "gateway.log") as gateway:
         client = grpcclient.InferenceServerClient(gateway.url)
         with pytest.raises(InferenceServerException) as late:
-            client.infer("slow", slow_inputs(3000), client_timeout=0.3)
+            # A second: a gateway that a loaded machine leaves unscheduled for longer than the
+            # deadline reads the call and the client's reset together and cannot tell it was late.
+            client.infer("slow", slow_inputs(3000), client_timeout=1.0)
         assert late.value.status() == "StatusCode.DEADLINE_EXCEEDED"
         # The gateway counts it as DEADLINE_EXCEEDED (the deadline went upstream with the request),
         # once the client's reset or the pod's answer has reached it: a moment after the client gave up.
