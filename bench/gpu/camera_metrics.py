@@ -14,6 +14,8 @@ import urllib.request
 STEP_FAMILIES = ("tritonfleet_camera_steps_total", "tritonfleet_camera_step_requests_total",
                  "tritonfleet_camera_step_seconds_total", "tritonfleet_camera_frames_decoded_total")
 STEP_PHASES = ("parse", "decode", "analyze", "respond")
+# models.camera.RequestPhases.PHASES, named here so that reading them needs neither torch nor the model.
+REQUEST_PHASES = ("lane_wait", "decode", "analysis_wait", "analyze", "respond", "total")
 PHASE_BUCKETS = "tritonfleet_camera_request_phase_seconds_bucket"
 PHASE_SUMS = "tritonfleet_camera_request_phase_seconds_sum"
 QUANTILES = (0.5, 0.9, 0.99)

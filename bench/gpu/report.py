@@ -5,7 +5,8 @@
 Image rows: images/s (requests/s x images per request), latency percentiles, errors, and each
 route's share of direct (gateway rows against the direct row of the same batch and concurrency).
 Camera rows: streams offered, streams sustained (<= 1% late/dropped frames, p99 within the SLO),
-frames/s answered, late and dropped frames, p99. Warm-up runs are left out.
+frames/s answered, late and dropped frames, p99; then, where the run recorded them, the camera
+model's own p50 / p99 of each phase of a request (`camera_request_phases`). Warm-up runs are left out.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from __future__ import annotations
 import json
 import re
 import sys
+
+from bench.gpu.camera_metrics import REQUEST_PHASES as PHASES
 
 
 def _key(label: str):
@@ -60,6 +63,19 @@ def camera_table(runs: list[dict]) -> list[str]:
     return lines
 
 
+def phase_table(runs: list[dict]) -> list[str]:
+    lines = ["| camera run | route | " + " | ".join(f"{phase} p50 / p99 ms" for phase in PHASES) + " |",
+             "| --- | --- | " + " | ".join("---" for _ in PHASES) + " |"]
+    for run in runs:
+        phases = run.get("camera_request_phases")
+        if not phases:
+            continue
+        case, route = _key(run["label"])
+        cells = [f"{phases[p]['p50_ms']:.1f} / {phases[p]['p99_ms']:.1f}" if p in phases else "-" for p in PHASES]
+        lines.append(f"| {case} | {route} | " + " | ".join(cells) + " |")
+    return lines if len(lines) > 2 else []
+
+
 def main(paths: list[str]) -> int:
     runs = []
     for path in paths:
@@ -75,6 +91,9 @@ def main(paths: list[str]) -> int:
         print("\n".join(image_table(images)) + "\n")
     if cameras:
         print("\n".join(camera_table(cameras)) + "\n")
+        phases = phase_table(cameras)
+        if phases:
+            print("\n".join(phases) + "\n")
     return 0
 
 

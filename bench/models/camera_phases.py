@@ -31,7 +31,7 @@ from bench.models.camera_batcher import MODEL, repository, run_load
 from models.pipeline import build_from_parameters
 from tritonfleet.triton_server import start_fleet, stop_all
 
-PHASES = ("lane_wait", "decode", "analysis_wait", "analyze", "respond", "total")
+PHASES = camera_metrics.REQUEST_PHASES
 
 
 def one_load(server, args, streams: int, output: Path) -> dict:
