@@ -103,7 +103,7 @@ class RequestPhases:
       round included);
     * total: from the model taking it to its answer sent.
 
-    Counted on the analysis thread only, which also publishes them: no lock."""
+    Counted by the analysis threads under the service's lock."""
 
     PHASES = ("lane_wait", "decode", "analysis_wait", "analyze", "respond", "total")
 
@@ -363,27 +363,41 @@ _STOP = object()
 class CameraService:
     """Camera requests in, one CameraResult (or the exception) per request out, through a pipeline
     that never waits for a batch: each request decodes on its camera's `Lane` as soon as it comes
-    (NVDEC stays busy while the analysis of earlier pictures runs), and one analysis thread takes
+    (NVDEC stays busy while the analysis of earlier pictures runs), and an analysis thread takes
     every request decoded so far, runs their pictures through the kernels together and answers
     them. Answers leave in each stream's order, failures included, since a stream's requests pass
-    its lane and then the one analysis queue in order."""
+    its lane and then its analysis queue in order.
+
+    `analysis_threads` > 1 splits the cameras into that many shards (by stream id), each with its
+    own analysis thread, queue and analyzer (its streams' state; the classifier is shared): a round
+    that waits on the classifier then holds back only its own shard's cameras, at the price of
+    smaller rounds (more kernel launches per picture)."""
 
     def __init__(self, streams: CameraStreams, analyzer: CameraAnalyzer, default_codec: str, decode_threads: int = 1,
-                 device: torch.device | None = None, max_analysis_frames: int = 64):
+                 device: torch.device | None = None, max_analysis_frames: int = 64, analysis_threads: int = 1):
+        if analysis_threads < 1:
+            raise ValueError(f"ANALYSIS_THREADS must be >= 1, got {analysis_threads}")
         self.streams = streams
-        self.analyzer = analyzer
+        self.analyzers = [analyzer] + [CameraAnalyzer(analyzer.pipeline, analyzer.settings)
+                                       for _ in range(analysis_threads - 1)]
         self.default_codec = default_codec
         self.counters = CameraCounters()
         self.max_analysis_frames = max_analysis_frames
         self.publish: Callable[[], None] = lambda: None  # called after each analysis round (metrics)
         self._device = device
         self._lock = threading.Lock()  # the sessions, the lanes and the counters
+        self._publish_lock = threading.Lock()  # one analysis thread at a time publishes
         self._lanes: dict[int, Lane] = {}
         self._pool = ThreadPoolExecutor(max(decode_threads, 1), thread_name_prefix="camera-decode",
                                         initializer=self._use_device)
-        self._analysis: queue.SimpleQueue = queue.SimpleQueue()
-        self._analyst = threading.Thread(target=self._analysis_loop, name="camera-analysis", daemon=True)
-        self._analyst.start()
+        self._shards: list[queue.SimpleQueue] = [queue.SimpleQueue() for _ in self.analyzers]
+        self._analysts = [threading.Thread(target=self._analysis_loop, args=(shard,), name=f"camera-analysis-{shard}",
+                                           daemon=True) for shard in range(len(self.analyzers))]
+        for analyst in self._analysts:
+            analyst.start()
+
+    def _shard(self, stream: int) -> int:
+        return hash(stream) % len(self._shards)
 
     def submit(self, request: CameraRequest, reply: Reply) -> None:
         """Queue a request on its camera's lane; `reply` gets its result from the analysis thread."""
@@ -445,7 +459,7 @@ class CameraService:
     def _queue(self, prepared: Prepared) -> None:
         prepared.queued = time.perf_counter()
         prepared.lane_began = prepared.lane_began or prepared.queued
-        self._analysis.put(prepared)
+        self._shards[self._shard(prepared.request.stream)].put(prepared)
 
     def _session(self, request: CameraRequest) -> CameraStream:
         # A last request may come without access units (the camera has left): it flushes the stream.
@@ -498,7 +512,7 @@ class CameraService:
 
     def _forget(self, stream: int) -> None:
         """A stream that idled out of its session (under the lock): its analysis state and lane go too."""
-        self._analysis.put(Forget(stream))
+        self._shards[self._shard(stream)].put(Forget(stream))
         self._drop_lane(stream)
 
     def _drop_lane(self, stream: int) -> None:
@@ -506,11 +520,12 @@ class CameraService:
         if lane is not None and lane.idle:
             del self._lanes[stream]
 
-    def _analysis_loop(self) -> None:
+    def _analysis_loop(self, shard: int) -> None:
         self._use_device()
+        analysis, analyzer = self._shards[shard], self.analyzers[shard]
         while True:
             batch, frames = [], 0
-            item = self._analysis.get()
+            item = analysis.get()
             while item is not _STOP:
                 batch.append(item)
                 if isinstance(item, Prepared):
@@ -518,40 +533,43 @@ class CameraService:
                 if frames >= self.max_analysis_frames:
                     break
                 try:
-                    item = self._analysis.get_nowait()
+                    item = analysis.get_nowait()
                 except queue.Empty:
                     break
             if batch:
-                self._analyze(batch)
+                self._analyze(analyzer, batch)
             if item is _STOP:
                 return
 
-    def _analyze(self, batch: list) -> None:
-        """One round: the pictures of every request in `batch` through the analysis together, then
-        each request answered (in the order they came)."""
+    def _analyze(self, analyzer: CameraAnalyzer, batch: list) -> None:
+        """One round of a shard: the pictures of every request in `batch` through its analyzer
+        together, then each request answered (in the order they came)."""
         began = time.perf_counter()
         prepared = [item for item in batch if isinstance(item, Prepared)]
         for item in batch:
             if isinstance(item, Forget):
-                self.analyzer.streams.pop(item.stream, None)
+                analyzer.streams.pop(item.stream, None)
         frames = [frame for item in prepared for frame in item.frames]
         try:
-            analyzed = self.analyzer.step(frames) if frames else []
+            analyzed = analyzer.step(frames) if frames else []
         except Exception as exc:  # a failure of the round itself: every request still gets an answer
             analyzed = [exc] * len(frames)
         analyzed_at = time.perf_counter()
-        at = 0
+        at, answered = 0, []
         for item in prepared:
             mine, at = analyzed[at : at + len(item.frames)], at + len(item.frames)
-            self._answer(item, mine)
-            self._count_phases(item, began, analyzed_at, time.perf_counter())
+            self._answer(analyzer, item, mine)
+            answered.append(time.perf_counter())
         counters = self.counters
         with self._lock:
             counters.steps += 1
             counters.requests += len(prepared)
             counters.analyze_s += analyzed_at - began
             counters.respond_s += time.perf_counter() - analyzed_at
-        self.publish()
+            for item, answered_at in zip(prepared, answered):
+                self._count_phases(item, began, analyzed_at, answered_at)
+        with self._publish_lock:
+            self.publish()
 
     def _count_phases(self, item: Prepared, round_began: float, analyzed_at: float, answered: float) -> None:
         phases = self.counters.requests_by_phase
@@ -563,7 +581,7 @@ class CameraService:
         phases.observe("respond", answered - analyzed_at)
         phases.observe("total", answered - received)
 
-    def _answer(self, item: Prepared, analyzed: list) -> None:
+    def _answer(self, analyzer: CameraAnalyzer, item: Prepared, analyzed: list) -> None:
         outcome = item.outcome
         if isinstance(outcome, Decoded):
             failed = next((r for r in analyzed if isinstance(r, Exception)), None)
@@ -572,7 +590,7 @@ class CameraService:
                 frame_indices=item.indices, frames=analyzed,
             )
         if item.request.end:
-            self.analyzer.streams.pop(item.request.stream, None)
+            analyzer.streams.pop(item.request.stream, None)
         try:
             item.reply(outcome)
         except Exception:  # a reply that cannot go out (its client left) costs no other camera
@@ -580,21 +598,26 @@ class CameraService:
 
     def warm_up(self, height: int, width: int, device: torch.device) -> None:
         """Two pictures of one stream through the analysis and the classifier, so the kernels are
-        compiled and tuned for pictures of this size before the first camera's arrive."""
+        compiled and tuned for pictures of this size before the first camera's arrive (the shards
+        share the kernels and the classifier, so one shard's analyzer warms them all)."""
         picture = blank_picture(height, width, device)
+        analyzer = self.analyzers[0]
         for n in range(2):
             frame = CameraFrameIn(stream=_WARM_UP_STREAM, frame=luma_frame(picture), start=n == 0, end=n == 1,
                                   picture=picture)
-            self.analyzer.step([frame])
-        self.analyzer.streams.pop(_WARM_UP_STREAM, None)
+            analyzer.step([frame])
+        analyzer.streams.pop(_WARM_UP_STREAM, None)
 
     def close(self) -> None:
-        self._analysis.put(_STOP)
-        self._analyst.join()
+        for analysis in self._shards:
+            analysis.put(_STOP)
+        for analyst in self._analysts:
+            analyst.join()
         self._pool.shutdown(wait=True)
         for stream in list(self.streams.streams):
             self.streams.close(stream)
         for pool in self.streams.warm.values():
             while pool:
                 pool.pop().close()
-        self.analyzer.streams.clear()
+        for analyzer in self.analyzers:
+            analyzer.streams.clear()

@@ -65,6 +65,7 @@ def build_service(args: dict) -> tuple[CameraService, list[str], torch.device]:
     service = CameraService(
         streams, CameraAnalyzer(pipeline, settings), codec_name(params.get("CODEC", "h264")),
         decode_threads=int(params.get("DECODE_THREADS", "1")), device=device,
+        analysis_threads=int(params.get("ANALYSIS_THREADS", "1")),
     )
     warm = int(params.get("WARM_DECODERS", "0"))
     if warm and not sizes:

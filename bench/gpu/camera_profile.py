@@ -75,7 +75,7 @@ def synced_phases(service: CameraService, device: torch.device) -> None:
     is counted in that phase and not in the next one that waits."""
     if device.type != "cuda":
         return
-    decode, classify = service._decode, service.analyzer._classify
+    decode, classify = service._decode, service.analyzers[0]._classify
 
     def decode_then_wait(*args):
         try:
@@ -87,7 +87,7 @@ def synced_phases(service: CameraService, device: torch.device) -> None:
         classify(chosen)
         torch.cuda.synchronize(device)
 
-    service._decode, service.analyzer._classify = decode_then_wait, classify_then_wait
+    service._decode, service.analyzers[0]._classify = decode_then_wait, classify_then_wait
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -100,7 +100,7 @@ def measure(service: CameraService, units: list[bytes], streams: int, batch: int
     for part in batches([CameraRequest(s + 1, [units[0]], None, True, False) for s in range(streams)], batch):
         service.step(part)
     opened_s = time.perf_counter() - began
-    counters, times = service.counters, service.analyzer.times
+    counters, times = service.counters, service.analyzers[0].times
     for phase in PHASES:
         setattr(counters, f"{phase}_s", 0.0)
     times.measure_s = times.classify_s = 0.0

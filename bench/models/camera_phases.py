@@ -1,10 +1,11 @@
 """Where a camera request's time goes inside camera_stream as cameras are added, on this machine's CPU.
 
-    .venv/bin/python -m bench.models.camera_phases [--streams 2 4 8] [--rounds 3] [--fps 15]
-        [--seconds 10] [--resolution 320x240] [--json FILE]
+    .venv/bin/python -m bench.models.camera_phases [--streams 2 4 8] [--analysis-threads 1 2] [--rounds 3]
+        [--fps 15] [--seconds 10] [--resolution 320x240] [--json FILE]
 
-One Triton server (the cpu profile's repository as rendered, camera_stream only); each round loads it
-with every camera count in turn (`tritonfleet loadtest video --codec h264`, synthetic source, open
+One Triton server per `--analysis-threads` value (the cpu profile's repository as rendered,
+camera_stream only, its ANALYSIS_THREADS set to that value), all up for the whole benchmark; each
+round loads every server with every camera count in turn, so the values interleave (`tritonfleet loadtest video --codec h264`, synthetic source, open
 loop), and reads the model's own histogram `tritonfleet_camera_request_phase_seconds` before and
 after each load: p50/p90/p99 of each phase (lane_wait, decode, analysis_wait, analyze, respond,
 total) next to the load generator's end-to-end p50/p99 and late-or-dropped share. Medians over the
@@ -25,13 +26,26 @@ import time
 from pathlib import Path
 
 import torch
+from google.protobuf import text_format
 
 from bench.gpu import camera_metrics
 from bench.models.camera_batcher import MODEL, repository, run_load
 from models.pipeline import build_from_parameters
+from models.profiles import read_config
 from tritonfleet.triton_server import start_fleet, stop_all
 
 PHASES = camera_metrics.REQUEST_PHASES
+
+
+def with_analysis_threads(folder: Path, threads: int) -> Path:
+    """The rendered repository (no sequence-batcher delay, as the profiles have it) with
+    camera_stream's ANALYSIS_THREADS at `threads`."""
+    repository(folder, 0)
+    path = folder / MODEL / "config.pbtxt"
+    config = read_config(path)
+    config.parameters["ANALYSIS_THREADS"].string_value = str(threads)
+    path.write_text(text_format.MessageToString(config))
+    return folder
 
 
 def one_load(server, args, streams: int, output: Path) -> dict:
@@ -70,13 +84,14 @@ def medians(runs: list[dict]) -> dict:
     return out
 
 
-def markdown(table: dict[int, dict]) -> str:
-    lines = ["| cameras | frames/s | late or dropped | end to end p50 / p99 ms | "
+def markdown(table: dict[str, dict]) -> str:
+    lines = ["| cameras | analysis threads | frames/s | late or dropped | end to end p50 / p99 ms | "
              + " | ".join(f"{phase} p99 ms" for phase in PHASES) + " |",
-             "| ---: | ---: | ---: | --- | " + " | ".join("---:" for _ in PHASES) + " |"]
-    for streams, row in table.items():
+             "| ---: | ---: | ---: | ---: | --- | " + " | ".join("---:" for _ in PHASES) + " |"]
+    for key, row in table.items():
+        streams, threads = key.split("x")
         cells = [str(row.get(phase, {}).get("p99_ms", "-")) for phase in PHASES]
-        lines.append(f"| {streams} | {row['frames_per_s']:.0f} | {row['late_or_dropped']:.1%} | "
+        lines.append(f"| {streams} | {threads} | {row['frames_per_s']:.0f} | {row['late_or_dropped']:.1%} | "
                      f"{row['p50_ms']:.1f} / {row['p99_ms']:.1f} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -84,6 +99,7 @@ def markdown(table: dict[int, dict]) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--streams", type=int, nargs="+", default=[2, 4, 8])
+    parser.add_argument("--analysis-threads", type=int, nargs="+", default=[1])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--fps", type=float, default=15.0)
     parser.add_argument("--seconds", type=float, default=10.0)
@@ -91,19 +107,22 @@ def main(argv=None) -> int:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="camera-phases-"))
-    # The repository as rendered: camera_stream's sequence batcher already has no queue delay.
-    (server,) = start_fleet(1, repository(workdir / "repo", 0), workdir / "server",
-                            extra_args=["--model-control-mode=explicit", f"--load-model={MODEL}"])
-    runs: dict[int, list[dict]] = {streams: [] for streams in args.streams}
+    servers = {}
+    runs: dict[str, list[dict]] = {f"{streams}x{threads}": [] for streams in args.streams for threads in args.analysis_threads}
     try:
+        for threads in args.analysis_threads:
+            (servers[threads],) = start_fleet(1, with_analysis_threads(workdir / f"repo-{threads}", threads),
+                                              workdir / f"server-{threads}",
+                                              extra_args=["--model-control-mode=explicit", f"--load-model={MODEL}"])
         for round_ in range(args.rounds):
             for streams in args.streams:
-                run = one_load(server, args, streams, workdir / f"load-{streams}-{round_}.json")
-                runs[streams].append(run)
-                print(json.dumps({"round": round_, "streams": streams, **run}), flush=True)
+                for threads, server in servers.items():
+                    run = one_load(server, args, streams, workdir / f"load-{streams}-{threads}-{round_}.json")
+                    runs[f"{streams}x{threads}"].append(run)
+                    print(json.dumps({"round": round_, "streams": streams, "analysis_threads": threads, **run}), flush=True)
     finally:
-        stop_all([server])
-    table = {streams: medians(rs) for streams, rs in runs.items()}
+        stop_all(list(servers.values()))
+    table = {key: medians(rs) for key, rs in runs.items()}
     classifier = classify_ms(args.resolution)
     result = {"classify_ms_by_pictures": classifier, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
               "command": " ".join([".venv/bin/python -m bench.models.camera_phases", *sys.argv[1:]]),

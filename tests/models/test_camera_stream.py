@@ -54,7 +54,12 @@ def camera_server(tmp_path_factory):
         # Every camera below starts on a session that already decoded a grey keyframe: the clips'
         # analyses then also check that nothing of that keyframe reaches a camera.
         'key: "WARM_DECODERS" value { string_value: "0" }', 'key: "WARM_DECODERS" value { string_value: "2" }'
+    ).replace(
+        # Two analysis shards, as the cpu profile has several: every test below also checks that
+        # sharding changes nothing a client sees (the service tests run with one).
+        'key: "ANALYSIS_THREADS" value { string_value: "1" }', 'key: "ANALYSIS_THREADS" value { string_value: "2" }'
     ))
+    assert 'key: "ANALYSIS_THREADS" value { string_value: "2" }' in config.read_text()
     servers = start_fleet(1, repo, tmp_path_factory.mktemp("camera-triton"))
     yield servers[0]
     stop_all(servers)
@@ -373,11 +378,12 @@ def test_a_classification_reaches_the_host_in_one_tensor_unchanged():
 
 
 @contextlib.contextmanager
-def camera_service(make_decoder=PyAVDecoder, decode_threads: int = 1, clock=time.monotonic):
-    """A CameraService of two decoders and its analyzer, closed when the block ends."""
-    analyzer = CameraAnalyzer(ImagePipeline(Classifier(ClassifierSettings(seed=0)), k=5), VideoSettings())
+def camera_service(make_decoder=PyAVDecoder, decode_threads: int = 1, clock=time.monotonic, analysis_threads: int = 1,
+                   pipeline: ImagePipeline | None = None):
+    """A CameraService of two decoders and its (first) analyzer, closed when the block ends."""
+    analyzer = CameraAnalyzer(pipeline or ImagePipeline(Classifier(ClassifierSettings(seed=0)), k=5), VideoSettings())
     service = CameraService(CameraStreams(make_decoder, max_decoders=2, idle_timeout_s=60, clock=clock), analyzer,
-                            "h264", decode_threads=decode_threads)
+                            "h264", decode_threads=decode_threads, analysis_threads=analysis_threads)
     try:
         yield service, analyzer
     finally:
@@ -519,12 +525,14 @@ def test_a_camera_slow_to_decode_holds_back_no_other_camera(clips):
             release.set()
 
 
-def test_a_streams_answers_keep_its_order_failures_included(clips):
+@pytest.mark.parametrize("analysis_threads", [1, 2])
+def test_a_streams_answers_keep_its_order_failures_included(clips, analysis_threads):
     """A request that fails before it decodes (unreadable inputs) is answered after the stream's
     earlier requests, not ahead of them: a client matching answers in order gets the right ones."""
     release = threading.Event()
     answers, units = Answers(), clips["h264"]
-    with camera_service(lambda codec: HeldDecoder(codec, release), decode_threads=2) as (service, _):
+    with camera_service(lambda codec: HeldDecoder(codec, release), decode_threads=2,
+                        analysis_threads=analysis_threads) as (service, _):
         try:
             service.submit(CameraRequest(1, units[:1], None, True, False), answers.to(1))
             service.fail(1, ValueError("unknown codec 'vp9'"), answers.to(1))
@@ -560,3 +568,67 @@ def test_a_camera_streams_h264_through_the_gateway(camera_server, clips, tmp_pat
     np.testing.assert_allclose(
         [m for r in results for m in r["motion"]], offline_motion("h264", units), rtol=1e-5, atol=1e-4
     )
+
+
+class HeldPipeline(ImagePipeline):
+    """The real pipeline, whose first classification says it began and then waits for `release`."""
+
+    def __init__(self, release: threading.Event):
+        super().__init__(Classifier(ClassifierSettings(seed=0)), k=5)
+        self.release, self.began = release, threading.Event()
+        self._lock = threading.Lock()
+        self._calls = 0
+
+    def classify_pixels(self, pixels):
+        with self._lock:
+            self._calls += 1
+            first = self._calls == 1
+        if first:
+            self.began.set()
+            assert self.release.wait(timeout=60), "the test never let the held classification go"
+        return super().classify_pixels(pixels)
+
+
+def test_a_shard_waiting_on_the_classifier_holds_back_no_camera_of_another_shard(clips):
+    """With two analysis threads, camera 1's first picture held in the classifier leaves camera 2
+    (the other shard) answered; with one thread camera 2's pictures would wait behind that round."""
+    release = threading.Event()
+    pipeline = HeldPipeline(release)
+    answers, units = Answers(), clips["h264"]
+    with camera_service(decode_threads=2, analysis_threads=2, pipeline=pipeline) as (service, _):
+        try:
+            assert service._shard(1) != service._shard(2)
+            service.submit(CameraRequest(1, units[:1], None, True, False), answers.to(1))
+            wait_for(pipeline.began.is_set)  # camera 1's START is in the classifier, held there
+            service.submit(CameraRequest(2, units[:1], None, True, False), answers.to(2))
+            service.submit(CameraRequest(2, units[1:2], None, False, False), answers.to(2))
+            wait_for(lambda: len(answers.of(2)) == 2)
+            assert answers.of(1) == []
+            assert [r.frame_indices for r in answers.of(2)] == [[0], [1]]
+            release.set()
+            wait_for(lambda: len(answers.of(1)) == 1)
+            assert answers.of(1)[0].frame_indices == [0] and answers.of(1)[0].frames[0].classified
+        finally:
+            release.set()
+
+
+def test_cameras_over_two_shards_get_the_analysis_of_one(clips):
+    """Sharding changes which thread analyses a camera, not what it gets: two cameras' clips over
+    two shards give each the offline analysis of its clip."""
+    units = clips["h264"]
+    with camera_service(analysis_threads=2) as (service, _):
+        results = {1: [], 2: []}
+        for index, part in enumerate(chunks(units)):
+            requests = [CameraRequest(stream, part, None, index == 0, False) for stream in (1, 2)]
+            for stream, result in zip((1, 2), service.step(requests)):
+                results[stream] += result.frames
+    offline = offline_analysis("h264", units)
+    for stream in (1, 2):
+        np.testing.assert_allclose([f.motion for f in results[stream]], [f.motion for f in offline], rtol=1e-5, atol=1e-4)
+        assert [f.classified for f in results[stream]] == [f.classified for f in offline]
+
+
+def test_analysis_threads_must_be_one_or_more():
+    analyzer = CameraAnalyzer(ImagePipeline(Classifier(ClassifierSettings(seed=0)), k=5), VideoSettings())
+    with pytest.raises(ValueError, match="ANALYSIS_THREADS"):
+        CameraService(CameraStreams(PyAVDecoder, max_decoders=2, idle_timeout_s=60), analyzer, "h264", analysis_threads=0)
