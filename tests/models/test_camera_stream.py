@@ -57,7 +57,7 @@ def camera_server(tmp_path_factory):
     ).replace(
         # Two analysis shards, as the cpu profile has several: every test below also checks that
         # sharding changes nothing a client sees (the service tests run with one).
-        'key: "ANALYSIS_THREADS" value { string_value: "1" }', 'key: "ANALYSIS_THREADS" value { string_value: "2" }'
+        'key: "ANALYSIS_THREADS" value { string_value: "4" }', 'key: "ANALYSIS_THREADS" value { string_value: "2" }'
     ))
     assert 'key: "ANALYSIS_THREADS" value { string_value: "2" }' in config.read_text()
     servers = start_fleet(1, repo, tmp_path_factory.mktemp("camera-triton"))
@@ -354,6 +354,9 @@ def test_the_gpu_profile_gives_the_camera_model_its_decoder_budget(tmp_path):
     assert [i.allow_ragged_batch for i in gpu.input if i.name == "ACCESS_UNITS"] == [True]
     assert gpu.parameters["WARM_DECODERS"].string_value == gpu.parameters["MAX_DECODERS"].string_value
     assert render_configs("cpu")["camera_stream"].parameters["MAX_DECODERS"].string_value == "16"
+    # Shards where the classifier is slow (CPU); one analysis thread where it was measured (H200).
+    assert render_configs("cpu")["camera_stream"].parameters["ANALYSIS_THREADS"].string_value == "4"
+    assert gpu.parameters["ANALYSIS_THREADS"].string_value == "1"
     profiles = tmp_path / "profiles.yaml"
     profiles.write_text(PROFILES_FILE.read_text().replace("MAX_DECODERS:", "MAX_DECODER:"))
     with pytest.raises(ProfileError, match=r"parameters \['MAX_DECODER'\] are not in its config.pbtxt"):
