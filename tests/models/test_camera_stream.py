@@ -500,6 +500,21 @@ class Answers:
             return [result for s, result in self.got if s == stream]
 
 
+def camera_2_answered_while_camera_1_is_held(service, answers, units, camera_1_held, release):
+    """Camera 1 starts and is held (`camera_1_held` says when); camera 2's first two requests are
+    answered meanwhile, camera 1's not; then camera 1 is let go. Camera 1's answer."""
+    service.submit(CameraRequest(1, units[:1], None, True, False), answers.to(1))
+    wait_for(camera_1_held)
+    service.submit(CameraRequest(2, units[:1], None, True, False), answers.to(2))
+    service.submit(CameraRequest(2, units[1:2], None, False, False), answers.to(2))
+    wait_for(lambda: len(answers.of(2)) == 2)
+    assert answers.of(1) == []
+    assert [r.frame_indices for r in answers.of(2)] == [[0], [1]]
+    release.set()
+    wait_for(lambda: len(answers.of(1)) == 1)
+    return answers.of(1)[0]
+
+
 def test_a_camera_slow_to_decode_holds_back_no_other_camera(clips):
     """Each request decodes on its own camera's lane as it comes: a camera whose decoding stalls
     leaves the others answered (a batch decoded together would wait for its slowest camera)."""
@@ -514,16 +529,9 @@ def test_a_camera_slow_to_decode_holds_back_no_other_camera(clips):
     answers, units = Answers(), clips["h264"]
     with camera_service(make_decoder, decode_threads=2) as (service, _):
         try:
-            service.submit(CameraRequest(1, units[:1], None, True, False), answers.to(1))
-            wait_for(lambda: len(made) == 1)  # the held session is camera 1's
-            service.submit(CameraRequest(2, units[:1], None, True, False), answers.to(2))
-            service.submit(CameraRequest(2, units[1:2], None, False, False), answers.to(2))
-            wait_for(lambda: len(answers.of(2)) == 2)
-            assert answers.of(1) == []
-            assert [r.frame_indices for r in answers.of(2)] == [[0], [1]]
-            release.set()
-            wait_for(lambda: len(answers.of(1)) == 1)
-            assert answers.of(1)[0].frame_indices == [0]
+            # The held session is camera 1's.
+            held = camera_2_answered_while_camera_1_is_held(service, answers, units, lambda: len(made) == 1, release)
+            assert held.frame_indices == [0]
         finally:
             release.set()
 
@@ -601,16 +609,9 @@ def test_a_shard_waiting_on_the_classifier_holds_back_no_camera_of_another_shard
     with camera_service(decode_threads=2, analysis_threads=2, pipeline=pipeline) as (service, _):
         try:
             assert service._shard(1) != service._shard(2)
-            service.submit(CameraRequest(1, units[:1], None, True, False), answers.to(1))
-            wait_for(pipeline.began.is_set)  # camera 1's START is in the classifier, held there
-            service.submit(CameraRequest(2, units[:1], None, True, False), answers.to(2))
-            service.submit(CameraRequest(2, units[1:2], None, False, False), answers.to(2))
-            wait_for(lambda: len(answers.of(2)) == 2)
-            assert answers.of(1) == []
-            assert [r.frame_indices for r in answers.of(2)] == [[0], [1]]
-            release.set()
-            wait_for(lambda: len(answers.of(1)) == 1)
-            assert answers.of(1)[0].frame_indices == [0] and answers.of(1)[0].frames[0].classified
+            # Camera 1's START is in the classifier, held there.
+            held = camera_2_answered_while_camera_1_is_held(service, answers, units, pipeline.began.is_set, release)
+            assert held.frame_indices == [0] and held.frames[0].classified
         finally:
             release.set()
 
