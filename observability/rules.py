@@ -181,7 +181,8 @@ ALERTS = (
                 " frame rate, e.g. after a burst of keyframes or a camera sending catch-up frames);"
                 " decode: the decoder is saturated (NVDEC sessions on the GPU: fewer cameras per GPU"
                 " or more GPUs; on CPU, more cores); analysis_wait or analyze: the instance's analysis"
-                " thread is behind (more camera_stream instances); respond: answers wait on Triton or"
+                " threads are behind, mostly on rounds that classify (more ANALYSIS_THREADS, so such a"
+                " round holds back fewer cameras, or more camera_stream instances); respond: answers wait on Triton or"
                 " the client. The open decoder sessions panel shows how many cameras each model holds.",
     ),
 )
