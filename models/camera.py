@@ -18,6 +18,7 @@ plane) together. What one camera sends only touches its own stream:
 from __future__ import annotations
 
 import bisect
+import itertools
 import logging
 import queue
 import threading
@@ -119,11 +120,7 @@ class RequestPhases:
 
     def cumulative(self, phase: str) -> list[int]:
         """Requests at or under each bound, then all of them (Prometheus' `le` buckets, +Inf last)."""
-        total, out = 0, []
-        for count in self.counts[phase]:
-            total += count
-            out.append(total)
-        return out
+        return list(itertools.accumulate(self.counts[phase]))
 
 
 @dataclass

@@ -57,11 +57,6 @@ def ratio(numerator: str, denominator: str, by: tuple[str, ...] = PER_MODEL) -> 
             f"  /\n{sel.sum_by(*by)} (rate({denominator}[{WINDOW}]))")
 
 
-def camera_model_p99() -> str:
-    return (f"histogram_quantile(0.99, {sel.sum_by(*PER_MODEL, 'le')} (rate({CAMERA_TOTAL}[{WINDOW}])))"
-            f" > {CAMERA_PERIOD_S}")
-
-
 ALERTS = (
     Alert(
         name="TritonPodDown",
@@ -167,7 +162,8 @@ ALERTS = (
     ),
     Alert(
         name="CameraModelSlow",
-        expr=camera_model_p99(),
+        expr=f"histogram_quantile(0.99, {sel.sum_by(*PER_MODEL, 'le')} (rate({CAMERA_TOTAL}[{WINDOW}])))"
+             f" > {CAMERA_PERIOD_S}",
         duration="10m",
         severity="warning",
         summary="1% of {{ $labels.model }} camera requests take over {{ $value | humanizeDuration }} in the model",

@@ -33,9 +33,9 @@ from tritonfleet.triton_server import start_fleet, stop_all
 MODEL = "camera_stream"
 
 
-def repository(folder: Path, delay_us: int) -> Path:
-    """The cpu profile's repository with camera_stream's sequence-batcher delay at `delay_us` and,
-    as in the gpu profile, no preferred batch sizes."""
+def repository(folder: Path, delay_us: int, parameters: dict[str, str] | None = None) -> Path:
+    """The cpu profile's repository with camera_stream's sequence-batcher delay at `delay_us`, as in
+    the gpu profile no preferred batch sizes, and `parameters` (name -> string) set in its config."""
     subprocess.run([sys.executable, "-m", "tritonfleet.cli", "render-models", "--profile", "cpu", "--out", str(folder)],
                    check=True, capture_output=True)
     path = folder / MODEL / "config.pbtxt"
@@ -43,6 +43,8 @@ def repository(folder: Path, delay_us: int) -> Path:
     oldest = config.sequence_batching.oldest
     oldest.max_queue_delay_microseconds = delay_us
     del oldest.preferred_batch_size[:]  # as in the gpu profile: a batch ends at max_batch_size or the delay
+    for name, value in (parameters or {}).items():
+        config.parameters[name].string_value = value
     path.write_text(text_format.MessageToString(config))
     return folder
 

@@ -4,9 +4,9 @@
         [--fps 15] [--seconds 10] [--resolution 320x240] [--json FILE]
 
 One Triton server per `--analysis-threads` value (the cpu profile's repository as rendered,
-camera_stream only, its ANALYSIS_THREADS set to that value), all up for the whole benchmark; each
-round loads every server with every camera count in turn, so the values interleave (`tritonfleet loadtest video --codec h264`, synthetic source, open
-loop), and reads the model's own histogram `tritonfleet_camera_request_phase_seconds` before and
+camera_stream only, its ANALYSIS_THREADS set to that value), all up for the whole benchmark. Each
+round loads every server with every camera count in turn, so the values interleave (`tritonfleet
+loadtest video --codec h264`, synthetic source, open loop), and reads the model's own histogram `tritonfleet_camera_request_phase_seconds` before and
 after each load: p50/p90/p99 of each phase (lane_wait, decode, analysis_wait, analyze, respond,
 total) next to the load generator's end-to-end p50/p99 and late-or-dropped share. Medians over the
 rounds. The quantiles come from the histogram's buckets, so they are as fine as its bounds. Also
@@ -26,26 +26,13 @@ import time
 from pathlib import Path
 
 import torch
-from google.protobuf import text_format
 
 from bench.gpu import camera_metrics
 from bench.models.camera_batcher import MODEL, repository, run_load
 from models.pipeline import build_from_parameters
-from models.profiles import read_config
 from tritonfleet.triton_server import start_fleet, stop_all
 
 PHASES = camera_metrics.REQUEST_PHASES
-
-
-def with_analysis_threads(folder: Path, threads: int) -> Path:
-    """The rendered repository (no sequence-batcher delay, as the profiles have it) with
-    camera_stream's ANALYSIS_THREADS at `threads`."""
-    repository(folder, 0)
-    path = folder / MODEL / "config.pbtxt"
-    config = read_config(path)
-    config.parameters["ANALYSIS_THREADS"].string_value = str(threads)
-    path.write_text(text_format.MessageToString(config))
-    return folder
 
 
 def one_load(server, args, streams: int, output: Path) -> dict:
@@ -111,8 +98,9 @@ def main(argv=None) -> int:
     runs: dict[str, list[dict]] = {f"{streams}x{threads}": [] for streams in args.streams for threads in args.analysis_threads}
     try:
         for threads in args.analysis_threads:
-            (servers[threads],) = start_fleet(1, with_analysis_threads(workdir / f"repo-{threads}", threads),
-                                              workdir / f"server-{threads}",
+            # No sequence-batcher delay, as the profiles have it.
+            repo = repository(workdir / f"repo-{threads}", 0, {"ANALYSIS_THREADS": str(threads)})
+            (servers[threads],) = start_fleet(1, repo, workdir / f"server-{threads}",
                                               extra_args=["--model-control-mode=explicit", f"--load-model={MODEL}"])
         for round_ in range(args.rounds):
             for streams in args.streams:
