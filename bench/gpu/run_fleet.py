@@ -164,11 +164,12 @@ def write_pictures(folder: Path, count: int) -> None:
         Image.fromarray(camera_picture(1080, 1920, seed)).save(folder / f"camera-{seed}.png")
 
 
-def with_instances(repo: Path, dest: Path, overrides: list[str], extra: list[Path], camera_decoders: int = 0) -> Path:
+def with_instances(repo: Path, dest: Path, overrides: list[str], extra: list[Path], camera_decoders: int = 0,
+                   camera_parameters: list[str] = ()) -> Path:
     """A copy of the repository with MODEL=KIND:COUNT instance groups (to compare layouts in one run),
-    `camera_decoders` cameras per camera_stream instance (0: as rendered) and the `extra` model
-    folders beside its own."""
-    if not overrides and not extra and not camera_decoders:
+    `camera_decoders` cameras per camera_stream instance (0: as rendered), camera_stream's
+    NAME=VALUE `camera_parameters` and the `extra` model folders beside its own."""
+    if not overrides and not extra and not camera_decoders and not camera_parameters:
         return repo
     shutil.rmtree(dest, ignore_errors=True)
     shutil.copytree(repo, dest)
@@ -182,9 +183,15 @@ def with_instances(repo: Path, dest: Path, overrides: list[str], extra: list[Pat
         del config.instance_group[:]
         config.instance_group.add(kind=KINDS[kind], count=int(count))
         path.write_text(text_format.MessageToString(config))
+    path = dest / "camera_stream" / "config.pbtxt"
     if camera_decoders:
-        path = dest / "camera_stream" / "config.pbtxt"
         path.write_text(text_format.MessageToString(camera_capacity(read_config(path), camera_decoders)))
+    if camera_parameters:
+        config = read_config(path)
+        for parameter in camera_parameters:
+            name, _, value = parameter.partition("=")
+            config.parameters[name].string_value = value
+        path.write_text(text_format.MessageToString(config))
     return dest
 
 
@@ -219,21 +226,25 @@ def image_runs(record, workdir, direct, gateway, levels, duration, workers, batc
 
 
 def camera_runs(record, workdir, direct, gateway, levels, duration, workers, codec, source, gateway_first=False,
-                ramp_s=0.0, warmup_s=2.0, metrics_url=None, sample=None, frames_in_flight=1):
+                ramp_s=0.0, warmup_s=2.0, metrics_url=None, sample=None, frames_in_flight=(1,)):
+    """Each camera count at each `frames_in_flight` (labelled -fN when that is not 1), direct and through the gateway."""
     common = ["video", "--model", "camera_stream", "--codec", codec, "--source", source, "--resolution", "1080p",
               "--fps", "30", "--duration", str(duration), "--warmup", str(warmup_s), "--ramp-s", str(ramp_s),
-              "--workers", str(workers), "--slo-ms", "100", "--frames-in-flight", str(frames_in_flight)]
+              "--workers", str(workers), "--slo-ms", "100"]
     routes = (("direct", direct), ("gateway", gateway))
     for level in levels:
-        for route, url in reversed(routes) if gateway_first else routes:
-            if url is None:
-                continue
-            if record.left() < duration + warmup_s + 60:
-                record.note(f"camera: skipped {level} streams {route} (time budget)")
-                continue
-            loadtest(record, workdir, f"camera-{codec}-s{level}-{route}", url, direct, ("camera_stream",),
-                     [*common, "--streams", str(level)], duration + warmup_s + 180, metrics_url,
-                     (lambda label: sample(label, ramp_s + warmup_s, duration)) if sample else None)
+        for ahead in frames_in_flight:
+            name = f"camera-{codec}-s{level}" + (f"-f{ahead}" if ahead != 1 else "")
+            for route, url in reversed(routes) if gateway_first else routes:
+                if url is None:
+                    continue
+                if record.left() < duration + warmup_s + 60:
+                    record.note(f"camera: skipped {name} {route} (time budget)")
+                    continue
+                loadtest(record, workdir, f"{name}-{route}", url, direct, ("camera_stream",),
+                         [*common, "--streams", str(level), "--frames-in-flight", str(ahead)],
+                         duration + warmup_s + 180, metrics_url,
+                         (lambda label: sample(label, ramp_s + warmup_s, duration)) if sample else None)
 
 
 def stub_sampler(record: Record, out: Path, site: Path):
@@ -270,8 +281,9 @@ def main(argv=None) -> int:
     parser.add_argument("--camera-codec", default="h264")
     parser.add_argument("--camera-source", default="synthetic")
     parser.add_argument("--camera-ramp", type=float, default=0.0, help="cameras start spread over this many seconds")
-    parser.add_argument("--camera-frames-in-flight", type=int, default=1, metavar="N",
-                        help="frames a camera sends ahead of its answers (loadtest video --frames-in-flight)")
+    parser.add_argument("--camera-frames-in-flight", type=int, nargs="+", default=[1], metavar="N",
+                        help="frames a camera sends ahead of its answers (loadtest video --frames-in-flight); "
+                             "several values: each camera count at each")
     parser.add_argument("--camera-warmup", type=float, default=2.0,
                         help="seconds before the camera figures count (at least the ramp: every camera is in)")
     parser.add_argument("--gateway-first", action="store_true",
@@ -281,6 +293,8 @@ def main(argv=None) -> int:
                         help="serve a copy of the repository with these instance groups")
     parser.add_argument("--camera-decoders", type=int, default=0, metavar="N",
                         help="cameras per camera_stream instance (decoders, threads, candidate sequences); 0: as rendered")
+    parser.add_argument("--camera-parameters", nargs="*", default=[], metavar="NAME=VALUE",
+                        help="camera_stream config parameters to set, e.g. ANALYSIS_THREADS=2")
     parser.add_argument("--no-gateway", action="store_true", help="direct runs only")
     parser.add_argument("--extra-models", type=Path, nargs="*", default=[], help="model folders served beside the repository's")
     parser.add_argument("--image-model", default="image_pipeline")
