@@ -19,7 +19,7 @@ from bench.gpu.camera_metrics import REQUEST_PHASES as PHASES
 
 
 def _key(label: str):
-    match = re.search(r"(image-(?:b\d+-)?c\d+|camera-\w+-s\d+)-(direct|gateway)$", label)
+    match = re.search(r"(image-(?:b\d+-)?c\d+|camera-[a-z0-9]+-s\d+(?:-f\d+)?)-(direct|gateway)$", label)
     return (label[: match.start()] + match.group(1), match.group(2)) if match else (label, "")
 
 
@@ -54,7 +54,7 @@ def camera_table(runs: list[dict]) -> list[str]:
         if not summary:
             lines.append(f"| {case} | | {route} | failed: {run.get('stderr', '')[-120:]!r} | | | | | | |")
             continue
-        codec, streams = re.search(r"camera-(\w+)-s(\d+)", case).groups()
+        codec, streams = re.search(r"camera-([a-z0-9]+)-s(\d+)", case).groups()
         video = summary.get("video", {})
         latency = summary.get("latency_ms", {})
         lines.append(f"| {codec} | {streams} | {route} | {video.get('sustained', 0)} | {summary['throughput']:,.0f} | "

@@ -310,9 +310,10 @@ def main(argv=None) -> int:
     models = args.models or sorted(p.parent.name for p in args.repo.glob("*/config.pbtxt"))
     explicit = ["--model-control-mode=explicit", *(f"--load-model={m}" for m in models)] if args.models else []
     repo = with_instances(args.repo, args.workdir / f"repository-{args.label or 'main'}", args.instances, args.extra_models,
-                          args.camera_decoders)
+                          args.camera_decoders, args.camera_parameters)
     record.note(f"{args.label}: instances {args.instances or 'as rendered'}, "
-                f"camera decoders {args.camera_decoders or 'as rendered'}")
+                f"camera decoders {args.camera_decoders or 'as rendered'}, "
+                f"camera parameters {args.camera_parameters or 'as rendered'}")
     args.workdir = args.workdir / args.label if args.label else args.workdir
     args.workdir.mkdir(parents=True, exist_ok=True)
     samples = args.workdir / "pyspy"
