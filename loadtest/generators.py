@@ -18,7 +18,7 @@ import grpc
 
 from loadtest.channels import Channels
 from loadtest.payloads import sequence_header
-from loadtest.records import DROPPED, OK, RequestResult
+from loadtest.records import DROPPED, OK, STREAM_ERROR, RequestResult
 from loadtest.shape import Shape
 
 INFER = "/inference.GRPCInferenceService/ModelInfer"
@@ -195,7 +195,7 @@ class Camera:
         try:
             async for response in call:
                 scheduled, sent = self.in_flight.popleft()
-                self._settle(scheduled, sent, "UNKNOWN" if response[:1] == _STREAM_ERROR_TAG else OK)
+                self._settle(scheduled, sent, STREAM_ERROR if response[:1] == _STREAM_ERROR_TAG else OK)
         except grpc.aio.AioRpcError as exc:
             # The stream broke: its frames in flight fail, and the next frame opens a new sequence.
             while self.in_flight:

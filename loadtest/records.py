@@ -22,6 +22,9 @@ _DIGITS = 3
 
 OK = "OK"
 DROPPED = "DROPPED"
+# An answer on a live stream that carries only `error_message`: Triton sends no status code with it
+# (a unary call with the same fault gets the model's code), and the stream goes on.
+STREAM_ERROR = "STREAM_ERROR"
 
 
 def new_histogram() -> HdrHistogram:
@@ -71,7 +74,7 @@ class RequestResult(NamedTuple):
     scheduled_ns: int
     sent_ns: int  # 0 when the frame was dropped and never sent
     done_ns: int
-    status: str  # "OK", a gRPC status code name, or "DROPPED"
+    status: str  # "OK", a gRPC status code name, "STREAM_ERROR" or "DROPPED"
     stream: int = -1  # video: the camera stream; -1 for images
     deadline_ns: int = 0  # video: 1/FPS; 0 when there is no per-request deadline
 

@@ -3,16 +3,20 @@ the camera model on a real tritonserver."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
+import time
 
 import av
 import numpy as np
 import pytest
 from tritonclient.grpc import service_pb2
 
-from loadtest.generators import CameraPlan
+from loadtest.channels import Channels
+from loadtest.generators import Camera, CameraPlan
 from loadtest.payloads import TensorSpec, synthetic_clip
+from loadtest.records import STREAM_ERROR
 from loadtest.results import RunResult, summarize
 from loadtest.video_source import EncodedClip, UnitRequests, demux_file, encode_frames, unit_bodies
 from models.video_decode import is_keyframe, nal_types
@@ -96,3 +100,23 @@ def test_a_synthetic_clip_starts_on_a_keyframe_each_second():
     units = encode_frames("hevc", synthetic_clip(64, 96, 12), fps=5)
     keyframes = [i for i, unit in enumerate(units) if is_keyframe("hevc", nal_types("hevc", unit))]
     assert len(units) == 12 and keyframes == [0, 5, 10]
+
+
+@pytest.mark.parametrize("mode, status", [("stream", STREAM_ERROR), ("unary", "INVALID_ARGUMENT")])
+def test_a_refused_frame_is_counted_by_what_the_server_said(camera_server, mode, status):
+    """Access units the decoder cannot read: on a stream Triton answers with an error_message and no
+    status code (STREAM_ERROR), a unary call carries the model's INVALID_ARGUMENT; either way every
+    slot is settled and the camera goes on to the end of its run."""
+    clip = EncodedClip("h264", [bytes([0, 0, 0, 1, 0x65, 0x88, n, 0xFF]) for n in range(4)])
+    plan = CameraPlan(0, 4242, 20.0, 4, 0, unit_bodies(CAMERA, clip), UnitRequests(CAMERA, clip))
+    results = []
+
+    async def run():
+        channels = Channels(camera_server.grpc_url, 1)
+        await channels.ready()
+        plan.start_ns = time.monotonic_ns()
+        await asyncio.wait_for(Camera(channels, plan, mode, results.append, timeout_s=30).run(), 60)
+        await channels.close()
+
+    asyncio.run(run())
+    assert [r.status for r in results] == [status] * 4
