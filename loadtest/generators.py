@@ -109,6 +109,9 @@ class CameraPlan:
     def period_ns(self) -> int:
         return int(1e9 / self.fps)
 
+    def keyframe(self, slot: int) -> bool:
+        return self.catch_up is not None and self.catch_up.clip.is_keyframe(slot)
+
     def request(self, slot: int, start: bool, end: bool, skipped: tuple[int, ...] = ()) -> bytes:
         body = self.catch_up.body([*skipped, slot]) if skipped else self.bodies[slot % len(self.bodies)]
         return body + sequence_header(
@@ -131,7 +134,7 @@ class Camera:
         self.channel, self.plan, self.mode, self.emit = channels.next(), plan, mode, emit
         self.metadata = channels.metadata
         self.timeout_s = timeout_s
-        self.in_flight: deque[tuple[int, int]] = deque()  # (scheduled, sent) of frames awaiting answers
+        self.in_flight: deque[tuple[int, int, bool]] = deque()  # (scheduled, sent, keyframe) awaiting answers
         self.max_in_flight = max_in_flight
         self.outstanding = 0  # frames sent and not yet answered
         self.idle = asyncio.Event()  # set while no frame is outstanding
@@ -151,12 +154,13 @@ class Camera:
             scheduled = plan.start_ns + round(slot * 1e9 / plan.fps)
             await sleep_until(scheduled)
             if self.outstanding >= self.max_in_flight:
-                self.emit(RequestResult(scheduled, 0, now_ns(), DROPPED, plan.stream, plan.period_ns))
+                self.emit(RequestResult(scheduled, 0, now_ns(), DROPPED, plan.stream, plan.period_ns,
+                                        plan.keyframe(slot)))
                 if plan.catch_up is not None:
                     self.skipped.append(slot)
                 continue
             body = plan.request(slot, not self.sequence_open, slot == last, self._take_skipped())
-            await self._send(body, scheduled, slot == last)
+            await self._send(body, scheduled, slot == last, plan.keyframe(slot))
         await self.idle.wait()
         if self.sequence_open:
             # The last slot was dropped: close the sequence with one frame that is not measured.
@@ -169,43 +173,43 @@ class Camera:
         skipped, self.skipped = tuple(self.skipped), []
         return skipped
 
-    async def _send(self, body: bytes, scheduled: int, end: bool) -> None:
+    async def _send(self, body: bytes, scheduled: int, end: bool, keyframe: bool = False) -> None:
         self.outstanding += 1
         self.idle.clear()
         self.sequence_open = not end
         if self.mode == "unary":
-            task = asyncio.create_task(self._unary(body, scheduled))
+            task = asyncio.create_task(self._unary(body, scheduled, keyframe))
             self.unary_tasks.add(task)
             task.add_done_callback(self.unary_tasks.discard)
             return
         if self.call is None:
             self.call = self.channel.stream_stream(STREAM_INFER)(timeout=self.timeout_s, metadata=self.metadata)
             self.reader = asyncio.create_task(self._read(self.call))
-        self.in_flight.append((scheduled, now_ns()))
+        self.in_flight.append((scheduled, now_ns(), keyframe))
         try:
             await self.call.write(body)
         except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
             pass  # the reader sees the same failure and settles the frame
 
-    async def _unary(self, body: bytes, scheduled: int) -> None:
+    async def _unary(self, body: bytes, scheduled: int, keyframe: bool) -> None:
         sent, status = await timed_call(self.infer, body, self.timeout_s, self.metadata)
-        self._settle(scheduled, sent, status)
+        self._settle(scheduled, sent, status, keyframe)
 
     async def _read(self, call) -> None:
         try:
             async for response in call:
-                scheduled, sent = self.in_flight.popleft()
-                self._settle(scheduled, sent, STREAM_ERROR if response[:1] == _STREAM_ERROR_TAG else OK)
+                scheduled, sent, keyframe = self.in_flight.popleft()
+                self._settle(scheduled, sent, STREAM_ERROR if response[:1] == _STREAM_ERROR_TAG else OK, keyframe)
         except grpc.aio.AioRpcError as exc:
             # The stream broke: its frames in flight fail, and the next frame opens a new sequence.
             while self.in_flight:
-                scheduled, sent = self.in_flight.popleft()
-                self._settle(scheduled, sent, exc.code().name)
+                scheduled, sent, keyframe = self.in_flight.popleft()
+                self._settle(scheduled, sent, exc.code().name, keyframe)
             self.call, self.sequence_open = None, False
 
-    def _settle(self, scheduled: int, sent: int, status: str) -> None:
+    def _settle(self, scheduled: int, sent: int, status: str, keyframe: bool = False) -> None:
         if scheduled:  # the unmeasured closing frame has no slot
-            self.emit(RequestResult(scheduled, sent, now_ns(), status, self.plan.stream, self.plan.period_ns))
+            self.emit(RequestResult(scheduled, sent, now_ns(), status, self.plan.stream, self.plan.period_ns, keyframe))
         self.outstanding -= 1
         if self.outstanding == 0:
             self.idle.set()

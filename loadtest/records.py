@@ -25,6 +25,7 @@ DROPPED = "DROPPED"
 # An answer on a live stream that carries only `error_message`: Triton sends no status code with it
 # (a unary call with the same fault gets the model's code), and the stream goes on.
 STREAM_ERROR = "STREAM_ERROR"
+KEYFRAMES, OTHER_FRAMES = "keyframes", "other_frames"
 
 
 def new_histogram() -> HdrHistogram:
@@ -77,6 +78,7 @@ class RequestResult(NamedTuple):
     status: str  # "OK", a gRPC status code name, "STREAM_ERROR" or "DROPPED"
     stream: int = -1  # video: the camera stream; -1 for images
     deadline_ns: int = 0  # video: 1/FPS; 0 when there is no per-request deadline
+    keyframe: bool = False  # encoded video: the slot's access unit is a keyframe
 
     @property
     def latency_ns(self) -> int:
@@ -88,57 +90,74 @@ class RequestResult(NamedTuple):
 
 
 @dataclass
-class StreamStats:
-    """One camera stream: its frame slots and how each one went."""
+class SlotStats:
+    """Frame slots and how each one went: answered (late or not), dropped, failed."""
 
     slots: int = 0
     answered: int = 0
     late: int = 0
     dropped: int = 0
     errors: int = 0
-    jitter_sum_us: int = 0  # sum of |latency_k - latency_(k-1)| over consecutive answered frames
-    jitter_pairs: int = 0
-    last_latency_us: int = -1
     latency: HdrHistogram = field(default_factory=new_histogram)
 
-    def record(self, result: RequestResult) -> None:
+    COUNTS = ("slots", "answered", "late", "dropped", "errors")
+
+    def record(self, result: RequestResult) -> int | None:
+        """Count the slot; its latency in µs when it was answered."""
         self.slots += 1
         if result.status == DROPPED:
             self.dropped += 1
-            return
+            return None
         if result.status != OK:
             self.errors += 1
-            return
+            return None
         self.answered += 1
         self.late += result.late
         latency_us = result.latency_ns // 1000
         record_latency(self.latency, latency_us)
-        if self.last_latency_us >= 0:
-            self.jitter_sum_us += abs(latency_us - self.last_latency_us)
-            self.jitter_pairs += 1
-        self.last_latency_us = latency_us
+        return latency_us
 
     @property
-    def jitter_ms(self) -> float:
-        return self.jitter_sum_us / self.jitter_pairs / 1000 if self.jitter_pairs else 0.0
+    def p99_ms(self) -> float:
+        return self.latency.get_value_at_percentile(99) / 1000 if self.answered else 0.0
 
-    def merge(self, other: "StreamStats") -> None:
-        for name in ("slots", "answered", "late", "dropped", "errors", "jitter_sum_us", "jitter_pairs"):
+    def merge(self, other: "SlotStats") -> None:
+        for name in self.COUNTS:
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.latency.add(other.latency)
 
     def to_dict(self) -> dict:
-        return {
-            "slots": self.slots, "answered": self.answered, "late": self.late, "dropped": self.dropped,
-            "errors": self.errors, "jitter_sum_us": self.jitter_sum_us, "jitter_pairs": self.jitter_pairs,
-            "latency": encode_histogram(self.latency),
-        }
+        return {**{name: getattr(self, name) for name in self.COUNTS}, "latency": encode_histogram(self.latency)}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "StreamStats":
+    def from_dict(cls, data: dict):
         stats = cls(**{key: value for key, value in data.items() if key != "latency"})
         stats.latency = decode_histogram(data["latency"])
         return stats
+
+
+@dataclass
+class StreamStats(SlotStats):
+    """One camera stream's slots, and how much its latency moved from one frame to the next."""
+
+    jitter_sum_us: int = 0  # sum of |latency_k - latency_(k-1)| over consecutive answered frames
+    jitter_pairs: int = 0
+    last_latency_us: int = -1
+
+    COUNTS = SlotStats.COUNTS + ("jitter_sum_us", "jitter_pairs")
+
+    def record(self, result: RequestResult) -> int | None:
+        latency_us = super().record(result)
+        if latency_us is not None:
+            if self.last_latency_us >= 0:
+                self.jitter_sum_us += abs(latency_us - self.last_latency_us)
+                self.jitter_pairs += 1
+            self.last_latency_us = latency_us
+        return latency_us
+
+    @property
+    def jitter_ms(self) -> float:
+        return self.jitter_sum_us / self.jitter_pairs / 1000 if self.jitter_pairs else 0.0
 
 
 @dataclass
@@ -187,6 +206,8 @@ class Recorder:
         self.statuses: Counter[str] = Counter()
         self.timeline: dict[int, Second] = {}
         self.streams: dict[int, StreamStats] = {}
+        # Encoded video: the slots whose access unit is a keyframe, and the others.
+        self.frame_kinds: dict[str, SlotStats] = {}
         self.sent = 0
         self.first_sent_ns = 0
         self.last_sent_ns = 0
@@ -197,6 +218,7 @@ class Recorder:
         second = self._second(result.scheduled_ns)
         if result.stream >= 0:
             self.streams.setdefault(result.stream, StreamStats()).record(result)
+            self.frame_kinds.setdefault(KEYFRAMES if result.keyframe else OTHER_FRAMES, SlotStats()).record(result)
         self.statuses[result.status] += 1
         if result.status == DROPPED:
             second.dropped += 1
@@ -238,6 +260,8 @@ class Recorder:
             self.timeline.setdefault(index, Second()).merge(second)
         for stream, stats in other.streams.items():
             self.streams.setdefault(stream, StreamStats()).merge(stats)
+        for kind, stats in other.frame_kinds.items():
+            self.frame_kinds.setdefault(kind, SlotStats()).merge(stats)
         self.sent += other.sent
         firsts = [t for t in (self.first_sent_ns, other.first_sent_ns) if t]
         self.first_sent_ns = min(firsts) if firsts else 0
@@ -255,6 +279,7 @@ class Recorder:
             "statuses": dict(self.statuses),
             "timeline": {str(index): second.to_dict() for index, second in sorted(self.timeline.items())},
             "streams": {str(stream): stats.to_dict() for stream, stats in sorted(self.streams.items())},
+            "frame_kinds": {kind: stats.to_dict() for kind, stats in sorted(self.frame_kinds.items())},
             "sent": self.sent,
             "first_sent_ns": self.first_sent_ns,
             "last_sent_ns": self.last_sent_ns,
@@ -266,6 +291,7 @@ class Recorder:
         recorder.statuses = Counter(data["statuses"])
         recorder.timeline = {int(k): Second.from_dict(v) for k, v in data["timeline"].items()}
         recorder.streams = {int(k): StreamStats.from_dict(v) for k, v in data["streams"].items()}
+        recorder.frame_kinds = {k: SlotStats.from_dict(v) for k, v in data.get("frame_kinds", {}).items()}
         recorder.sent = data["sent"]
         recorder.first_sent_ns = data["first_sent_ns"]
         recorder.last_sent_ns = data["last_sent_ns"]

@@ -55,6 +55,12 @@ def render_text(result: RunResult, console: Console | None = None) -> None:
                             str(row["dropped"]), str(row["errors"]), f"{row['p99_ms']:.1f}", f"{row['jitter_ms']:.2f}",
                             "yes" if row["sustained"] else "no")
         console.print(streams)
+        if "by_frame" in video:
+            kinds = Table("frames", "slots", "answered", "late", "dropped", "errors", "late or dropped", "p99 ms")
+            for kind, row in video["by_frame"].items():
+                kinds.add_row(kind.replace("_", " "), str(row["slots"]), str(row["answered"]), str(row["late"]),
+                              str(row["dropped"]), str(row["errors"]), _missed_share(row), f"{row['p99_ms']:.1f}")
+            console.print(kinds)
     for server, fraction in summary.get("server_share", {}).items():
         console.print(f"  {server}: {fraction:.1%} of requests")
     if result.trials:
@@ -140,6 +146,11 @@ _SCRIPT = """document.addEventListener('DOMContentLoaded',function(){var n=docum
 'svg.chart .series').length;document.body.setAttribute('data-series',String(n));});"""
 
 
+def _missed_share(row: dict) -> str:
+    """Late and dropped slots as a share of all: what the frame rule counts against a camera."""
+    return f"{(row['late'] + row['dropped']) / row['slots']:.1%}" if row["slots"] else "-"
+
+
 def _summary_table(result: RunResult) -> str:
     summary = summarize(result)
     rows = [("workload", _describe(result)), ("model", result.config.model), ("target", result.config.url),
@@ -152,6 +163,9 @@ def _summary_table(result: RunResult) -> str:
         video = summary["video"]
         rows += [("streams sustained", f"{video['sustained']} of {video['streams']}"),
                  ("late frames", video["late"]), ("dropped frames", video["dropped"])]
+        for kind, row in video.get("by_frame", {}).items():
+            rows.append((f"{kind.replace('_', ' ')}: late or dropped, p99",
+                         f"{_missed_share(row)} of {row['slots']}, {row['p99_ms']:.1f} ms"))
     body = "".join(f"<tr><th>{escape(str(k))}</th><td>{escape(str(v))}</td></tr>" for k, v in rows)
     return f"<table>{body}</table>"
 

@@ -17,7 +17,7 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from loadtest.records import DROPPED, OK, Recorder
+from loadtest.records import DROPPED, KEYFRAMES, OK, Recorder, SlotStats
 from loadtest.run_config import ImageConfig, VideoConfig, config_from_dict, from_v1
 
 FORMAT = "tritonfleet.loadtest.result"
@@ -175,14 +175,21 @@ def _stream_summary(recorder: Recorder, slo_ms: float, tolerance: float) -> dict
     per_stream = []
     for stream, stats in sorted(streams.items()):
         missed = stats.late + stats.dropped + stats.errors
-        p99 = stats.latency.get_value_at_percentile(99) / 1000 if stats.answered else 0.0
+        p99 = stats.p99_ms
         ok = stats.slots > 0 and missed <= tolerance * stats.slots and (not slo_ms or p99 <= slo_ms)
         sustained += ok
         per_stream.append({"stream": stream, "slots": stats.slots, "answered": stats.answered, "late": stats.late,
                            "dropped": stats.dropped, "errors": stats.errors, "p99_ms": p99,
                            "jitter_ms": stats.jitter_ms, "sustained": ok})
-    return {"streams": len(streams), "sustained": sustained, "per_stream": per_stream,
-            "late": sum(s.late for s in streams.values()), "dropped": sum(s.dropped for s in streams.values())}
+    summary = {"streams": len(streams), "sustained": sustained, "per_stream": per_stream,
+               "late": sum(s.late for s in streams.values()), "dropped": sum(s.dropped for s in streams.values())}
+    if KEYFRAMES in recorder.frame_kinds:
+        # Encoded video: whether the late and dropped frames are the keyframes (a decoder's dearest
+        # pictures) or spread over every frame says where a camera fleet's tail comes from.
+        summary["by_frame"] = {kind: {**{name: getattr(stats, name) for name in SlotStats.COUNTS},
+                                      "p99_ms": stats.p99_ms}
+                               for kind, stats in sorted(recorder.frame_kinds.items())}
+    return summary
 
 
 def summarize(result: RunResult) -> dict:

@@ -28,6 +28,13 @@ _START_CODES = (b"\x00\x00\x01", b"\x00\x00\x00\x01")
 class EncodedClip:
     codec: str
     units: list[bytes]  # Annex B access units in decode order, the first a keyframe
+    # Which units are keyframes (as the encoder or the container flagged them): the load generator
+    # counts those frames apart, since a keyframe costs a decoder several times a predicted frame.
+    keyframes: frozenset[int] = frozenset()
+
+    def is_keyframe(self, slot: int) -> bool:
+        """Whether a camera's frame `slot` (the clip looped) carries a keyframe."""
+        return slot % len(self.units) in self.keyframes
 
 
 @functools.lru_cache(maxsize=4)  # the bodies and the catch-up requests share one encoding
@@ -38,11 +45,11 @@ def load_clip(codec: str, source: str, resolution: str, frames: int, fps: float)
         raise ValueError(f"the clip needs at least one frame, got {frames}")
     if source in ("", "synthetic"):
         height, width = parse_resolution(resolution)
-        return EncodedClip(codec, encode_frames(codec, synthetic_clip(height, width, frames), fps))
-    return EncodedClip(codec, demux_file(codec, source, frames))
+        return encode_frames(codec, synthetic_clip(height, width, frames), fps)
+    return demux_file(codec, source, frames)
 
 
-def encode_frames(codec: str, frames: list[np.ndarray], fps: float, gop: int | None = None) -> list[bytes]:
+def encode_frames(codec: str, frames: list[np.ndarray], fps: float, gop: int | None = None) -> EncodedClip:
     """RGB frames -> Annex B access units; a keyframe every `gop` frames (default: one a second)."""
     import av
 
@@ -61,16 +68,16 @@ def encode_frames(codec: str, frames: list[np.ndarray], fps: float, gop: int | N
         if codec == "h264" else
         {"preset": "veryfast", "x265-params": f"log-level=error:keyint={gop}:min-keyint={gop}:scenecut=0:bframes=0"}
     )
-    units = []
+    packets = []
     for index, image in enumerate(frames):
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24").reformat(format="yuv420p")
         frame.pts = index
-        units += [bytes(packet) for packet in context.encode(frame)]
-    units += [bytes(packet) for packet in context.encode(None)]
-    return units
+        packets += context.encode(frame)
+    packets += context.encode(None)
+    return EncodedClip(codec, [bytes(p) for p in packets], frozenset(i for i, p in enumerate(packets) if p.is_keyframe))
 
 
-def demux_file(codec: str, path: str, frames: int) -> list[bytes]:
+def demux_file(codec: str, path: str, frames: int) -> EncodedClip:
     """Up to `frames` access units of the file's first video stream, from its first keyframe on."""
     import av
 
@@ -87,6 +94,7 @@ def demux_file(codec: str, path: str, frames: int) -> list[bytes]:
             raise ValueError(f"{path} holds {found} video, not {codec}: pass --codec {found} or another file")
         annexb = None
         units: list[bytes] = []
+        keyframes: set[int] = set()
         for packet in container.demux(stream):
             if packet.size == 0 or (not units and not packet.is_keyframe):
                 continue
@@ -96,12 +104,14 @@ def demux_file(codec: str, path: str, frames: int) -> list[bytes]:
                 raw = bytes(packet)
                 annexb = False if raw.startswith(_START_CODES) else av.bitstream.BitStreamFilterContext(
                     _ANNEXB_FILTERS[codec], stream)
+            if packet.is_keyframe:
+                keyframes.add(len(units))
             units += [bytes(p) for p in annexb.filter(packet)] if annexb else [bytes(packet)]
             if len(units) >= frames:
                 break
     if not units:
         raise ValueError(f"no keyframe found in the video of {path}")
-    return units[:frames]
+    return EncodedClip(codec, units[:frames], frozenset(k for k in keyframes if k < frames))
 
 
 def unit_request(spec: TensorSpec, codec: str, units: list[bytes]) -> bytes:

@@ -5,7 +5,8 @@
 Image rows: images/s (requests/s x images per request), latency percentiles, errors, and each
 route's share of direct (gateway rows against the direct row of the same batch and concurrency).
 Camera rows: streams offered, streams sustained (<= 1% late/dropped frames, p99 within the SLO),
-frames/s answered, late and dropped frames, p99; then, where the run recorded them, the camera
+frames/s answered, late and dropped frames, p99, and (encoded video) the late-or-dropped share of
+keyframe slots and of the other slots; then, where the run recorded them, the camera
 model's own p50 / p99 of each phase of a request (`camera_request_phases`). Warm-up runs are left out.
 """
 
@@ -46,21 +47,28 @@ def image_table(runs: list[dict]) -> list[str]:
 
 
 def camera_table(runs: list[dict]) -> list[str]:
-    lines = ["| codec | streams | route | sustained | frames/s answered | late | dropped | errors | p50 ms | p99 ms |",
-             "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = ["| codec | streams | route | sustained | frames/s answered | late | dropped | errors | p50 ms | p99 ms "
+             "| keyframes late or dropped | other frames late or dropped |",
+             "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for run in runs:
         case, route = _key(run["label"])
         summary = run.get("summary")
         if not summary:
-            lines.append(f"| {case} | | {route} | failed: {run.get('stderr', '')[-120:]!r} | | | | | | |")
+            lines.append(f"| {case} | | {route} | failed: {run.get('stderr', '')[-120:]!r} | | | | | | | | |")
             continue
         codec, streams = re.search(r"camera-([a-z0-9]+)-s(\d+)", case).groups()
         video = summary.get("video", {})
         latency = summary.get("latency_ms", {})
         lines.append(f"| {codec} | {streams} | {route} | {video.get('sustained', 0)} | {summary['throughput']:,.0f} | "
                      f"{video.get('late', 0)} | {video.get('dropped', 0)} | {summary['errors']} | "
-                     f"{latency.get('p50', float('nan')):.1f} | {latency.get('p99', float('nan')):.1f} |")
+                     f"{latency.get('p50', float('nan')):.1f} | {latency.get('p99', float('nan')):.1f} | "
+                     f"{_missed(video, 'keyframes')} | {_missed(video, 'other_frames')} |")
     return lines
+
+
+def _missed(video: dict, kind: str) -> str:
+    row = video.get("by_frame", {}).get(kind)
+    return f"{(row['late'] + row['dropped']) / row['slots']:.1%} of {row['slots']:,}" if row and row["slots"] else "-"
 
 
 def phase_table(runs: list[dict]) -> list[str]:

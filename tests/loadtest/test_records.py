@@ -22,13 +22,14 @@ def synthetic_results(count: int, seed: int, video: bool = False) -> list[Reques
     for i in range(count):
         scheduled = T0 + i * 5 * MS
         stream = i % 3 if video else -1
+        keyframe = video and (i // 3) % 10 == 0  # each stream's every tenth frame
         if video and rng.random() < 0.1:
-            results.append(RequestResult(scheduled, 0, scheduled, DROPPED, stream, 100 * MS))
+            results.append(RequestResult(scheduled, 0, scheduled, DROPPED, stream, 100 * MS, keyframe))
             continue
         status = OK if rng.random() > 0.05 else "UNAVAILABLE"
         latency = int(rng.expovariate(1 / 20) * MS)
         results.append(RequestResult(scheduled, scheduled + MS, scheduled + latency, status, stream,
-                                     100 * MS if video else 0))
+                                     100 * MS if video else 0, keyframe))
     return results
 
 
@@ -51,6 +52,25 @@ def test_merged_recorders_equal_one_recorder_of_everything(video):
     assert left.to_dict() == whole.to_dict()
     assert left.latency.get_value_at_percentile(99) == whole.latency.get_value_at_percentile(99)
     assert left.statuses == whole.statuses
+
+
+def test_keyframe_slots_are_summarized_apart_from_the_others():
+    results = synthetic_results(3000, seed=6, video=True)
+    summary = summarize(RunResult("video", VideoConfig("x:1", "m", streams=3, fps=10), recorded(results)))
+    by_frame = summary["video"]["by_frame"]
+    for kind, keyframe in (("keyframes", True), ("other_frames", False)):
+        mine = [r for r in results if r.keyframe == keyframe]
+        row = by_frame[kind]
+        assert row["slots"] == len(mine) and row["dropped"] == sum(r.status == DROPPED for r in mine)
+        assert row["late"] == sum(r.late for r in mine) and row["errors"] == sum(r.status not in (OK, DROPPED) for r in mine)
+    assert by_frame["keyframes"]["slots"] == 300
+    assert sum(row["late"] for row in by_frame.values()) == summary["video"]["late"]
+
+
+def test_raw_video_has_no_keyframe_rows():
+    results = [r._replace(keyframe=False) for r in synthetic_results(300, seed=7, video=True)]
+    summary = summarize(RunResult("video", VideoConfig("x:1", "m", streams=3, fps=10), recorded(results)))
+    assert "by_frame" not in summary["video"]
 
 
 def test_warm_up_is_left_out():

@@ -49,8 +49,11 @@ def write_mp4(path, frames: int = 12, height: int = 120, width: int = 160) -> No
             container.mux(packet)
 
 
-@pytest.mark.parametrize("codec, source", [("h264", "mp4"), ("hevc", "synthetic")])
-def test_encoded_camera_streams_run_through_a_real_server_without_errors(camera_server, tmp_path, codec, source):
+# The keyframe slots of a camera's 15 (3 s at 5 FPS over a 10-frame clip): the MP4's encoder keeps
+# libx264's long GOP (one keyframe, slots 0 and 10), the synthetic clip has one a second (0, 5, 10).
+@pytest.mark.parametrize("codec, source, keyframe_slots", [("h264", "mp4", 2), ("hevc", "synthetic", 3)])
+def test_encoded_camera_streams_run_through_a_real_server_without_errors(camera_server, tmp_path, codec, source,
+                                                                         keyframe_slots):
     if source == "mp4":
         source = str(tmp_path / "camera.mp4")
         write_mp4(source)
@@ -69,6 +72,11 @@ def test_encoded_camera_streams_run_through_a_real_server_without_errors(camera_
     # Every frame slot of both cameras is accounted for: answered (on time or late) or dropped.
     rows = summary["video"]["per_stream"]
     assert len(rows) == 2 and all(r["answered"] + r["dropped"] == r["slots"] == 15 for r in rows)
+    # ... and counted apart by whether it carried a keyframe.
+    kinds = summary["video"]["by_frame"]
+    assert {kind: row["slots"] for kind, row in kinds.items()} == {
+        "keyframes": 2 * keyframe_slots, "other_frames": 2 * (15 - keyframe_slots)}
+    assert sum(row["late"] for row in kinds.values()) == summary["video"]["late"]
 
 
 def test_a_dropped_frame_is_sent_with_the_next_one():
@@ -88,18 +96,21 @@ def test_a_dropped_frame_is_sent_with_the_next_one():
 def test_an_mp4_file_becomes_annex_b_access_units(tmp_path):
     path = tmp_path / "camera.mp4"
     write_mp4(path)
-    units = demux_file("h264", str(path), 8)
+    clip = demux_file("h264", str(path), 8)
+    units = clip.units
     assert len(units) == 8
     assert is_keyframe("h264", nal_types("h264", units[0]))  # nal_types refuses anything not Annex B
     assert all(nal_types("h264", unit) for unit in units)
+    assert clip.keyframes == {i for i, unit in enumerate(units) if is_keyframe("h264", nal_types("h264", unit))} == {0}
     with pytest.raises(ValueError, match="holds h264 video, not hevc"):
         demux_file("hevc", str(path), 8)
 
 
 def test_a_synthetic_clip_starts_on_a_keyframe_each_second():
-    units = encode_frames("hevc", synthetic_clip(64, 96, 12), fps=5)
-    keyframes = [i for i, unit in enumerate(units) if is_keyframe("hevc", nal_types("hevc", unit))]
-    assert len(units) == 12 and keyframes == [0, 5, 10]
+    clip = encode_frames("hevc", synthetic_clip(64, 96, 12), fps=5)
+    keyframes = [i for i, unit in enumerate(clip.units) if is_keyframe("hevc", nal_types("hevc", unit))]
+    assert len(clip.units) == 12 and keyframes == [0, 5, 10]
+    assert clip.keyframes == {0, 5, 10} and [clip.is_keyframe(slot) for slot in (12, 13, 17)] == [True, False, True]
 
 
 @pytest.mark.parametrize("mode, status", [("stream", STREAM_ERROR), ("unary", "INVALID_ARGUMENT")])
